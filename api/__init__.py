@@ -1,0 +1,39 @@
+"""Flask app factory: settings, database, broker producer, blueprints, JSON errors."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from api import auth, errors
+from api.context import Services, close_session
+from api.routes import checkpoints, health, jobs, results
+from shared.config import Settings, get_settings
+from shared.db import make_engine, make_session_factory
+from shared.queues import make_celery
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the WSGI app; tests pass their own Settings, production reads TRAINYARD_*."""
+    settings = settings or get_settings()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    engine = make_engine(settings.resolved_database_url())
+    app.extensions["trainyard"] = Services(
+        settings=settings,
+        engine=engine,
+        sessions=make_session_factory(engine),
+        celery=make_celery(settings),
+    )
+    app.teardown_appcontext(close_session)
+
+    errors.register(app)
+    app.register_blueprint(health.bp)
+    api_v1 = auth.protected_blueprint()
+    for bp in (jobs.bp, results.bp, checkpoints.bp):
+        api_v1.register_blueprint(bp)
+    app.register_blueprint(api_v1)
+    logging.getLogger(__name__).info("trainyard api on %s", settings.base_url())
+    return app

@@ -1,0 +1,52 @@
+"""Every error leaves as JSON: {"error": {"code", "message", "details"}}; never an HTML page."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from shared.errors import TrainyardError
+
+log = logging.getLogger(__name__)
+
+
+def problem(
+    status: int, code: str, message: str, details: list[dict[str, Any]] | None = None
+) -> tuple[Response, int]:
+    """A JSON error response."""
+    body = {"error": {"code": code, "message": message, "details": details or []}}
+    return jsonify(body), status
+
+
+def pydantic_details(exc: ValidationError, prefix: str) -> list[dict[str, Any]]:
+    """Pydantic errors as [{"loc": "spec.model.layers[0].type", "msg": ...}]."""
+    details = []
+    for err in exc.errors(include_url=False):
+        loc = prefix
+        for part in err["loc"]:
+            loc += f"[{part}]" if isinstance(part, int) else f".{part}"
+        details.append({"loc": loc, "msg": err["msg"]})
+    return details
+
+
+def register(app: Flask) -> None:
+    """Install handlers for domain errors, HTTP errors and anything unexpected."""
+
+    @app.errorhandler(TrainyardError)
+    def _domain(exc: TrainyardError) -> tuple[Response, int]:
+        return problem(exc.status, exc.code, exc.message, exc.details)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> tuple[Response, int]:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return problem(exc.code or 500, code, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> tuple[Response, int]:
+        # The traceback stays in the server log; clients get no internals.
+        log.exception("unhandled error")
+        return problem(500, "internal_error", "internal server error")

@@ -1,0 +1,38 @@
+"""Checkpoints: metadata, and the model state_dict as safetensors bytes (never pickle)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from api.auth import current_owner
+from api.context import db
+from api.routes.jobs import parse_job_id
+from api.serialize import checkpoint_json
+from shared import repository
+
+bp = Blueprint("checkpoints", __name__)
+
+
+@bp.get("/jobs/<job_id>/checkpoints")
+def list_checkpoints(job_id: str) -> Response:
+    """A job's checkpoints with step, epoch, tag, size and sha256."""
+    session = db()
+    job = repository.get_job(session=session, job_id=parse_job_id(job_id), owner=current_owner())
+    rows = repository.list_checkpoints(session=session, job_id=job.id)
+    return jsonify({"job_id": str(job.id), "checkpoints": [checkpoint_json(c) for c in rows]})
+
+
+@bp.get("/jobs/<job_id>/checkpoints/<ref>/state_dict")
+def state_dict(job_id: str, ref: str) -> Response:
+    """Download weights; `ref` is a checkpoint id or final / epoch / latest."""
+    session = db()
+    job = repository.get_job(session=session, job_id=parse_job_id(job_id), owner=current_owner())
+    ckpt = repository.get_checkpoint(session=session, job_id=job.id, ref=ref)
+    resp = Response(ckpt.model_state, mimetype="application/octet-stream")
+    resp.headers["Content-Disposition"] = (
+        f'attachment; filename="{job.id}-step{ckpt.step}-{ckpt.tag}.safetensors"'
+    )
+    resp.headers["X-Checkpoint-Id"] = str(ckpt.id)
+    resp.headers["X-Checkpoint-Sha256"] = ckpt.sha256
+    resp.set_etag(ckpt.sha256)
+    return resp

@@ -1,0 +1,96 @@
+"""Rows to JSON. Non-finite floats are spelled "NaN" / "Infinity" / "-Infinity" (valid JSON)."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+from flask import url_for
+
+from shared.models import Checkpoint, Job, JobEvent, LayerTrace
+
+TRACE_STATS = ("numel", "norm", "mean", "std", "min", "max", "zero_frac", "nonfinite")
+
+
+def json_float(value: float) -> float | str:
+    """A float JSON can carry: NaN and infinities become strings rather than invalid tokens."""
+    if math.isfinite(value):
+        return value
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def job_json(job: Job, *, with_spec: bool = True) -> dict[str, Any]:
+    """The job as the API shows it."""
+    job_id = str(job.id)
+    total = job.progress_total
+    body: dict[str, Any] = {
+        "id": job_id,
+        "kind": job.kind,
+        "status": job.status,
+        "owner": job.owner,
+        "queue": job.queue,
+        "attempt": job.attempt,
+        "worker": job.worker,
+        "progress": {
+            "step": job.progress_step,
+            "total_steps": total,
+            "epoch": job.progress_epoch,
+            "fraction": (job.progress_step / total) if total else 0.0,
+        },
+        "summary": job.summary,
+        "error": job.error,
+        "cancel_requested": job.cancel_requested,
+        "created_at": _ts(job.created_at),
+        "started_at": _ts(job.started_at),
+        "finished_at": _ts(job.finished_at),
+        "heartbeat_at": _ts(job.heartbeat_at),
+        "links": {
+            "self": url_for("api_v1.jobs.get_job", job_id=job_id),
+            "metrics": url_for("api_v1.results.metrics", job_id=job_id),
+            "traces": url_for("api_v1.results.traces", job_id=job_id),
+            "checkpoints": url_for("api_v1.checkpoints.list_checkpoints", job_id=job_id),
+            "events": url_for("api_v1.jobs.events", job_id=job_id),
+        },
+    }
+    if with_spec:
+        body["spec"] = job.spec
+    return body
+
+
+def trace_json(row: LayerTrace) -> dict[str, Any]:
+    """One trace row."""
+    body: dict[str, Any] = {"step": row.step, "layer": row.layer, "kind": row.kind}
+    for stat in TRACE_STATS:
+        value = getattr(row, stat)
+        body[stat] = value if isinstance(value, int) else json_float(value)
+    return body
+
+
+def checkpoint_json(ckpt: Checkpoint) -> dict[str, Any]:
+    """Checkpoint metadata with its download link."""
+    return {
+        "id": str(ckpt.id),
+        "step": ckpt.step,
+        "epoch": ckpt.epoch,
+        "tag": ckpt.tag,
+        "sha256": ckpt.sha256,
+        "size": ckpt.size,
+        "created_at": _ts(ckpt.created_at),
+        "links": {
+            "state_dict": url_for(
+                "api_v1.checkpoints.state_dict", job_id=str(ckpt.job_id), ref=str(ckpt.id)
+            )
+        },
+    }
+
+
+def event_json(event: JobEvent) -> dict[str, Any]:
+    """One lifecycle event."""
+    return {"at": _ts(event.at), "kind": event.kind, "message": event.message, "data": event.data}

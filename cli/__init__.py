@@ -1,0 +1,1 @@
+"""The `trainyard` command: run the service, manage tokens, submit and watch jobs."""

@@ -1,0 +1,1 @@
+"""Example job specs shipped with the CLI (the README shows the same files)."""

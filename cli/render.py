@@ -1,0 +1,99 @@
+"""Terminal output: a progress line while a job runs, a summary when it ends."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from cli.client import ApiClient
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def progress_line(job: dict[str, Any], loss: float | None) -> str:
+    """`[#####-----]  52%  step 120/230  epoch 2  loss 0.4211  running`."""
+    prog = job["progress"]
+    frac = min(max(prog["fraction"] or 0.0, 0.0), 1.0)
+    width = 30
+    bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
+    total = prog["total_steps"] or "?"
+    loss_txt = f"  loss {loss:.4f}" if loss is not None else ""
+    return (
+        f"[{bar}] {frac * 100:5.1f}%  step {prog['step']}/{total}  epoch {prog['epoch']}"
+        f"{loss_txt}  {job['status']}"
+    )
+
+
+def _last_loss(client: ApiClient, job_id: str) -> float | None:
+    series = client.get_json(f"/api/v1/jobs/{job_id}/metrics", name="loss", split="train")
+    for s in series["series"]:
+        if s["points"]:
+            value = s["points"][-1]["value"]
+            return float(value)
+    return None
+
+
+def watch(client: ApiClient, job_id: str, *, interval: float = 0.5) -> dict[str, Any]:
+    """Poll until the job is final, redrawing one progress line; returns the final job."""
+    tty = sys.stdout.isatty()
+    last = ""
+    while True:
+        job = client.get_json(f"/api/v1/jobs/{job_id}")
+        loss = _last_loss(client, job_id) if job["status"] != "queued" else None
+        line = progress_line(job, loss)
+        if line != last:
+            click.echo(("\r" + line) if tty else line, nl=not tty)
+            last = line
+        if job["status"] in FINAL:
+            if tty:
+                click.echo()
+            return dict(job)
+        time.sleep(interval)
+
+
+def summary_text(client: ApiClient, job: dict[str, Any]) -> str:
+    """Final metrics and a per-layer gradient-norm table (last logged step)."""
+    lines = [f"job {job['id']}: {job['status']}"]
+    if job.get("error"):
+        lines.append(f"  error: {job['error']}")
+    summary = job.get("summary") or {}
+    metrics = summary.get("metrics") or {}
+    if summary:
+        lines.append(
+            f"  steps {summary.get('steps')}  epochs {summary.get('epochs')}  "
+            f"wall {summary.get('wall_s')} s  {summary.get('steps_per_s')} steps/s  "
+            f"on {summary.get('device')}"
+        )
+        lines.append(f"  final loss       {summary.get('final_loss')}")
+        for key in ("val_loss", "val_accuracy"):
+            if key in metrics:
+                lines.append(f"  {key:<16} {metrics[key]}")
+        lines.append(
+            f"  parameters       {summary.get('param_count')} "
+            f"({summary.get('trainable_count')} trainable)"
+        )
+    rows = _last_step_grad_norms(client, job["id"])
+    if rows:
+        lines.append(f"  gradient norms at step {rows[0]['step']}:")
+        lines.append(f"    {'kind':<11} {'layer / parameter':<32} {'norm':>12}")
+        for r in rows:
+            lines.append(f"    {r['kind']:<11} {r['layer']:<32} {float(r['norm']):>12.6g}")
+    return "\n".join(lines)
+
+
+def _last_step_grad_norms(client: ApiClient, job_id: str) -> list[dict[str, Any]]:
+    job = client.get_json(f"/api/v1/jobs/{job_id}")
+    last = job["progress"]["step"]
+    if not last:
+        return []
+    # The last logged step is at most `every_n_steps` before the end; look back a little.
+    traces = client.get_json(
+        f"/api/v1/jobs/{job_id}/traces", from_step=max(1, last - 1000), to_step=last
+    )["traces"]
+    if not traces:
+        return []
+    top = max(t["step"] for t in traces)
+    return [t for t in traces if t["step"] == top]

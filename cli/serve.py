@@ -1,0 +1,154 @@
+"""`trainyard serve`: migrate, start a worker and the API, optionally run the demo job."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import click
+import requests
+
+from cli.client import ApiClient
+from cli.render import summary_text, watch
+from shared.config import Settings
+from shared.db import make_engine, make_session_factory, session_scope
+from shared.queues import ALL_TRAIN_QUEUES, QUEUE_CPU, QUEUE_DEFAULT, make_celery
+from shared.sweeper import run_forever
+from shared.tokens import create_token
+
+
+def has_gpu() -> bool:
+    """Whether an NVIDIA GPU is visible, without initialising CUDA in this (forking) process."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return False
+    out = subprocess.run([smi, "-L"], capture_output=True, text=True, check=False)
+    return out.returncode == 0 and "GPU" in out.stdout
+
+
+def default_queues() -> list[str]:
+    """GPU workers take every training queue; CPU workers leave 'train.gpu' alone."""
+    return list(ALL_TRAIN_QUEUES) if has_gpu() else [QUEUE_DEFAULT, QUEUE_CPU]
+
+
+def worker_command(queues: list[str], concurrency: int, loglevel: str = "info") -> list[str]:
+    """The celery worker command line (one process per GPU: concurrency 1 by default)."""
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        "-Q", ",".join(queues), "--concurrency", str(concurrency), "-l", loglevel,
+        "-n", f"trainyard-{os.getpid()}@%h", "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+
+
+def api_command(host: str, port: int, workers: int) -> list[str]:
+    """gunicorn serving api.wsgi:app."""
+    return [
+        sys.executable, "-m", "gunicorn", "-b", f"{host}:{port}", "-w", str(workers),
+        "--threads", "4", "--timeout", "60", "api.wsgi:app",
+    ]  # fmt: skip
+
+
+def wait_healthy(base_url: str, timeout: float = 60.0) -> None:
+    """Block until /healthz answers, or raise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:  # not listening yet, or still importing torch
+            pass
+        time.sleep(0.3)
+    raise click.ClickException(f"the API did not come up at {base_url} within {timeout:.0f} s")
+
+
+def demo_spec() -> dict[str, Any]:
+    """The seed's Net (preset lenet) on the bundled digits, resized to 32x32."""
+    text = resources.files("cli.examples").joinpath("lenet_digits.json").read_text()
+    spec: dict[str, Any] = json.loads(text)
+    return spec
+
+
+def write_token_file(settings: Settings, token: str) -> Path:
+    """Store the local token where the CLI finds it (readable by this user only)."""
+    path = settings.data_dir / "token"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def run_serve(settings: Settings, *, demo: bool, exit_after_demo: bool, api_workers: int) -> int:
+    """Run the single-machine service until Ctrl-C (or until the demo ends)."""
+    env = {**os.environ, "TRAINYARD_API_HOST": settings.api_host,
+           "TRAINYARD_API_PORT": str(settings.api_port),
+           "TRAINYARD_DATA_DIR": str(settings.data_dir.resolve())}  # fmt: skip
+    children = [
+        subprocess.Popen(worker_command(default_queues(), 1), env=env),
+        subprocess.Popen(api_command(settings.api_host, settings.api_port, api_workers), env=env),
+    ]
+    engine = make_engine(settings.resolved_database_url())
+    sessions = make_session_factory(engine)
+    stop = threading.Event()
+    sweeper = threading.Thread(
+        target=run_forever,
+        kwargs={"sessions": sessions, "celery": make_celery(settings), "settings": settings,
+                "every_seconds": 30.0, "stop": stop},
+        daemon=True,
+    )  # fmt: skip
+    sweeper.start()
+    base = settings.base_url()
+    code = 0
+    try:
+        wait_healthy(base)
+        click.echo(f"API: {base}  (worker queues: {', '.join(default_queues())})")
+        if demo:
+            code = _run_demo(settings, sessions, base)
+            if exit_after_demo:
+                return code
+        click.echo("serving; press Ctrl-C to stop")
+        while all(c.poll() is None for c in children):
+            time.sleep(1)
+        click.echo("a child process exited; shutting down", err=True)
+        return 1
+    except KeyboardInterrupt:
+        return code
+    finally:
+        stop.set()
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        engine.dispose()
+
+
+def _run_demo(settings: Settings, sessions: Any, base: str) -> int:
+    with session_scope(sessions) as session:
+        token, _row = create_token(session=session, name="demo", owner="local")
+    token_path = write_token_file(settings, token)
+    client = ApiClient(base, token)
+    started = time.monotonic()
+    job = client.post_json("/api/v1/jobs", {"kind": "train", "spec": demo_spec()})
+    click.echo(f"demo job {job['id']} queued: preset lenet on digits (32x32)")
+    final = watch(client, job["id"])
+    wall = time.monotonic() - started
+    click.echo(summary_text(client, final))
+    click.echo(f"  demo wall time {wall:.1f} s (submit to final status)")
+    job_url = f"{base}/api/v1/jobs/{job['id']}"
+    click.echo(f"\nExplore (token in {token_path}; export TRAINYARD_TOKEN=$(cat {token_path})):")
+    for suffix in ("", "/metrics", "/traces?kind=param_grad", "/checkpoints", "/events"):
+        click.echo(f"  {job_url}{suffix}")
+    click.echo(f'  curl -H "Authorization: Bearer $TRAINYARD_TOKEN" {job_url}')
+    return 0 if final["status"] == "succeeded" else 1

@@ -1,0 +1,60 @@
+"""One Settings class for the API, the workers and the CLI, read from TRAINYARD_* variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Embedded defaults run everything on one machine: a SQLite file and a filesystem broker."""
+
+    model_config = SettingsConfigDict(env_prefix="TRAINYARD_", extra="ignore")
+
+    data_dir: Path = Field(default=Path(".trainyard"), description="SQLite file, broker folders")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite")
+    broker_url: str | None = Field(default=None, description="Celery broker; default filesystem")
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    public_url: str | None = Field(default=None, description="Base URL printed to users")
+
+    max_request_bytes: int = Field(default=256 * 1024, description="Largest accepted JSON body")
+    max_params: int = Field(default=50_000_000, description="Largest model a job may build")
+    page_limit: int = Field(default=100, description="Default and maximum page size")
+    max_trace_rows: int = Field(default=50_000, description="Most trace rows one request returns")
+
+    lease_seconds: int = Field(default=120, description="A running job's claim without heartbeat")
+    heartbeat_seconds: float = Field(default=2.0, description="Progress / lease update period")
+    flush_seconds: float = Field(default=1.0, description="Metric and trace batch write period")
+    max_attempts: int = Field(default=3, description="Claims before a lost job is failed")
+    requeue_after_seconds: int = Field(
+        default=300, description="A queued job untouched this long has its message re-sent"
+    )
+
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to a SQLite file in data_dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'trainyard.db').resolve()}"
+
+    def resolved_broker_url(self) -> str:
+        """The broker URL, defaulting to kombu's filesystem transport in data_dir."""
+        return self.broker_url or "filesystem://"
+
+    def broker_folder(self) -> Path:
+        """Folder the filesystem transport exchanges message files through."""
+        return (self.data_dir / "broker").resolve()
+
+    def base_url(self) -> str:
+        """Where users reach the API."""
+        return self.public_url or f"http://{self.api_host}:{self.api_port}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once from the environment."""
+    return Settings()

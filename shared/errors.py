@@ -1,0 +1,55 @@
+"""Domain errors. The API maps each to an HTTP status; workers turn them into a failed job."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TrainyardError(Exception):
+    """Base class: `message` is safe to show to the user who sent the request."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+
+
+class SpecError(TrainyardError):
+    """The job spec cannot be built or trained; `details` name the failing field paths."""
+
+    code = "invalid_spec"
+
+
+class LimitExceeded(TrainyardError):
+    """A request is larger than the configured limits allow."""
+
+    status = 413
+    code = "too_large"
+
+
+class NotFound(TrainyardError):
+    """No such object for this owner (another owner's objects are 'not found' too)."""
+
+    status = 404
+    code = "not_found"
+
+
+class JobNotFound(NotFound):
+    """No job with that id belongs to the caller."""
+
+
+class InvalidTransition(TrainyardError):
+    """A job status change that the state machine does not allow (e.g. succeeded -> running)."""
+
+    status = 409
+    code = "invalid_transition"
+
+
+class Unauthorized(TrainyardError):
+    """Missing, unknown or revoked bearer token."""
+
+    status = 401
+    code = "unauthorized"

@@ -1,0 +1,371 @@
+"""Keyword-only data functions. Every job status change goes through a guarded UPDATE here."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Table, and_, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from shared.errors import InvalidTransition, JobNotFound, NotFound
+from shared.models import (
+    FINAL_STATUSES,
+    Checkpoint,
+    Job,
+    JobEvent,
+    JobStatus,
+    LayerTrace,
+    Metric,
+    utcnow,
+)
+
+# Rows per INSERT statement: large enough to amortise round trips, small enough for
+# SQLite's bound-parameter limit (13 columns x 2000 < 32766).
+_CHUNK = 2000
+
+
+def create_job(
+    *,
+    session: Session,
+    owner: str,
+    kind: str,
+    spec: dict[str, Any],
+    queue: str,
+    priority: int = 0,
+    source_job_id: uuid.UUID | None = None,
+) -> Job:
+    """Insert a queued job and its 'queued' event (the caller commits before sending)."""
+    job = Job(
+        owner=owner,
+        kind=kind,
+        spec=spec,
+        queue=queue,
+        priority=priority,
+        status=JobStatus.QUEUED,
+        source_job_id=source_job_id,
+        created_at=utcnow(),
+    )
+    session.add(job)
+    session.flush()
+    add_event(session=session, job_id=job.id, kind="queued", message=f"queued on {queue}")
+    return job
+
+
+def get_job(*, session: Session, job_id: uuid.UUID, owner: str | None = None) -> Job:
+    """The job, if it exists and (when owner is given) belongs to that owner."""
+    job = session.get(Job, job_id)
+    if job is None or (owner is not None and job.owner != owner):
+        raise JobNotFound(f"job {job_id} not found")
+    return job
+
+
+def list_jobs(
+    *,
+    session: Session,
+    owner: str,
+    status: str | None = None,
+    kind: str | None = None,
+    limit: int = 50,
+    before: tuple[datetime, uuid.UUID] | None = None,
+) -> list[Job]:
+    """Newest first; `before` is the (created_at, id) of the last job of the previous page."""
+    query = select(Job).where(Job.owner == owner)
+    if status:
+        query = query.where(Job.status == status)
+    if kind:
+        query = query.where(Job.kind == kind)
+    if before is not None:
+        at, last_id = before
+        query = query.where(or_(Job.created_at < at, and_(Job.created_at == at, Job.id < last_id)))
+    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    return list(session.scalars(query))
+
+
+def mark_enqueued(*, session: Session, job_id: uuid.UUID) -> None:
+    """Remember when the job's message was last sent (the sweeper re-sends stale ones)."""
+    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
+
+
+def claim_job(
+    *, session: Session, job_id: uuid.UUID, worker: str, lease_seconds: int, max_attempts: int
+) -> Job | None:
+    """Atomically move a queued (or lease-expired running) job to running for this worker.
+
+    Returns None when another worker holds a live lease or the job is already final, so a
+    redelivered message never trains the same job twice at once.
+    """
+    now = utcnow()
+    claimable = or_(
+        Job.status == JobStatus.QUEUED,
+        and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now),
+    )
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, claimable, Job.cancel_requested.is_(False))
+        .where(Job.attempt < max_attempts)
+        .values(
+            status=JobStatus.RUNNING,
+            worker=worker,
+            attempt=Job.attempt + 1,
+            heartbeat_at=now,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            started_at=func.coalesce(Job.started_at, now),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None
+    add_event(
+        session=session,
+        job_id=job_id,
+        kind="claimed",
+        message=f"claimed by {worker} (attempt {job.attempt})",
+    )
+    return job
+
+
+def heartbeat(
+    *,
+    session: Session,
+    job_id: uuid.UUID,
+    worker: str,
+    lease_seconds: int,
+    step: int,
+    total: int | None,
+    epoch: int,
+) -> bool:
+    """Extend the lease and store progress; returns True when a cancel was requested."""
+    now = utcnow()
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
+        .values(
+            heartbeat_at=now,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            progress_step=step,
+            progress_total=total,
+            progress_epoch=epoch,
+        )
+    )
+    cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
+    return bool(cancel)
+
+
+def finish_job(
+    *,
+    session: Session,
+    job_id: uuid.UUID,
+    worker: str,
+    status: JobStatus,
+    summary: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> None:
+    """running -> succeeded / failed / cancelled, only by the worker holding the claim."""
+    if status not in FINAL_STATUSES:
+        raise InvalidTransition(f"{status} is not a final status")
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
+        .values(status=status, summary=summary, error=error, finished_at=utcnow())
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise InvalidTransition(f"job {job_id} is not running on {worker}")
+    add_event(session=session, job_id=job_id, kind=str(status), message=error or "")
+
+
+def request_cancel(*, session: Session, job: Job) -> None:
+    """Queued jobs are cancelled at once; running ones stop at their next step."""
+    if job.status in FINAL_STATUSES:
+        raise InvalidTransition(f"job {job.id} is already {job.status}")
+    if job.status == JobStatus.QUEUED:
+        job.status = JobStatus.CANCELLED
+        job.finished_at = utcnow()
+    job.cancel_requested = True
+    add_event(session=session, job_id=job.id, kind="cancel_requested")
+
+
+def add_event(
+    *,
+    session: Session,
+    job_id: uuid.UUID,
+    kind: str,
+    message: str = "",
+    data: dict[str, Any] | None = None,
+) -> None:
+    """Append one lifecycle event."""
+    session.add(JobEvent(job_id=job_id, kind=kind, message=message, data=data, at=utcnow()))
+
+
+def list_events(*, session: Session, job_id: uuid.UUID) -> list[JobEvent]:
+    """A job's events, oldest first."""
+    query = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+    return list(session.scalars(query))
+
+
+def _insert_ignoring_duplicates(
+    session: Session, table: Table, rows: Sequence[dict[str, Any]]
+) -> None:
+    """Multi-row INSERT ... ON CONFLICT DO NOTHING, so a retried write is a no-op."""
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    for start in range(0, len(rows), _CHUNK):
+        chunk = rows[start : start + _CHUNK]
+        session.execute(insert(table).values(list(chunk)).on_conflict_do_nothing())
+
+
+def record_metrics(*, session: Session, job_id: uuid.UUID, rows: Iterable[dict[str, Any]]) -> None:
+    """Write metric points {split, name, step, epoch, value} in one batch."""
+    batch = [{**row, "job_id": job_id} for row in rows]
+    if batch:
+        _insert_ignoring_duplicates(session, Metric.__table__, batch)  # type: ignore[arg-type]
+
+
+def record_traces(*, session: Session, job_id: uuid.UUID, rows: Iterable[dict[str, Any]]) -> None:
+    """Write layer trace rows in one batch."""
+    batch = [{**row, "job_id": job_id} for row in rows]
+    if batch:
+        _insert_ignoring_duplicates(session, LayerTrace.__table__, batch)  # type: ignore[arg-type]
+
+
+def list_metrics(
+    *, session: Session, job_id: uuid.UUID, name: str | None = None, split: str | None = None
+) -> list[Metric]:
+    """A job's metric points ordered by name, split, step."""
+    query = select(Metric).where(Metric.job_id == job_id)
+    if name:
+        query = query.where(Metric.name == name)
+    if split:
+        query = query.where(Metric.split == split)
+    return list(session.scalars(query.order_by(Metric.name, Metric.split, Metric.step)))
+
+
+def list_traces(
+    *,
+    session: Session,
+    job_id: uuid.UUID,
+    layer: str | None = None,
+    kind: str | None = None,
+    from_step: int | None = None,
+    to_step: int | None = None,
+    limit: int,
+) -> list[LayerTrace]:
+    """Trace rows ordered by step then layer; step bounds are inclusive."""
+    query = select(LayerTrace).where(LayerTrace.job_id == job_id)
+    if layer:
+        query = query.where(LayerTrace.layer == layer)
+    if kind:
+        query = query.where(LayerTrace.kind == kind)
+    if from_step is not None:
+        query = query.where(LayerTrace.step >= from_step)
+    if to_step is not None:
+        query = query.where(LayerTrace.step <= to_step)
+    query = query.order_by(LayerTrace.step, LayerTrace.kind, LayerTrace.layer).limit(limit)
+    return list(session.scalars(query))
+
+
+def save_checkpoint(
+    *,
+    session: Session,
+    job_id: uuid.UUID,
+    step: int,
+    epoch: int,
+    tag: str,
+    model_state: bytes,
+    optimizer_state: bytes | None,
+    sha256: str,
+) -> Checkpoint:
+    """Store one checkpoint; a retried job overwrites nothing, it adds newer rows."""
+    ckpt = Checkpoint(
+        job_id=job_id,
+        step=step,
+        epoch=epoch,
+        tag=tag,
+        model_state=model_state,
+        optimizer_state=optimizer_state,
+        sha256=sha256,
+        size=len(model_state),
+        created_at=utcnow(),
+    )
+    session.add(ckpt)
+    session.flush()
+    return ckpt
+
+
+def list_checkpoints(*, session: Session, job_id: uuid.UUID) -> list[Checkpoint]:
+    """A job's checkpoints by step (weights are deferred: not loaded here)."""
+    query = select(Checkpoint).where(Checkpoint.job_id == job_id)
+    return list(session.scalars(query.order_by(Checkpoint.step, Checkpoint.created_at)))
+
+
+def get_checkpoint(*, session: Session, job_id: uuid.UUID, ref: str) -> Checkpoint:
+    """A checkpoint by id, or the newest one with tag 'final' / 'epoch' / 'latest'."""
+    query = select(Checkpoint).where(Checkpoint.job_id == job_id)
+    if ref in ("final", "epoch", "best"):
+        query = query.where(Checkpoint.tag == ref)
+    elif ref != "latest":
+        try:
+            query = query.where(Checkpoint.id == uuid.UUID(ref))
+        except ValueError:
+            raise NotFound(f"checkpoint {ref!r} not found") from None
+    ckpt = session.scalars(
+        query.order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc()).limit(1)
+    ).first()
+    if ckpt is None:
+        raise NotFound(f"checkpoint {ref!r} not found for job {job_id}")
+    return ckpt
+
+
+def jobs_to_resend(*, session: Session, older_than: timedelta, max_attempts: int) -> list[Job]:
+    """Jobs whose message may be lost: the sweeper sends "work on job X" again.
+
+    That is queued jobs whose message went out long ago (or never), and running jobs
+    whose worker stopped heartbeating while attempts are left.
+    """
+    now = utcnow()
+    cutoff = now - older_than
+    stale_queued = and_(
+        Job.status == JobStatus.QUEUED,
+        or_(Job.enqueued_at.is_(None), Job.enqueued_at < cutoff),
+        Job.created_at < cutoff,
+    )
+    lost_running = and_(
+        Job.status == JobStatus.RUNNING,
+        Job.lease_expires_at < now,
+        Job.attempt < max_attempts,
+        or_(Job.enqueued_at.is_(None), Job.enqueued_at < Job.lease_expires_at),
+    )
+    return list(session.scalars(select(Job).where(or_(stale_queued, lost_running))))
+
+
+def fail_expired_jobs(*, session: Session, max_attempts: int) -> list[uuid.UUID]:
+    """Running jobs whose lease ran out after their last allowed attempt become failed.
+
+    Jobs with attempts left stay 'running' with an expired lease: the redelivered (or
+    re-sent) message lets the next worker claim them.
+    """
+    now = utcnow()
+    query = select(Job.id).where(
+        Job.status == JobStatus.RUNNING,
+        Job.lease_expires_at < now,
+        Job.attempt >= max_attempts,
+    )
+    ids = list(session.scalars(query))
+    for job_id in ids:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+            .values(
+                status=JobStatus.FAILED,
+                finished_at=now,
+                error=f"worker lost {max_attempts} times (no heartbeat); giving up",
+            )
+        )
+        add_event(session=session, job_id=job_id, kind="failed", message="lease expired")
+    return ids

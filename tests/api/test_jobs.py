@@ -1,0 +1,196 @@
+"""Submitting and reading jobs over HTTP, on the real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import redis
+from flask.testing import FlaskClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.models import Job, JobEvent
+
+LENET = {
+    "model": {"preset": "lenet"},
+    "data": {"dataset": "digits", "image_size": 32},
+    "train": {"epochs": 1, "batch_size": 32},
+}
+
+
+def submit(
+    client: FlaskClient, headers: dict[str, str], spec: dict[str, Any] | None = None, **extra: Any
+) -> Any:
+    return client.post(
+        "/api/v1/jobs", json={"kind": "train", "spec": spec or LENET, **extra}, headers=headers
+    )
+
+
+def test_submit_stores_row_then_queues_message(
+    client: FlaskClient,
+    alice: dict[str, str],
+    sessions: sessionmaker[Session],
+    redis_client: redis.Redis,
+) -> None:
+    resp = submit(client, alice)
+    assert resp.status_code == 202
+    body = resp.get_json()
+    assert resp.headers["Location"].endswith(f"/api/v1/jobs/{body['id']}")
+    assert body["status"] == "queued" and body["owner"] == "alice" and body["queue"] == "train"
+    with sessions() as session:
+        job = session.get(Job, uuid.UUID(body["id"]))
+        assert job is not None and job.enqueued_at is not None
+        assert job.spec["model"] == {"preset": "lenet", "layers": None}
+        assert job.spec["train"]["optimizer"]["name"] == "SGD"  # defaults are stored explicitly
+        kinds = session.scalars(select(JobEvent.kind).where(JobEvent.job_id == job.id)).all()
+        assert kinds == ["queued"]
+    # The Redis message carries the job id and nothing else.
+    raw = redis_client.lrange("train", 0, -1)
+    assert len(raw) == 1
+    message = json.loads(raw[0])
+    assert message["headers"]["task"] == "trainyard.train"
+    assert body["id"] in message["headers"]["argsrepr"]
+
+
+def test_device_routes_to_queue(
+    client: FlaskClient, alice: dict[str, str], redis_client: redis.Redis
+) -> None:
+    spec = {**LENET, "train": {"epochs": 1, "device": "cpu"}}
+    assert submit(client, alice, spec).get_json()["queue"] == "train.cpu"
+    assert redis_client.llen("train.cpu") == 1
+    spec = {**LENET, "train": {"epochs": 1, "device": "cuda"}}
+    assert submit(client, alice, spec).get_json()["queue"] == "train.gpu"
+
+
+def test_malformed_spec_is_400_naming_the_field(
+    client: FlaskClient,
+    alice: dict[str, str],
+    redis_client: redis.Redis,
+    sessions: sessionmaker[Session],
+) -> None:
+    bad = {**LENET, "train": {"epochs": 1, "batch_size": 0}}
+    resp = submit(client, alice, bad)
+    assert resp.status_code == 400
+    err = resp.get_json()["error"]
+    assert err["code"] == "invalid_spec"
+    assert "spec.train.batch_size" in err["message"]
+    assert err["details"][0]["loc"] == "spec.train.batch_size"
+
+    resp = submit(client, alice, {"model": {"preset": "lenet"}})
+    assert resp.status_code == 400
+    assert resp.get_json()["error"]["details"][0]["loc"] == "spec.data"
+
+    layers = [{"type": "Linear", "name": "fc1", "in_featurez": 10, "out_features": 2}]
+    resp = submit(
+        client,
+        alice,
+        {"model": {"layers": layers}, "data": {"dataset": "synthetic", "num_classes": 2}},
+    )
+    assert resp.status_code == 400
+    message = resp.get_json()["error"]["message"]
+    assert "fc1" in message and "in_featurez" in message
+
+    # Shape mismatch caught by the dry run, before anything is stored or queued.
+    layers = [{"type": "Linear", "in_features": 10, "out_features": 3}]
+    resp = submit(
+        client,
+        alice,
+        {"model": {"layers": layers}, "data": {"dataset": "synthetic", "num_classes": 2}},
+    )
+    assert resp.status_code == 400
+    with sessions() as session:
+        assert session.scalars(select(Job)).all() == []
+    assert redis_client.llen("train") == 0
+
+
+def test_bad_bodies(client: FlaskClient, alice: dict[str, str]) -> None:
+    resp = client.post(
+        "/api/v1/jobs", data="not json", headers=alice, content_type="application/json"
+    )
+    assert resp.status_code == 400
+    assert resp.get_json()["error"]["code"] == "invalid_spec"
+    resp = client.post("/api/v1/jobs", json={"kind": "bake", "spec": LENET}, headers=alice)
+    assert resp.status_code == 400 and "kind" in resp.get_json()["error"]["message"]
+    resp = client.post(
+        "/api/v1/jobs", json={"kind": "train", "spec": LENET, "pad": "x" * 300_000}, headers=alice
+    )
+    assert resp.status_code == 413
+    assert resp.get_json()["error"]["code"] == "request_entity_too_large"
+    # 400M parameters: refused by the dry run's limit without allocating anything.
+    big = [
+        {"type": "Linear", "in_features": 4096, "out_features": 100_000},
+        {"type": "Linear", "in_features": 100_000, "out_features": 10},
+    ]
+    resp = submit(
+        client,
+        alice,
+        {"model": {"layers": big}, "data": {"dataset": "synthetic", "input_shape": [4096]}},
+    )
+    assert resp.status_code in (400, 413)
+    assert "param" in resp.get_json()["error"]["message"]
+
+
+def test_auth_required_and_owner_scoped(
+    client: FlaskClient, alice: dict[str, str], bob: dict[str, str]
+) -> None:
+    assert client.get("/api/v1/jobs").status_code == 401
+    resp = client.get("/api/v1/jobs", headers={"Authorization": "Bearer ty_nope"})
+    assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "unauthorized"
+    job_id = submit(client, alice).get_json()["id"]
+    assert client.get(f"/api/v1/jobs/{job_id}", headers=alice).status_code == 200
+    for path in (
+        "",
+        "/metrics",
+        "/traces",
+        "/checkpoints",
+        "/events",
+        "/checkpoints/final/state_dict",
+    ):
+        assert client.get(f"/api/v1/jobs/{job_id}{path}", headers=bob).status_code == 404
+    assert client.post(f"/api/v1/jobs/{job_id}/cancel", headers=bob).status_code == 404
+    assert client.get("/api/v1/jobs", headers=bob).get_json()["jobs"] == []
+    assert client.get("/api/v1/jobs/not-a-uuid", headers=alice).status_code == 404
+
+
+def test_revoked_token_is_refused(client: FlaskClient, sessions: sessionmaker[Session]) -> None:
+    from shared.db import session_scope
+    from shared.tokens import create_token, revoke_token
+
+    with session_scope(sessions) as session:
+        plaintext, row = create_token(session=session, name="t", owner="carol")
+    headers = {"Authorization": f"Bearer {plaintext}"}
+    assert client.get("/api/v1/jobs", headers=headers).status_code == 200
+    with session_scope(sessions) as session:
+        assert revoke_token(session=session, token_id=row.id, owner="carol")
+    assert client.get("/api/v1/jobs", headers=headers).status_code == 401
+
+
+def test_list_newest_first_filters_and_cursor(client: FlaskClient, alice: dict[str, str]) -> None:
+    ids = [submit(client, alice).get_json()["id"] for _ in range(5)]
+    resp = client.get("/api/v1/jobs?limit=2", headers=alice).get_json()
+    seen = [j["id"] for j in resp["jobs"]]
+    while resp["next_cursor"]:
+        resp = client.get(
+            f"/api/v1/jobs?limit=2&cursor={resp['next_cursor']}", headers=alice
+        ).get_json()
+        seen += [j["id"] for j in resp["jobs"]]
+    assert seen == list(reversed(ids))
+    client.post(f"/api/v1/jobs/{ids[0]}/cancel", headers=alice)
+    cancelled = client.get("/api/v1/jobs?status=cancelled", headers=alice).get_json()["jobs"]
+    assert [j["id"] for j in cancelled] == [ids[0]]
+    assert client.get("/api/v1/jobs?status=bogus", headers=alice).status_code == 400
+    assert client.get("/api/v1/jobs?limit=0", headers=alice).status_code == 400
+    assert client.get("/api/v1/jobs?cursor=%%%", headers=alice).status_code == 400
+    assert client.get("/api/v1/jobs?kind=infer", headers=alice).get_json()["jobs"] == []
+
+
+def test_cancel_queued_then_conflict(client: FlaskClient, alice: dict[str, str]) -> None:
+    job_id = submit(client, alice).get_json()["id"]
+    resp = client.post(f"/api/v1/jobs/{job_id}/cancel", headers=alice)
+    assert resp.status_code == 202 and resp.get_json()["status"] == "cancelled"
+    resp = client.post(f"/api/v1/jobs/{job_id}/cancel", headers=alice)
+    assert resp.status_code == 409
+    events = client.get(f"/api/v1/jobs/{job_id}/events", headers=alice).get_json()["events"]
+    assert [e["kind"] for e in events] == ["queued", "cancel_requested"]

@@ -1,0 +1,118 @@
+"""Metrics, traces and checkpoints written through the repository, read over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import uuid
+
+import torch
+from flask.testing import FlaskClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import repository
+from shared.db import session_scope
+from shared.tensors import bytes_to_state_dict, sha256_hex, state_dict_to_bytes
+from tests.api.test_jobs import submit
+
+
+def _trace(step: int, layer: str, kind: str, norm: float) -> dict[str, object]:
+    return {
+        "step": step,
+        "layer": layer,
+        "kind": kind,
+        "numel": 4,
+        "norm": norm,
+        "mean": 0.0,
+        "std": 1.0,
+        "min": -1.0,
+        "max": 1.0,
+        "zero_frac": 0.25,
+        "nonfinite": 0,
+    }
+
+
+def test_metrics_grouped_and_nan_spelled(
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+) -> None:
+    job_id = submit(client, alice).get_json()["id"]
+    rows = [
+        {"split": "train", "name": "loss", "step": s, "epoch": 1, "value": 1.0 / s}
+        for s in range(1, 4)
+    ]
+    rows.append({"split": "val", "name": "loss", "step": 3, "epoch": 1, "value": math.nan})
+    with session_scope(sessions) as session:
+        repository.record_metrics(session=session, job_id=uuid.UUID(job_id), rows=rows)
+        # A retried write of the same points is a no-op, not an error or a duplicate.
+        repository.record_metrics(session=session, job_id=uuid.UUID(job_id), rows=rows)
+    body = client.get(f"/api/v1/jobs/{job_id}/metrics", headers=alice).get_json()
+    series = {(s["name"], s["split"]): s["points"] for s in body["series"]}
+    assert [p["step"] for p in series[("loss", "train")]] == [1, 2, 3]
+    assert series[("loss", "train")][1] == {"step": 2, "epoch": 1, "value": 0.5}
+    assert series[("loss", "val")] == [{"step": 3, "epoch": 1, "value": "NaN"}]
+    only_val = client.get(f"/api/v1/jobs/{job_id}/metrics?split=val", headers=alice).get_json()
+    assert [s["split"] for s in only_val["series"]] == ["val"]
+
+
+def test_traces_filters(
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+) -> None:
+    job_id = submit(client, alice).get_json()["id"]
+    rows = [
+        _trace(s, layer, kind, float(s))
+        for s in range(1, 6)
+        for layer in ("conv1", "fc1")
+        for kind in ("backward", "param_grad")
+    ]
+    with session_scope(sessions) as session:
+        repository.record_traces(session=session, job_id=uuid.UUID(job_id), rows=rows)
+    url = f"/api/v1/jobs/{job_id}/traces"
+    assert len(client.get(url, headers=alice).get_json()["traces"]) == 20
+    got = client.get(
+        f"{url}?layer=fc1&kind=backward&from_step=2&to_step=4", headers=alice
+    ).get_json()["traces"]
+    assert [(t["step"], t["layer"], t["kind"]) for t in got] == [
+        (2, "fc1", "backward"),
+        (3, "fc1", "backward"),
+        (4, "fc1", "backward"),
+    ]
+    assert got[0]["norm"] == 2.0 and got[0]["zero_frac"] == 0.25
+    assert client.get(f"{url}?kind=sideways", headers=alice).status_code == 400
+    assert client.get(f"{url}?from_step=abc", headers=alice).status_code == 400
+    page = client.get(f"{url}?limit=3", headers=alice).get_json()
+    assert len(page["traces"]) == 3 and page["truncated"] is True
+
+
+def test_checkpoint_download_is_safetensors(
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+) -> None:
+    job_id = submit(client, alice).get_json()["id"]
+    state = {"fc.weight": torch.randn(3, 4), "fc.bias": torch.zeros(3)}
+    blob = state_dict_to_bytes(state)
+    with session_scope(sessions) as session:
+        for step, tag in ((10, "epoch"), (20, "final")):
+            repository.save_checkpoint(
+                session=session,
+                job_id=uuid.UUID(job_id),
+                step=step,
+                epoch=step // 10,
+                tag=tag,
+                model_state=blob,
+                optimizer_state=None,
+                sha256=sha256_hex(blob),
+            )
+    listing = client.get(f"/api/v1/jobs/{job_id}/checkpoints", headers=alice).get_json()
+    assert [(c["step"], c["tag"]) for c in listing["checkpoints"]] == [(10, "epoch"), (20, "final")]
+    resp = client.get(listing["checkpoints"][0]["links"]["state_dict"], headers=alice)
+    assert resp.status_code == 200 and resp.mimetype == "application/octet-stream"
+    assert hashlib.sha256(resp.data).hexdigest() == resp.headers["X-Checkpoint-Sha256"]
+    loaded = bytes_to_state_dict(resp.data)
+    assert torch.equal(loaded["fc.weight"], state["fc.weight"])
+    final = client.get(f"/api/v1/jobs/{job_id}/checkpoints/final/state_dict", headers=alice)
+    assert final.headers["X-Checkpoint-Id"] == listing["checkpoints"][1]["id"]
+    missing = client.get(f"/api/v1/jobs/{job_id}/checkpoints/best/state_dict", headers=alice)
+    assert missing.status_code == 404
+    assert (
+        client.get(f"/api/v1/jobs/{job_id}/checkpoints/zzz/state_dict", headers=alice).status_code
+        == 404
+    )

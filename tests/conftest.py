@@ -1,0 +1,122 @@
+"""Fixtures on the machine's real PostgreSQL and Redis (no fakes, no eager Celery).
+
+TRAINYARD_TEST_PG (server URL without a database) and TRAINYARD_TEST_REDIS point elsewhere.
+Each test session gets its own database, dropped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from api import create_app
+from cli.migrate import upgrade
+from shared.config import Settings
+from shared.db import make_engine, make_session_factory, session_scope
+from shared.tokens import create_token
+
+PG_SERVER = os.environ.get("TRAINYARD_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
+REDIS_URL = os.environ.get("TRAINYARD_TEST_REDIS", "redis://127.0.0.1:6379/15")
+
+
+def _admin_dsn() -> str:
+    return PG_SERVER.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
+
+
+def create_database(name: str) -> str:
+    """CREATE DATABASE name (dropping any leftover); returns its SQLAlchemy URL."""
+    with psycopg.connect(_admin_dsn(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{PG_SERVER}/{name}"
+
+
+def drop_database(name: str) -> None:
+    """DROP DATABASE name, closing other sessions on it."""
+    with psycopg.connect(_admin_dsn(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database migrated to head for this test session."""
+    name = f"trainyard_test_{os.getpid()}"
+    url = create_database(name)
+    upgrade(url, "head")
+    yield url
+    drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def engine(pg_url: str) -> Iterator[Engine]:
+    eng = make_engine(pg_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return make_session_factory(engine)
+
+
+@pytest.fixture()
+def clean_db(engine: Engine) -> None:
+    """Empty every table (jobs cascade to metrics, traces, checkpoints and events)."""
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE jobs, api_tokens RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture()
+def redis_client() -> Iterator[redis.Redis]:
+    """The test Redis database, emptied before and after each test."""
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture()
+def settings(pg_url: str, tmp_path: Path) -> Settings:
+    return Settings(database_url=pg_url, broker_url=REDIS_URL, data_dir=tmp_path / "data")
+
+
+@pytest.fixture()
+def app(settings: Settings, clean_db: None, redis_client: redis.Redis) -> Flask:
+    return create_app(settings)
+
+
+@pytest.fixture()
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def make_token(sessions: sessionmaker[Session], owner: str) -> str:
+    """A fresh plaintext token for `owner`."""
+    with session_scope(sessions) as session:
+        plaintext, _ = create_token(
+            session=session, name=f"{owner}-{uuid.uuid4().hex[:6]}", owner=owner
+        )
+    return plaintext
+
+
+@pytest.fixture()
+def alice(app: Flask, sessions: sessionmaker[Session]) -> dict[str, str]:
+    """Authorization headers for owner 'alice'."""
+    return {"Authorization": f"Bearer {make_token(sessions, 'alice')}"}
+
+
+@pytest.fixture()
+def bob(app: Flask, sessions: sessionmaker[Session]) -> dict[str, str]:
+    """Authorization headers for owner 'bob'."""
+    return {"Authorization": f"Bearer {make_token(sessions, 'bob')}"}

@@ -1,0 +1,121 @@
+"""Guarded job transitions, claims and the sweeper on the real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import redis
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import repository
+from shared.config import Settings
+from shared.db import session_scope
+from shared.errors import InvalidTransition
+from shared.models import Job, JobStatus, utcnow
+from shared.queues import make_celery
+from shared.sweeper import sweep_once
+
+
+def _job(sessions: sessionmaker[Session]) -> Job:
+    with session_scope(sessions) as session:
+        return repository.create_job(
+            session=session, owner="o", kind="train", spec={"x": 1}, queue="train"
+        )
+
+
+def _claim(sessions: sessionmaker[Session], job: Job, worker: str, lease: int = 60) -> Job | None:
+    with session_scope(sessions) as session:
+        return repository.claim_job(
+            session=session, job_id=job.id, worker=worker, lease_seconds=lease, max_attempts=3
+        )
+
+
+def test_claim_is_exclusive_while_leased(sessions: sessionmaker[Session], clean_db: None) -> None:
+    job = _job(sessions)
+    first = _claim(sessions, job, "w1")
+    assert first is not None and first.status == "running" and first.attempt == 1
+    assert _claim(sessions, job, "w2") is None  # a redelivered message must not train it again
+
+
+def test_expired_lease_can_be_reclaimed(sessions: sessionmaker[Session], clean_db: None) -> None:
+    job = _job(sessions)
+    assert _claim(sessions, job, "w1", lease=-1) is not None
+    second = _claim(sessions, job, "w2")
+    assert second is not None and second.worker == "w2" and second.attempt == 2
+    # The first worker lost its claim: it may not finish the job.
+    with pytest.raises(InvalidTransition), session_scope(sessions) as session:
+        repository.finish_job(
+            session=session, job_id=job.id, worker="w1", status=JobStatus.SUCCEEDED
+        )
+
+
+def test_finish_only_from_running(sessions: sessionmaker[Session], clean_db: None) -> None:
+    job = _job(sessions)
+    with pytest.raises(InvalidTransition), session_scope(sessions) as session:
+        repository.finish_job(
+            session=session, job_id=job.id, worker="w1", status=JobStatus.SUCCEEDED
+        )
+    _claim(sessions, job, "w1")
+    with session_scope(sessions) as session:
+        repository.finish_job(
+            session=session, job_id=job.id, worker="w1", status=JobStatus.FAILED, error="boom"
+        )
+    assert _claim(sessions, job, "w2") is None  # final jobs stay final
+    with sessions() as session:
+        row = session.get(Job, job.id)
+        assert row is not None and row.status == "failed" and row.error == "boom"
+        assert row.finished_at is not None
+
+
+def test_cancel_flag_reaches_heartbeat(sessions: sessionmaker[Session], clean_db: None) -> None:
+    job = _job(sessions)
+    _claim(sessions, job, "w1")
+    beat = {
+        "job_id": job.id,
+        "worker": "w1",
+        "lease_seconds": 60,
+        "step": 5,
+        "total": 10,
+        "epoch": 1,
+    }
+    with session_scope(sessions) as session:
+        assert repository.heartbeat(session=session, **beat) is False
+        row = session.get(Job, job.id)
+        assert row is not None
+        repository.request_cancel(session=session, job=row)
+    with session_scope(sessions) as session:
+        assert repository.heartbeat(session=session, **beat) is True
+        row = session.get(Job, job.id)
+        assert row is not None and row.status == "running" and row.progress_step == 5
+
+
+def test_sweeper_resends_lost_messages_and_fails_abandoned(
+    sessions: sessionmaker[Session],
+    clean_db: None,
+    settings: Settings,
+    redis_client: redis.Redis,
+) -> None:
+    lost = _job(sessions)  # never sent
+    abandoned = _job(sessions)
+    old = utcnow() - timedelta(hours=1)
+    with session_scope(sessions) as session:
+        session.execute(update(Job).values(created_at=old))
+        session.execute(
+            update(Job)
+            .where(Job.id == abandoned.id)
+            .values(status="running", attempt=3, lease_expires_at=old, worker="gone")
+        )
+    counts = sweep_once(sessions=sessions, celery=make_celery(settings), settings=settings)
+    assert counts == {"resent": 1, "failed": 1}
+    assert redis_client.llen("train") == 1
+    assert str(lost.id) in redis_client.lindex("train", 0).decode()  # type: ignore[union-attr]
+    with sessions() as session:
+        row = session.get(Job, abandoned.id)
+        assert row is not None and row.status == "failed" and "worker lost" in (row.error or "")
+    # Nothing left to do on the next pass: the message was just sent.
+    assert sweep_once(sessions=sessions, celery=make_celery(settings), settings=settings) == {
+        "resent": 0,
+        "failed": 0,
+    }

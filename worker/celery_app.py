@@ -1,0 +1,8 @@
+"""The worker's Celery app: `celery -A worker.celery_app worker` (or `trainyard worker`)."""
+
+from __future__ import annotations
+
+from shared.config import get_settings
+from shared.queues import make_celery
+
+app = make_celery(get_settings(), include=["worker.tasks"])

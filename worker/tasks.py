@@ -1,0 +1,126 @@
+"""Thin Celery tasks: claim the job row, run plain training code, record the outcome."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import uuid
+from functools import cache
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import repository
+from shared.config import Settings, get_settings
+from shared.db import make_engine, make_session_factory, session_scope
+from shared.errors import InvalidTransition, TrainyardError
+from shared.models import JobStatus
+from shared.queues import TRAIN_TASK
+from shared.spec import JobSpec
+from worker.celery_app import app
+from worker.sinks import DatabaseSink
+from worker.training.loop import FitResult, TrainingDiverged, fit
+
+log = logging.getLogger(__name__)
+
+
+@cache
+def _sessions() -> sessionmaker[Session]:
+    # Built lazily in the process that runs tasks: an engine must not cross a fork.
+    return make_session_factory(make_engine(get_settings().resolved_database_url()))
+
+
+@app.task(name=TRAIN_TASK)
+def train(job_id: str) -> str:
+    """Train one job; the return value is the final status (results are in the database)."""
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    return execute_train(
+        uuid.UUID(job_id), worker=worker, sessions=_sessions(), settings=get_settings()
+    )
+
+
+def user_message(exc: BaseException) -> str:
+    """One line a user can act on; tracebacks stay in the worker log."""
+    if isinstance(exc, TrainyardError | TrainingDiverged):
+        text = str(exc.message if isinstance(exc, TrainyardError) else exc)
+    elif isinstance(exc, MemoryError):
+        text = "out of memory: use a smaller model or batch_size"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return first[:500]
+
+
+def execute_train(
+    job_id: uuid.UUID, *, worker: str, sessions: sessionmaker[Session], settings: Settings
+) -> str:
+    """queued -> running -> succeeded | failed | cancelled; never leaves a job running."""
+    with session_scope(sessions) as session:
+        job = repository.claim_job(
+            session=session,
+            job_id=job_id,
+            worker=worker,
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.max_attempts,
+        )
+        if job is None:
+            log.info("job %s not claimable (final, cancelled or leased elsewhere)", job_id)
+            return "skipped"
+        raw_spec = job.spec
+
+    sink = DatabaseSink(sessions=sessions, job_id=job_id, worker=worker, settings=settings)
+    status, summary, error = JobStatus.FAILED, None, None
+    try:
+        result = fit(JobSpec.model_validate(raw_spec), callbacks=[sink])
+        summary = _summary(result)
+        status = JobStatus.CANCELLED if result.stopped else JobStatus.SUCCEEDED
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        error = user_message(exc)
+        try:
+            sink.flush()  # keep the points logged before the failure
+        except Exception:
+            log.exception("job %s: could not write buffered rows", job_id)
+    try:
+        with session_scope(sessions) as session:
+            repository.finish_job(
+                session=session,
+                job_id=job_id,
+                worker=worker,
+                status=status,
+                summary=summary,
+                error=error,
+            )
+    except InvalidTransition:
+        # Our lease expired and another worker claimed the job: its outcome wins.
+        log.warning("job %s: lost the claim before finishing; result dropped", job_id)
+        return "lost"
+    return str(status)
+
+
+def _finite(value: Any) -> Any:
+    # JSONB refuses NaN / Infinity tokens: spell them as strings, like the API does.
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
+def _summary(result: FitResult) -> dict[str, Any]:
+    return _finite(
+        {
+            "steps": result.steps,
+            "epochs": result.epochs,
+            "final_loss": result.final_loss,
+            "metrics": result.metrics,
+            "wall_s": round(result.wall_s, 3),
+            "steps_per_s": round(result.steps_per_s, 2),
+            "param_count": result.param_count,
+            "trainable_count": result.trainable_count,
+            "device": result.device,
+            "stopped": result.stopped,
+        }
+    )

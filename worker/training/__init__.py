@@ -1,0 +1,1 @@
+"""Plain-PyTorch training: datasets, the fit loop, hook probes and checkpoints."""

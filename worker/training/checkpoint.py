@@ -1,0 +1,57 @@
+"""Checkpoints as bytes: model weights as safetensors, optimizer state via torch.save.
+
+The optimizer state holds only tensors, numbers and lists, so it is read back with
+`torch.load(weights_only=True)`, which refuses anything that would run code.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from shared.tensors import bytes_to_state_dict, sha256_hex, state_dict_to_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointBlob:
+    """One checkpoint; `sha256` and `size` describe `model_state`, the downloadable part."""
+
+    step: int
+    epoch: int
+    tag: str  # "epoch" | "best" | "final"
+    model_state: bytes
+    optimizer_state: bytes
+    sha256: str
+    size: int
+
+
+def capture(
+    model: nn.Module, optimizer: torch.optim.Optimizer, *, step: int, epoch: int, tag: str
+) -> CheckpointBlob:
+    """Snapshot model and optimizer state (copied to the host) into a CheckpointBlob."""
+    model_state = state_dict_to_bytes(model.state_dict())
+    buffer = io.BytesIO()
+    torch.save(optimizer.state_dict(), buffer)
+    return CheckpointBlob(
+        step=step,
+        epoch=epoch,
+        tag=tag,
+        model_state=model_state,
+        optimizer_state=buffer.getvalue(),
+        sha256=sha256_hex(model_state),
+        size=len(model_state),
+    )
+
+
+def restore_model(model: nn.Module, model_state: bytes, strict: bool = True) -> None:
+    """Load safetensors bytes into `model` in place, on whatever device it lives."""
+    model.load_state_dict(bytes_to_state_dict(model_state), strict=strict)
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, optimizer_state: bytes) -> None:
+    """Load optimizer state saved by `capture`; tensors follow the parameters' device."""
+    state = torch.load(io.BytesIO(optimizer_state), map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state)
