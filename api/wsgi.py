@@ -1,5 +1,14 @@
 """WSGI entry point for gunicorn: `gunicorn api.wsgi:app`."""
 
 from api import create_app
+from shared.netspec import dry_run
+from shared.spec import JobSpec
 
 app = create_app()
+# The first meta-device forward in a process imports torch._dynamo (about a second):
+# pay it at boot, not in the first user's request.
+dry_run(
+    JobSpec.model_validate(
+        {"model": {"preset": "lenet"}, "data": {"dataset": "digits", "image_size": 32}}
+    )
+)

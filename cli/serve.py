@@ -91,10 +91,17 @@ def run_serve(settings: Settings, *, demo: bool, exit_after_demo: bool, api_work
     env = {**os.environ, "TRAINYARD_API_HOST": settings.api_host,
            "TRAINYARD_API_PORT": str(settings.api_port),
            "TRAINYARD_DATA_DIR": str(settings.data_dir.resolve())}  # fmt: skip
-    children = [
-        subprocess.Popen(worker_command(default_queues(), 1), env=env),
-        subprocess.Popen(api_command(settings.api_host, settings.api_port, api_workers), env=env),
-    ]
+    logs = settings.data_dir.resolve() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    commands = {
+        "worker": worker_command(default_queues(), 1),
+        "api": api_command(settings.api_host, settings.api_port, api_workers),
+    }
+    children = []
+    for name, cmd in commands.items():
+        # Child output goes to files so the terminal shows the demo, not two banners.
+        with (logs / f"{name}.log").open("a") as out:
+            children.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT))
     engine = make_engine(settings.resolved_database_url())
     sessions = make_session_factory(engine)
     stop = threading.Event()
@@ -110,6 +117,7 @@ def run_serve(settings: Settings, *, demo: bool, exit_after_demo: bool, api_work
     try:
         wait_healthy(base)
         click.echo(f"API: {base}  (worker queues: {', '.join(default_queues())})")
+        click.echo(f"logs: {logs}/api.log, {logs}/worker.log")
         if demo:
             code = _run_demo(settings, sessions, base)
             if exit_after_demo:

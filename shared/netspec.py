@@ -49,6 +49,8 @@ LAYERS: dict[str, type[nn.Module]] = {
     )
 }
 
+DEFAULT_MAX_PARAMS = 50_000_000
+
 # The worker decides where and in what precision the model lives.
 _PLACED_BY_WORKER = frozenset({"device", "dtype"})
 
@@ -77,7 +79,7 @@ def build_model(model: ModelSpec) -> nn.Sequential:
     return _build(model)[0]
 
 
-def dry_run(spec: JobSpec, max_params: int = 50_000_000) -> DryRun:
+def dry_run(spec: JobSpec, max_params: int = DEFAULT_MAX_PARAMS) -> DryRun:
     """Build on the meta device and push a batch of 2 through it: checks sizes and shapes."""
     with torch.device("meta"):
         model, sites = _build(spec.model)

@@ -42,12 +42,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     if config["broker_url"].startswith("filesystem"):
         folder = settings.broker_folder()
-        for sub in ("out", "processed"):
+        for sub in ("out", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         config["broker_transport_options"] = {
             "data_folder_in": str(folder / "out"),
             "data_folder_out": str(folder / "out"),
             "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
             "store_processed": False,
         }
     elif config["broker_url"].startswith("redis"):

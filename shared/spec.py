@@ -148,9 +148,12 @@ class OptimizerSpec(_Strict):
 
 
 class TrainSpec(_Strict):
-    """How long and how to train: the seed's zero_grad / forward / loss / backward / step."""
+    """How long and how to train: the seed's zero_grad / forward / loss / backward / step.
 
-    epochs: int | None = Field(default=1, ge=1, le=1000)
+    Training stops at whichever of `epochs` and `max_steps` comes first.
+    """
+
+    epochs: int | None = Field(default=None, ge=1, le=1000)
     max_steps: int | None = Field(default=None, ge=1, le=10_000_000)
     batch_size: int = Field(default=64, ge=1, le=8192)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
@@ -160,8 +163,9 @@ class TrainSpec(_Strict):
 
     @model_validator(mode="after")
     def _has_a_length(self) -> TrainSpec:
+        # max_steps alone runs as many epochs as it takes; neither means one epoch.
         if self.epochs is None and self.max_steps is None:
-            raise ValueError("give 'epochs', 'max_steps' or both")
+            self.epochs = 1
         return self
 
 

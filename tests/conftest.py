@@ -25,8 +25,13 @@ from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.tokens import create_token
 
+pytest_plugins = ["tests.live"]
+
 PG_SERVER = os.environ.get("TRAINYARD_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("TRAINYARD_TEST_REDIS", "redis://127.0.0.1:6379/15")
+# The live worker gets a Redis database of its own, so it never consumes the messages
+# that queue tests inspect on REDIS_URL.
+LIVE_REDIS_URL = os.environ.get("TRAINYARD_TEST_REDIS_LIVE", "redis://127.0.0.1:6379/14")
 
 
 def _admin_dsn() -> str:

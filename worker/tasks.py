@@ -73,7 +73,8 @@ def execute_train(
     sink = DatabaseSink(sessions=sessions, job_id=job_id, worker=worker, settings=settings)
     status, summary, error = JobStatus.FAILED, None, None
     try:
-        result = fit(JobSpec.model_validate(raw_spec), callbacks=[sink])
+        spec = JobSpec.model_validate(raw_spec)
+        result = fit(spec, callbacks=[sink], max_params=settings.max_params)
         summary = _summary(result)
         status = JobStatus.CANCELLED if result.stopped else JobStatus.SUCCEEDED
     except Exception as exc:

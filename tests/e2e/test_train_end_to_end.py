@@ -15,7 +15,7 @@ from torch import nn
 
 from shared.spec import JobSpec
 from shared.tensors import bytes_to_state_dict
-from tests.e2e.conftest import LiveService
+from tests.live import LiveService
 from worker.training.data import make_datasets
 
 pytestmark = pytest.mark.e2e

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from shared.errors import SpecError
-from shared.netspec import build_model, dry_run
+from shared.netspec import DEFAULT_MAX_PARAMS, build_model, dry_run
 from shared.spec import JobSpec, OptimizerSpec, TrainSpec
 from worker.training.checkpoint import CheckpointBlob, capture
 from worker.training.data import make_datasets, make_loader
@@ -109,10 +109,13 @@ def fit(
     *,
     callbacks: Sequence[Callback] = (),
     device: str | torch.device | None = None,
+    max_params: int = DEFAULT_MAX_PARAMS,
 ) -> FitResult:
     """Train the spec's model on its data; see Callback for what is reported along the way."""
     dev = resolve_device(device if device is not None else spec.train.device)
-    report = dry_run(spec)  # shapes and size, before anything is allocated for real
+    # Shapes and size again, before anything is allocated for real; pass the same
+    # max_params the API checked with, so a worker never refuses what the API accepted.
+    report = dry_run(spec, max_params=max_params)
 
     torch.manual_seed(spec.train.seed)  # weights depend on the seed only
     model = build_model(spec.model).to(dev)

@@ -1,4 +1,8 @@
-"""A real Celery worker process and a real gunicorn API on PostgreSQL + Redis."""
+"""A real Celery worker process and a real gunicorn API on PostgreSQL + Redis.
+
+The processes start once per test session; each test gets a fresh token, since other
+tests empty the tables between tests.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cli.serve import api_command, wait_healthy, worker_command
 from shared.queues import ALL_TRAIN_QUEUES
-from tests.conftest import REDIS_URL, make_token
+from tests.conftest import LIVE_REDIS_URL, make_token
 
 ROOT = Path(__file__).resolve().parents[2]
 FINAL = ("succeeded", "failed", "cancelled")
@@ -54,7 +58,7 @@ class LiveService:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             job: dict[str, Any] = self.get(f"/api/v1/jobs/{job_id}").json()
-            if job["status"] in until:
+            if job["status"] in until or job["status"] in FINAL:
                 return job
             time.sleep(0.25)
         raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s")
@@ -66,18 +70,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def live(
-    pg_url: str, sessions: sessionmaker[Session], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LiveService]:
-    """Start `celery worker` and gunicorn as child processes; stop them after the module."""
-    redis.Redis.from_url(REDIS_URL).flushdb()
+@pytest.fixture(scope="session")
+def live_url(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Start `celery worker` and gunicorn as child processes; stop them after the session."""
+    redis.Redis.from_url(LIVE_REDIS_URL).flushdb()
     port = _free_port()
     logs = tmp_path_factory.mktemp("live")
     env = {
         **os.environ,
         "TRAINYARD_DATABASE_URL": pg_url,
-        "TRAINYARD_BROKER_URL": REDIS_URL,
+        "TRAINYARD_BROKER_URL": LIVE_REDIS_URL,
         "TRAINYARD_DATA_DIR": str(logs),
         "TRAINYARD_API_PORT": str(port),
         "TRAINYARD_HEARTBEAT_SECONDS": "0.3",
@@ -96,7 +98,7 @@ def live(
     base = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(base, timeout=90)
-        yield LiveService(base, {"Authorization": f"Bearer {make_token(sessions, 'e2e')}"})
+        yield base
     finally:
         for _, proc in procs:
             proc.terminate()
@@ -107,3 +109,9 @@ def live(
                 proc.kill()
             if proc.returncode not in (0, -15):
                 sys.stderr.write((logs / f"{name}.log").read_text()[-5000:])
+
+
+@pytest.fixture()
+def live(live_url: str, sessions: sessionmaker[Session]) -> LiveService:
+    """The live service with a token of a fresh owner."""
+    return LiveService(live_url, {"Authorization": f"Bearer {make_token(sessions, 'e2e')}"})

@@ -1,0 +1,27 @@
+# One image for the API, the workers, the sweeper and the migration step; they differ by command.
+# CPU:  docker build -t trainyard .
+# CUDA: docker build -t trainyard:cuda --build-arg BASE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04 .
+ARG BASE=python:3.11-slim-bookworm
+FROM ${BASE}
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    TRAINYARD_DATA_DIR=/var/lib/trainyard
+# CUDA bases ship no Python 3.11: install it (a no-op on the python base).
+RUN if ! command -v python3.11 >/dev/null; then \
+        apt-get update && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
+        && rm -rf /var/lib/apt/lists/*; fi \
+    && python3.11 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+WORKDIR /app
+# Dependencies first so code edits do not reinstall torch.
+COPY pyproject.toml README.md ./
+RUN mkdir -p api worker shared cli/examples && touch api/__init__.py worker/__init__.py \
+        shared/__init__.py cli/__init__.py cli/examples/__init__.py \
+    && pip install '.[cluster]' && pip uninstall -y trainyard
+COPY . .
+RUN pip install --no-deps -e . && useradd --system --home /var/lib/trainyard trainyard \
+    && mkdir -p /var/lib/trainyard && chown trainyard /var/lib/trainyard
+USER trainyard
+EXPOSE 8000
+CMD ["gunicorn", "-b", "0.0.0.0:8000", "-w", "2", "--threads", "4", "api.wsgi:app"]

@@ -1,0 +1,82 @@
+"""The `trainyard` command: tokens, submit, watch, and the embedded single-machine demo."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy.orm import Session, sessionmaker
+
+from cli.main import main
+from shared.config import get_settings
+from shared.db import session_scope
+from shared.tokens import find_token
+from tests.live import LiveService
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "cli" / "examples" / "my_model_regression.json"
+
+
+@pytest.fixture()
+def pg_env(pg_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TRAINYARD_DATABASE_URL", pg_url)
+    monkeypatch.setenv("TRAINYARD_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+
+
+def test_token_create_prints_only_the_token(
+    pg_env: None, sessions: sessionmaker[Session]
+) -> None:
+    result = CliRunner().invoke(main, ["token", "create", "ci-bot", "--owner", "ci"])
+    assert result.exit_code == 0, result.output
+    plaintext = result.stdout.strip()
+    assert "\n" not in plaintext and plaintext.startswith("ty_")
+    with session_scope(sessions) as session:
+        row = find_token(session=session, plaintext=plaintext)
+        assert row is not None and row.owner == "ci" and row.token_hash != plaintext
+    get_settings.cache_clear()
+
+
+def test_submit_and_watch_against_live_api(live: LiveService, tmp_path: Path) -> None:
+    token = live.headers["Authorization"].split()[1]
+    env = {"TRAINYARD_URL": live.base_url, "TRAINYARD_TOKEN": token}
+    runner = CliRunner(env=env)
+    result = runner.invoke(main, ["submit", str(EXAMPLE)])
+    assert result.exit_code == 0, result.output
+    job_id = result.stdout.strip()
+    watched = runner.invoke(main, ["watch", job_id])
+    assert watched.exit_code == 0, watched.output
+    assert f"job {job_id}: succeeded" in watched.output
+    assert "gradient norms at step" in watched.output and "fc1.weight" in watched.output
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"model": {"preset": "resnet"}, "data": {"dataset": "digits"}}')
+    result = runner.invoke(main, ["submit", str(bad)])
+    assert result.exit_code == 1
+    assert "HTTP 400 invalid_spec" in result.output and "spec.model.preset" in result.output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.e2e
+def test_embedded_demo_runs_without_servers(tmp_path: Path) -> None:
+    """The README's first command: SQLite + filesystem broker, demo job, exit when done."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
+    env["TRAINYARD_DATA_DIR"] = str(tmp_path / "home")
+    cmd = [sys.executable, "-m", "cli.main", "serve", "--demo", "--exit-after-demo",
+           "--port", str(_free_port()), "--api-workers", "1"]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert ": succeeded" in out and "val_accuracy" in out and "gradient norms at step" in out
+    assert (tmp_path / "home" / "trainyard.db").exists()
+    assert (tmp_path / "home" / "token").stat().st_mode & 0o077 == 0

@@ -1,0 +1,161 @@
+"""HookRecorder rows agree with gradients computed directly by autograd."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from worker.training.probes import HookRecorder, TraceRow, gradient_stats
+
+
+def tiny_model(inplace: bool) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 3), nn.ReLU(inplace=inplace), nn.Linear(3, 2))
+
+
+def expected_row(step: int, layer: str, kind: str, grad: torch.Tensor) -> dict[str, object]:
+    g = grad.detach().reshape(-1).double()
+    finite = torch.isfinite(g)
+    return {
+        "step": step,
+        "layer": layer,
+        "kind": kind,
+        "numel": g.numel(),
+        "norm": g.norm().item(),
+        "mean": g.mean().item(),
+        "std": g.std(unbiased=False).item(),
+        "min": g.min().item(),
+        "max": g.max().item(),
+        "zero_frac": (g == 0).double().mean().item(),
+        "nonfinite": int((~finite).sum()),
+    }
+
+
+def assert_rows_match(rows: list[TraceRow], expected: list[dict[str, object]]) -> None:
+    assert [(r.kind, r.layer) for r in rows] == [(e["kind"], e["layer"]) for e in expected]
+    for row, want in zip(rows, expected, strict=True):
+        for key, value in want.items():
+            got = getattr(row, key)
+            if isinstance(value, float):
+                assert got == pytest.approx(value, rel=1e-5, abs=1e-7), (row.layer, key)
+            else:
+                assert got == value, (row.layer, key)
+
+
+def test_rows_match_autograd_through_an_inplace_relu() -> None:
+    model = tiny_model(inplace=True)
+    reference = tiny_model(inplace=False)  # same weights: same seed
+    x = torch.randn(6, 4)
+    x[0] = -10.0  # makes some ReLU outputs exactly zero, so zero_frac is exercised
+
+    with HookRecorder(model, kinds=["backward", "param_grad"], every_n_steps=1) as recorder:
+        recorder.begin_step(1)
+        model(x).pow(2).sum().backward()
+        rows = recorder.collect()
+
+    # Direct: retain_grad on the (not in-place) outputs of the modules that own parameters.
+    hidden = reference[0](x)
+    hidden.retain_grad()
+    out = reference[2](reference[1](hidden))
+    out.retain_grad()
+    out.pow(2).sum().backward()
+
+    expected = [
+        expected_row(1, "0", "backward", hidden.grad),
+        expected_row(1, "2", "backward", out.grad),
+    ] + [expected_row(1, name, "param_grad", p.grad) for name, p in reference.named_parameters()]
+    assert_rows_match(rows, expected)
+    assert any(row.zero_frac > 0 for row in rows)
+
+
+def test_layer_names_are_qualified_module_names() -> None:
+    model = nn.Sequential()
+    model.add_module("features", nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()))
+    model.add_module("flatten", nn.Flatten())
+    model.add_module("fc", nn.Linear(2 * 6 * 6, 3))
+    with HookRecorder(model, kinds=["backward", "param_grad"], every_n_steps=1) as recorder:
+        recorder.begin_step(1)
+        model(torch.randn(2, 1, 8, 8)).sum().backward()
+        rows = recorder.collect()
+    assert [(r.kind, r.layer) for r in rows] == [
+        ("backward", "features.0"),
+        ("backward", "fc"),
+        ("param_grad", "features.0.weight"),
+        ("param_grad", "features.0.bias"),
+        ("param_grad", "fc.weight"),
+        ("param_grad", "fc.bias"),
+    ]
+
+
+def test_nonfinite_gradients_are_counted() -> None:
+    grad = torch.tensor([1.0, float("nan"), float("inf"), 0.0])
+    stats = gradient_stats(grad).tolist()
+    assert stats[5:] == [1.0, 2.0]  # zeros, nonfinite
+    assert math.isnan(stats[1])  # the mean, explicitly NaN
+
+
+def test_single_element_has_zero_std() -> None:
+    stats = gradient_stats(torch.tensor([3.0])).tolist()
+    assert stats[:5] == [3.0, 3.0, 0.0, 3.0, 3.0]
+
+
+def test_only_every_nth_step_and_the_first_are_recorded() -> None:
+    model = tiny_model(inplace=False)
+    logged = []
+    with HookRecorder(model, kinds=["backward", "param_grad"], every_n_steps=3) as recorder:
+        for step in range(1, 8):
+            model.zero_grad()
+            recorder.begin_step(step)
+            model(torch.randn(2, 4)).sum().backward()
+            rows = recorder.collect()
+            if rows:
+                logged.append(step)
+                assert {row.step for row in rows} == {step}
+    assert logged == [1, 3, 6]
+
+
+def test_unarmed_hooks_capture_nothing() -> None:
+    model = tiny_model(inplace=False)
+    recorder = HookRecorder(model, kinds=["backward"], every_n_steps=2).attach()
+    recorder.begin_step(2)
+    with torch.no_grad():  # an evaluation pass inside a logged step adds no rows
+        model(torch.randn(2, 4))
+    recorder.begin_step(3)
+    model(torch.randn(2, 4)).sum().backward()
+    assert recorder.collect() == []
+    recorder.detach()
+
+
+def test_kinds_select_rows() -> None:
+    model = tiny_model(inplace=False)
+    with HookRecorder(model, kinds=["param_grad"], every_n_steps=1) as recorder:
+        recorder.begin_step(1)
+        model(torch.randn(2, 4)).sum().backward()
+        assert {row.kind for row in recorder.collect()} == {"param_grad"}
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_detach_removes_every_hook() -> None:
+    model = tiny_model(inplace=True)
+    recorder = HookRecorder(model, kinds=["backward", "param_grad"], every_n_steps=1)
+    recorder.attach()
+    recorder.attach()  # attaching twice must not register twice
+    assert sum(len(m._forward_hooks) for m in model.modules()) == 2
+    recorder.detach()
+    assert all(not m._forward_hooks for m in model.modules())
+    assert all(not m._backward_hooks for m in model.modules())
+
+
+def test_context_manager_detaches_on_error() -> None:
+    model = tiny_model(inplace=False)
+    with pytest.raises(RuntimeError), HookRecorder(model, kinds=["backward"], every_n_steps=1):
+        raise RuntimeError("boom")
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_unknown_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown hook kinds"):
+        HookRecorder(tiny_model(inplace=False), kinds=["forward_pre"], every_n_steps=1)
