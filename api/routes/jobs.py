@@ -54,7 +54,13 @@ def validate_train_spec(raw: Any) -> tuple[JobSpec, dict[str, Any]]:
         details = pydantic_details(exc, "spec")
         first = details[0]
         raise SpecError(f"invalid spec: {first['loc']}: {first['msg']}", details=details) from None
-    report = dry_run(spec, max_params=services().settings.max_params)
+    try:
+        report = dry_run(spec, max_params=services().settings.max_params)
+    except SpecError as exc:
+        # Same field paths as pydantic's: relative to the request body.
+        for detail in exc.details:
+            detail["loc"] = f"spec.{detail['loc']}"
+        raise
     return spec, {"param_count": report.param_count, "output_shape": list(report.output_shape)}
 
 

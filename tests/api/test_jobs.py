@@ -89,8 +89,9 @@ def test_malformed_spec_is_400_naming_the_field(
         {"model": {"layers": layers}, "data": {"dataset": "synthetic", "num_classes": 2}},
     )
     assert resp.status_code == 400
-    message = resp.get_json()["error"]["message"]
-    assert "fc1" in message and "in_featurez" in message
+    error = resp.get_json()["error"]
+    assert "fc1" in error["message"] and "in_featurez" in error["message"]
+    assert error["details"][0]["loc"] == "spec.model.layers[0].in_featurez"
 
     # Shape mismatch caught by the dry run, before anything is stored or queued.
     layers = [{"type": "Linear", "in_features": 10, "out_features": 3}]
