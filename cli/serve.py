@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -86,8 +87,21 @@ def write_token_file(settings: Settings, token: str) -> Path:
     return path
 
 
+def ensure_port_free(host: str, port: int) -> None:
+    """Refuse to start when something already listens there: the demo would talk to it."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            raise click.ClickException(
+                f"{host}:{port} is already in use (another trainyard serve?); pass --port"
+            ) from None
+
+
 def run_serve(settings: Settings, *, demo: bool, exit_after_demo: bool, api_workers: int) -> int:
     """Run the single-machine service until Ctrl-C (or until the demo ends)."""
+    ensure_port_free(settings.api_host, settings.api_port)
     env = {**os.environ, "TRAINYARD_API_HOST": settings.api_host,
            "TRAINYARD_API_PORT": str(settings.api_port),
            "TRAINYARD_DATA_DIR": str(settings.data_dir.resolve())}  # fmt: skip
