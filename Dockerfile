@@ -1,16 +1,11 @@
 # One image for the API, the workers, the sweeper and the migration step; they differ by command.
-# CPU:  docker build -t trainyard .
-# CUDA: docker build -t trainyard:cuda --build-arg BASE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04 .
-ARG BASE=python:3.11-slim-bookworm
-FROM ${BASE}
+# The pinned torch wheel from PyPI carries its CUDA libraries, so the same image trains on a
+# GPU when the container runtime exposes one (NVIDIA container toolkit), and on the CPU otherwise.
+FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     TRAINYARD_DATA_DIR=/var/lib/trainyard
-# CUDA bases ship no Python 3.11: install it (a no-op on the python base).
-RUN if ! command -v python3.11 >/dev/null; then \
-        apt-get update && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
-        && rm -rf /var/lib/apt/lists/*; fi \
-    && python3.11 -m venv /opt/venv
+RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /app

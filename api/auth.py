@@ -29,7 +29,6 @@ def protected_blueprint() -> Blueprint:
             token.last_used_at = now
             db().commit()
         g.owner = token.owner
-        g.is_admin = token.is_admin
 
     return bp
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify
 from pydantic import ValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from shared.errors import TrainyardError
 
@@ -39,6 +39,12 @@ def register(app: Flask) -> None:
     @app.errorhandler(TrainyardError)
     def _domain(exc: TrainyardError) -> tuple[Response, int]:
         return problem(exc.status, exc.code, exc.message, exc.details)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc: RequestEntityTooLarge) -> tuple[Response, int]:
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        message = f"request body over {limit:,} bytes (TRAINYARD_MAX_REQUEST_BYTES)"
+        return problem(413, "too_large", message)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> tuple[Response, int]:

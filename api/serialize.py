@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
 from typing import Any
 
 from flask import url_for
 
+from shared.jsonvalues import json_float
 from shared.models import Checkpoint, Job, JobEvent, LayerTrace
 
 TRACE_STATS = ("numel", "norm", "mean", "std", "min", "max", "zero_frac", "nonfinite")
-
-
-def json_float(value: float) -> float | str:
-    """A float JSON can carry: NaN and infinities become strings rather than invalid tokens."""
-    if math.isfinite(value):
-        return value
-    if math.isnan(value):
-        return "NaN"
-    return "Infinity" if value > 0 else "-Infinity"
 
 
 def _ts(value: datetime | None) -> str | None:

@@ -24,7 +24,9 @@ class ApiClient:
         try:
             resp = self._session.request(method, url, timeout=self._timeout, **kwargs)
         except requests.ConnectionError:
-            raise click.ClickException(f"cannot reach the API at {self.base_url}") from None
+            raise click.ClickException(
+                f"cannot reach the API at {self.base_url} (set TRAINYARD_URL or --url)"
+            ) from None
         if resp.status_code >= 400:
             raise click.ClickException(_error_line(resp))
         return resp
@@ -43,8 +45,11 @@ def _error_line(resp: requests.Response) -> str:
         err = resp.json()["error"]
     except (ValueError, KeyError, TypeError):
         return f"HTTP {resp.status_code}: {resp.text[:200]}"
-    details = "; ".join(
-        f"{d.get('loc')}: {d.get('msg')}" for d in err.get("details", []) if d.get("msg")
-    )
     line = f"HTTP {resp.status_code} {err.get('code')}: {err.get('message')}"
-    return f"{line} ({details})" if details and details not in line else line
+    # Name the fields the message does not already mention.
+    extra = [
+        f"{d['loc']}: {d['msg']}"
+        for d in err.get("details", [])
+        if d.get("msg") and d["msg"] not in line
+    ]
+    return f"{line} ({'; '.join(extra)})" if extra else line

@@ -21,7 +21,10 @@ def _client(url: str | None, token: str | None) -> ApiClient:
         token_file = settings.data_dir / "token"
         token = token_file.read_text().strip() if token_file.exists() else None
     if not token:
-        raise click.ClickException("no token: set TRAINYARD_TOKEN or pass --token")
+        raise click.ClickException(
+            f"no token: set TRAINYARD_TOKEN, pass --token, or run where "
+            f"{settings.data_dir / 'token'} exists (trainyard serve --demo writes it)"
+        )
     return ApiClient(url or settings.base_url(), token)
 
 
@@ -123,8 +126,7 @@ def token() -> None:
 @token.command("create")
 @click.argument("name")
 @click.option("--owner", default=None, help="Owner of the token's jobs (default: NAME).")
-@click.option("--admin", is_flag=True)
-def token_create(name: str, owner: str | None, admin: bool) -> None:
+def token_create(name: str, owner: str | None) -> None:
     """Create a token and print it alone on stdout (it is stored hashed)."""
     from shared.db import make_engine, make_session_factory, session_scope
     from shared.tokens import create_token
@@ -132,23 +134,22 @@ def token_create(name: str, owner: str | None, admin: bool) -> None:
     settings = get_settings()
     engine = make_engine(settings.resolved_database_url())
     with session_scope(make_session_factory(engine)) as session:
-        plaintext, _ = create_token(session=session, name=name, owner=owner or name, is_admin=admin)
+        plaintext, _ = create_token(session=session, name=name, owner=owner or name)
     engine.dispose()
     click.echo(plaintext)
 
 
 @main.command()
 @click.argument("spec_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--priority", type=int, default=0, show_default=True)
 @url_option
 @token_option
-def submit(spec_file: Path, priority: int, url: str | None, token: str | None) -> None:
+def submit(spec_file: Path, url: str | None, token: str | None) -> None:
     """Submit a training job from a JSON spec file; prints the job id."""
     try:
         spec = json.loads(spec_file.read_text())
     except json.JSONDecodeError as exc:
         raise click.ClickException(f"{spec_file}: not valid JSON ({exc})") from None
-    body = {"kind": "train", "spec": spec, "priority": priority}
+    body = {"kind": "train", "spec": spec}
     job = _client(url, token).post_json("/api/v1/jobs", body)
     click.echo(job["id"])
 

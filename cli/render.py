@@ -9,8 +9,9 @@ from typing import Any
 import click
 
 from cli.client import ApiClient
+from shared.models import FINAL_STATUSES
 
-FINAL = ("succeeded", "failed", "cancelled")
+FINAL = tuple(str(s) for s in FINAL_STATUSES)
 
 
 def progress_line(job: dict[str, Any], loss: float | None) -> str:
@@ -20,15 +21,21 @@ def progress_line(job: dict[str, Any], loss: float | None) -> str:
     width = 30
     bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
     total = prog["total_steps"] or "?"
-    loss_txt = f"  loss {loss:.4f}" if loss is not None else ""
+    loss_txt = f"  loss {loss:.4g}" if loss is not None else ""
     return (
         f"[{bar}] {frac * 100:5.1f}%  step {prog['step']}/{total}  epoch {prog['epoch']}"
         f"{loss_txt}  {job['status']}"
     )
 
 
-def _last_loss(client: ApiClient, job_id: str) -> float | None:
-    series = client.get_json(f"/api/v1/jobs/{job_id}/metrics", name="loss", split="train")
+def _last_loss(client: ApiClient, job: dict[str, Any]) -> float | None:
+    # Only the points since the last heartbeat: a long job has millions of them.
+    series = client.get_json(
+        f"/api/v1/jobs/{job['id']}/metrics",
+        name="loss",
+        split="train",
+        from_step=job["progress"]["step"],
+    )
     for s in series["series"]:
         if s["points"]:
             value = s["points"][-1]["value"]
@@ -42,7 +49,7 @@ def watch(client: ApiClient, job_id: str, *, interval: float = 0.5) -> dict[str,
     last = ""
     while True:
         job = client.get_json(f"/api/v1/jobs/{job_id}")
-        loss = _last_loss(client, job_id) if job["status"] != "queued" else None
+        loss = _last_loss(client, job) if job["status"] != "queued" else None
         line = progress_line(job, loss)
         if line != last:
             click.echo(("\r" + line) if tty else line, nl=not tty)

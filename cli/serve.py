@@ -24,7 +24,7 @@ from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.queues import ALL_TRAIN_QUEUES, QUEUE_CPU, QUEUE_DEFAULT, make_celery
 from shared.sweeper import run_forever
-from shared.tokens import create_token
+from shared.tokens import create_token, find_token
 
 
 def has_gpu() -> bool:
@@ -54,7 +54,7 @@ def api_command(host: str, port: int, workers: int) -> list[str]:
     """gunicorn serving api.wsgi:app."""
     return [
         sys.executable, "-m", "gunicorn", "-b", f"{host}:{port}", "-w", str(workers),
-        "--threads", "4", "--timeout", "60", "api.wsgi:app",
+        "--threads", "4", "--timeout", "60", "--no-control-socket", "api.wsgi:app",
     ]  # fmt: skip
 
 
@@ -82,8 +82,11 @@ def write_token_file(settings: Settings, token: str) -> Path:
     """Store the local token where the CLI finds it (readable by this user only)."""
     path = settings.data_dir / "token"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(token + "\n")
-    path.chmod(0o600)
+    path.unlink(missing_ok=True)
+    # Created 0600 in one step: never readable by others, not even for a moment.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(token + "\n")
     return path
 
 
@@ -99,9 +102,23 @@ def ensure_port_free(host: str, port: int) -> None:
             ) from None
 
 
+def _stop_on_signals() -> None:
+    """SIGTERM (kill, systemd) and SIGINT stop serve like Ctrl-C, so the children stop too.
+
+    SIGINT is reset explicitly: a shell starting `serve &` hands it over ignored.
+    """
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+
+
 def run_serve(settings: Settings, *, demo: bool, exit_after_demo: bool, api_workers: int) -> int:
-    """Run the single-machine service until Ctrl-C (or until the demo ends)."""
+    """Run the single-machine service until Ctrl-C or SIGTERM (or until the demo ends)."""
     ensure_port_free(settings.api_host, settings.api_port)
+    _stop_on_signals()
     env = {**os.environ, "TRAINYARD_API_HOST": settings.api_host,
            "TRAINYARD_API_PORT": str(settings.api_port),
            "TRAINYARD_DATA_DIR": str(settings.data_dir.resolve())}  # fmt: skip
@@ -156,10 +173,20 @@ def run_serve(settings: Settings, *, demo: bool, exit_after_demo: bool, api_work
         engine.dispose()
 
 
-def _run_demo(settings: Settings, sessions: Any, base: str) -> int:
+def _local_token(settings: Settings, sessions: Any) -> tuple[str, Path]:
+    """The token in data_dir/token if it is still valid, else a new one written there."""
+    path = settings.data_dir / "token"
     with session_scope(sessions) as session:
+        if path.exists():
+            token = path.read_text().strip()
+            if find_token(session=session, plaintext=token) is not None:
+                return token, path
         token, _row = create_token(session=session, name="demo", owner="local")
-    token_path = write_token_file(settings, token)
+    return token, write_token_file(settings, token)
+
+
+def _run_demo(settings: Settings, sessions: Any, base: str) -> int:
+    token, token_path = _local_token(settings, sessions)
     client = ApiClient(base, token)
     started = time.monotonic()
     job = client.post_json("/api/v1/jobs", {"kind": "train", "spec": demo_spec()})

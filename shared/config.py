@@ -24,8 +24,13 @@ class Settings(BaseSettings):
 
     max_request_bytes: int = Field(default=256 * 1024, description="Largest accepted JSON body")
     max_params: int = Field(default=50_000_000, description="Largest model a job may build")
+    max_train_memory_mb: int = Field(
+        default=8192, description="Largest estimated training footprint (weights + activations)"
+    )
     page_limit: int = Field(default=100, description="Default and maximum page size")
-    max_trace_rows: int = Field(default=50_000, description="Most trace rows one request returns")
+    max_result_rows: int = Field(
+        default=50_000, description="Most metric points or trace rows one request returns"
+    )
 
     lease_seconds: int = Field(default=120, description="A running job's claim without heartbeat")
     heartbeat_seconds: float = Field(default=2.0, description="Progress / lease update period")

@@ -23,6 +23,12 @@ class SpecError(TrainyardError):
     code = "invalid_spec"
 
 
+class BadParameter(TrainyardError):
+    """A query-string parameter is malformed or out of range."""
+
+    code = "invalid_parameter"
+
+
 class LimitExceeded(TrainyardError):
     """A request is larger than the configured limits allow."""
 
@@ -46,6 +52,13 @@ class InvalidTransition(TrainyardError):
 
     status = 409
     code = "invalid_transition"
+
+
+class LeaseLost(TrainyardError):
+    """A worker's claim on a job ended (expired and taken over, or ended by the sweeper)."""
+
+    status = 409
+    code = "lease_lost"
 
 
 class Unauthorized(TrainyardError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -50,6 +51,9 @@ LAYERS: dict[str, type[nn.Module]] = {
 }
 
 DEFAULT_MAX_PARAMS = 50_000_000
+# Trace rows store a module's dotted path in a 255-character column; parameter names
+# add ".weight" / ".bias" to it.
+MAX_QUALIFIED_NAME = 240
 
 # The worker decides where and in what precision the model lives.
 _PLACED_BY_WORKER = frozenset({"device", "dtype"})
@@ -74,6 +78,13 @@ class DryRun:
     layer_shapes: list[tuple[str, str, tuple[int, ...]]]  # (qualified name, type, shape)
 
 
+def estimate_train_bytes(report: DryRun, *, batch_size: int) -> int:
+    """A rough float32 training footprint: weights + grads + two optimizer moments, plus
+    each layer's output and its gradient for one batch (what autograd keeps alive)."""
+    activations = sum(math.prod(shape[1:]) for _, _, shape in report.layer_shapes)
+    return 4 * (4 * report.param_count + 2 * activations * batch_size)
+
+
 def build_model(model: ModelSpec) -> nn.Sequential:
     """Build the spec's model on the default device (`dry_run` first for untrusted specs)."""
     return _build(model)[0]
@@ -83,6 +94,10 @@ def dry_run(spec: JobSpec, max_params: int = DEFAULT_MAX_PARAMS) -> DryRun:
     """Build on the meta device and push a batch of 2 through it: checks sizes and shapes."""
     with torch.device("meta"):
         model, sites = _build(spec.model)
+    too_long = next((n for n, _ in model.named_modules() if len(n) > MAX_QUALIFIED_NAME), None)
+    if too_long is not None:
+        msg = f"layer path '{too_long[:60]}...' is longer than {MAX_QUALIFIED_NAME} characters"
+        raise SpecError(msg, details=[{"loc": "model", "msg": msg}])
     params = list(model.parameters())
     param_count = sum(p.numel() for p in params)
     if param_count > max_params:
@@ -170,10 +185,39 @@ def _leaf(layer: LayerSpec, site: _Site) -> nn.Module:
     for arg, required in accepted.items():
         if required and arg not in kwargs:
             _fail(site, arg, f"missing required argument '{arg}'")
+    for arg, value in kwargs.items():
+        problem = _type_problem(_defaults(layer.type).get(arg), value)
+        if problem:
+            _fail(site, arg, f"argument '{arg}' {problem}, got {value!r:.40}")
     try:
         return cls(**kwargs)
     except Exception as exc:  # any failure on user-supplied values is a spec problem
         _fail(site, None, f"invalid arguments: {_first_line(exc)}")
+
+
+def _type_problem(default: object, value: object) -> str | None:
+    """Why `value` cannot stand where torch's default is `default` (None when it can).
+
+    Only what the default proves is checked: a bool flag must be a bool (torch would
+    read the string "false" as True), a float must be a number. Other arguments take
+    ints, tuples or strings alike (Conv2d padding=1 or "same") and torch checks them.
+    """
+    if isinstance(value, dict):
+        return "must not be an object"
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "must be true or false"
+    if isinstance(default, float) and (
+        isinstance(value, bool) or not isinstance(value, int | float)
+    ):
+        return "must be a number"
+    return None
+
+
+@cache
+def _defaults(type_name: str) -> dict[str, object]:
+    """Constructor defaults by argument name (arguments without one are left out)."""
+    params = inspect.signature(LAYERS[type_name]).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
 
 @cache

@@ -64,6 +64,6 @@ def make_celery(settings: Settings, *, include: list[str] | None = None) -> Cele
     return app
 
 
-def send_train(app: Celery, *, job_id: str, queue: str, priority: int = 0) -> None:
+def send_train(app: Celery, *, job_id: str, queue: str) -> None:
     """Queue "train job X"; raises if the broker is unreachable (the sweeper re-sends later)."""
-    app.send_task(TRAIN_TASK, args=[job_id], queue=queue, priority=priority, retry=False)
+    app.send_task(TRAIN_TASK, args=[job_id], queue=queue, retry=False)

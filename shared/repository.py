@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from shared.errors import InvalidTransition, JobNotFound, NotFound
+from shared.errors import InvalidTransition, JobNotFound, LeaseLost, NotFound
 from shared.models import (
     FINAL_STATUSES,
     Checkpoint,
@@ -141,9 +141,13 @@ def heartbeat(
     total: int | None,
     epoch: int,
 ) -> bool:
-    """Extend the lease and store progress; returns True when a cancel was requested."""
+    """Extend the lease and store progress; returns True when a cancel was requested.
+
+    Raises LeaseLost when this worker no longer holds the job (its lease expired and
+    another worker claimed it, or the sweeper ended it): the caller must stop training.
+    """
     now = utcnow()
-    session.execute(
+    result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
         .values(
@@ -153,8 +157,11 @@ def heartbeat(
             progress_total=total,
             progress_epoch=epoch,
         )
+        .returning(Job.cancel_requested)
     )
-    cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
+    cancel = result.scalar_one_or_none()
+    if cancel is None:
+        raise LeaseLost(f"job {job_id} is no longer held by {worker}")
     return bool(cancel)
 
 
@@ -180,15 +187,27 @@ def finish_job(
     add_event(session=session, job_id=job_id, kind=str(status), message=error or "")
 
 
-def request_cancel(*, session: Session, job: Job) -> None:
-    """Queued jobs are cancelled at once; running ones stop at their next step."""
-    if job.status in FINAL_STATUSES:
-        raise InvalidTransition(f"job {job.id} is already {job.status}")
-    if job.status == JobStatus.QUEUED:
-        job.status = JobStatus.CANCELLED
-        job.finished_at = utcnow()
-    job.cancel_requested = True
-    add_event(session=session, job_id=job.id, kind="cancel_requested")
+def request_cancel(*, session: Session, job_id: uuid.UUID) -> None:
+    """Queued jobs are cancelled at once; running ones stop at their next heartbeat.
+
+    Both are single guarded UPDATEs, so a worker claiming the job at the same moment
+    either sees the cancel flag or finds the job already cancelled.
+    """
+    now = utcnow()
+    queued = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now)
+    )
+    if queued.rowcount != 1:  # type: ignore[attr-defined]
+        running = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+            .values(cancel_requested=True)
+        )
+        if running.rowcount != 1:  # type: ignore[attr-defined]
+            raise InvalidTransition(f"job {job_id} has already ended")
+    add_event(session=session, job_id=job_id, kind="cancel_requested")
 
 
 def add_event(
@@ -235,15 +254,27 @@ def record_traces(*, session: Session, job_id: uuid.UUID, rows: Iterable[dict[st
 
 
 def list_metrics(
-    *, session: Session, job_id: uuid.UUID, name: str | None = None, split: str | None = None
+    *,
+    session: Session,
+    job_id: uuid.UUID,
+    name: str | None = None,
+    split: str | None = None,
+    from_step: int | None = None,
+    to_step: int | None = None,
+    limit: int | None = None,
 ) -> list[Metric]:
-    """A job's metric points ordered by name, split, step."""
+    """A job's metric points ordered by name, split, step; step bounds are inclusive."""
     query = select(Metric).where(Metric.job_id == job_id)
     if name:
         query = query.where(Metric.name == name)
     if split:
         query = query.where(Metric.split == split)
-    return list(session.scalars(query.order_by(Metric.name, Metric.split, Metric.step)))
+    if from_step is not None:
+        query = query.where(Metric.step >= from_step)
+    if to_step is not None:
+        query = query.where(Metric.step <= to_step)
+    query = query.order_by(Metric.name, Metric.split, Metric.step).limit(limit)
+    return list(session.scalars(query))
 
 
 def list_traces(
@@ -326,7 +357,8 @@ def jobs_to_resend(*, session: Session, older_than: timedelta, max_attempts: int
     """Jobs whose message may be lost: the sweeper sends "work on job X" again.
 
     That is queued jobs whose message went out long ago (or never), and running jobs
-    whose worker stopped heartbeating while attempts are left.
+    whose worker stopped heartbeating while attempts are left: re-sent once right after
+    the lease runs out, then again every `older_than` while nobody claims them.
     """
     now = utcnow()
     cutoff = now - older_than
@@ -339,33 +371,43 @@ def jobs_to_resend(*, session: Session, older_than: timedelta, max_attempts: int
         Job.status == JobStatus.RUNNING,
         Job.lease_expires_at < now,
         Job.attempt < max_attempts,
-        or_(Job.enqueued_at.is_(None), Job.enqueued_at < Job.lease_expires_at),
+        Job.cancel_requested.is_(False),
+        or_(
+            Job.enqueued_at.is_(None),
+            Job.enqueued_at < Job.lease_expires_at,
+            Job.enqueued_at < cutoff,
+        ),
     )
     return list(session.scalars(select(Job).where(or_(stale_queued, lost_running))))
 
 
-def fail_expired_jobs(*, session: Session, max_attempts: int) -> list[uuid.UUID]:
-    """Running jobs whose lease ran out after their last allowed attempt become failed.
+def end_abandoned_jobs(*, session: Session, max_attempts: int) -> dict[str, int]:
+    """Running jobs whose lease ran out and that nobody may claim again get a final status.
 
-    Jobs with attempts left stay 'running' with an expired lease: the redelivered (or
-    re-sent) message lets the next worker claim them.
+    A cancel request makes them cancelled; having used every attempt makes them failed.
+    Each is one guarded UPDATE on the expired lease, so a job that just heartbeated stays.
     """
     now = utcnow()
-    query = select(Job.id).where(
-        Job.status == JobStatus.RUNNING,
-        Job.lease_expires_at < now,
-        Job.attempt >= max_attempts,
+    expired = and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+    outcomes = (
+        (JobStatus.CANCELLED, Job.cancel_requested.is_(True), "cancelled; its worker was gone"),
+        (
+            JobStatus.FAILED,
+            Job.attempt >= max_attempts,
+            f"worker lost {max_attempts} times (no heartbeat); giving up",
+        ),
     )
-    ids = list(session.scalars(query))
-    for job_id in ids:
-        session.execute(
+    counts: dict[str, int] = {}
+    for status, condition, message in outcomes:
+        ids = session.scalars(
             update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+            .where(expired, condition)
             .values(
-                status=JobStatus.FAILED,
-                finished_at=now,
-                error=f"worker lost {max_attempts} times (no heartbeat); giving up",
+                status=status, finished_at=now, error=None if status == "cancelled" else message
             )
-        )
-        add_event(session=session, job_id=job_id, kind="failed", message="lease expired")
-    return ids
+            .returning(Job.id)
+        ).all()
+        for job_id in ids:
+            add_event(session=session, job_id=job_id, kind=str(status), message=message)
+        counts[str(status)] = len(ids)
+    return counts

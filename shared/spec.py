@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_LAYERS = 256
 MAX_DEPTH = 8
+# Synthetic data lives in worker memory as float32: 50M values is 200 MB.
+MAX_DATASET_VALUES = 50_000_000
 
 
 class _Strict(BaseModel):
@@ -124,6 +126,24 @@ class DataSpec(_Strict):
     def _digits_is_classification(self) -> DataSpec:
         if self.dataset == "digits" and self.task != "classification":
             raise ValueError("the digits dataset is a classification task")
+        return self
+
+    @model_validator(mode="after")
+    def _fits_in_memory(self) -> DataSpec:
+        if self.dataset != "synthetic":
+            return self
+        numel = 1
+        for d in self.input_shape:
+            numel *= d
+        width = self.num_classes if self.task == "classification" else self.output_dim
+        for what, values in (
+            ("size x input_shape", self.size * numel),
+            ("input_shape x targets (the teacher)", numel * width),
+        ):
+            if values > MAX_DATASET_VALUES:
+                raise ValueError(
+                    f"{what} is {values:,} values; at most {MAX_DATASET_VALUES:,} are allowed"
+                )
         return self
 
 

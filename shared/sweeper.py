@@ -25,10 +25,10 @@ log = logging.getLogger(__name__)
 def sweep_once(
     *, sessions: sessionmaker[Session], celery: Celery, settings: Settings
 ) -> dict[str, int]:
-    """One pass; returns how many messages were re-sent and jobs failed."""
+    """One pass; returns how many messages were re-sent and jobs failed or cancelled."""
     resent = 0
     with session_scope(sessions) as session:
-        failed = repository.fail_expired_jobs(session=session, max_attempts=settings.max_attempts)
+        ended = repository.end_abandoned_jobs(session=session, max_attempts=settings.max_attempts)
         jobs = repository.jobs_to_resend(
             session=session,
             older_than=timedelta(seconds=settings.requeue_after_seconds),
@@ -36,14 +36,14 @@ def sweep_once(
         )
         for job in jobs:
             try:
-                send_train(celery, job_id=str(job.id), queue=job.queue, priority=job.priority)
+                send_train(celery, job_id=str(job.id), queue=job.queue)
             except Exception:
                 log.warning("broker unreachable; will retry job %s next sweep", job.id)
                 break
             repository.mark_enqueued(session=session, job_id=job.id)
             repository.add_event(session=session, job_id=job.id, kind="resent")
             resent += 1
-    return {"resent": resent, "failed": len(failed)}
+    return {"resent": resent, **ended}
 
 
 def run_forever(

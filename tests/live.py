@@ -22,11 +22,12 @@ import requests
 from sqlalchemy.orm import Session, sessionmaker
 
 from cli.serve import api_command, wait_healthy, worker_command
+from shared.models import FINAL_STATUSES
 from shared.queues import ALL_TRAIN_QUEUES
 from tests.conftest import LIVE_REDIS_URL, make_token
 
 ROOT = Path(__file__).resolve().parents[2]
-FINAL = ("succeeded", "failed", "cancelled")
+FINAL = tuple(str(s) for s in FINAL_STATUSES)
 
 
 @dataclass
@@ -64,7 +65,8 @@ class LiveService:
         raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -74,7 +76,7 @@ def _free_port() -> int:
 def live_url(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Start `celery worker` and gunicorn as child processes; stop them after the session."""
     redis.Redis.from_url(LIVE_REDIS_URL).flushdb()
-    port = _free_port()
+    port = free_port()
     logs = tmp_path_factory.mktemp("live")
     env = {
         **os.environ,

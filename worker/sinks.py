@@ -48,7 +48,6 @@ class DatabaseSink(Callback):
         self._epoch = 0
         self._total: int | None = None
         self._cancel = False
-        self.rows_written = 0
 
     def on_fit_start(
         self, *, model: torch.nn.Module, total_steps: int, device: torch.device
@@ -97,6 +96,10 @@ class DatabaseSink(Callback):
         return self._cancel
 
     def on_fit_end(self, *, result: FitResult) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Write what is buffered and the last progress (also after a failure)."""
         self.flush()
         self._heartbeat()
 
@@ -110,7 +113,6 @@ class DatabaseSink(Callback):
         with session_scope(self._sessions) as session:
             repository.record_metrics(session=session, job_id=self._job_id, rows=metrics)
             repository.record_traces(session=session, job_id=self._job_id, rows=traces)
-        self.rows_written += len(metrics) + len(traces)
         self._last_flush = self._clock()
 
     def _heartbeat(self) -> None:

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import uuid
 from functools import cache
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import repository
 from shared.config import Settings, get_settings
 from shared.db import make_engine, make_session_factory, session_scope
-from shared.errors import InvalidTransition, TrainyardError
+from shared.errors import InvalidTransition, LeaseLost, TrainyardError
+from shared.jsonvalues import json_safe
 from shared.models import JobStatus
 from shared.queues import TRAIN_TASK
 from shared.spec import JobSpec
@@ -45,8 +46,11 @@ def user_message(exc: BaseException) -> str:
     """One line a user can act on; tracebacks stay in the worker log."""
     if isinstance(exc, TrainyardError | TrainingDiverged):
         text = str(exc.message if isinstance(exc, TrainyardError) else exc)
-    elif isinstance(exc, MemoryError):
+    elif isinstance(exc, MemoryError) or "out of memory" in str(exc):
         text = "out of memory: use a smaller model or batch_size"
+    elif isinstance(exc, SQLAlchemyError):
+        # Driver messages carry SQL, hosts and user names: keep them in the worker log.
+        text = "the worker could not save results to the database; see the worker log"
     else:
         text = f"{type(exc).__name__}: {exc}"
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
@@ -77,11 +81,15 @@ def execute_train(
         result = fit(spec, callbacks=[sink], max_params=settings.max_params)
         summary = _summary(result)
         status = JobStatus.CANCELLED if result.stopped else JobStatus.SUCCEEDED
+    except LeaseLost:
+        # Another worker holds the job now (or the sweeper ended it): its outcome wins.
+        log.warning("job %s: lost the claim while training; stopped", job_id)
+        return "lost"
     except Exception as exc:
         log.exception("job %s failed", job_id)
         error = user_message(exc)
         try:
-            sink.flush()  # keep the points logged before the failure
+            sink.close()  # keep the points and progress logged before the failure
         except Exception:
             log.exception("job %s: could not write buffered rows", job_id)
     try:
@@ -101,17 +109,8 @@ def execute_train(
     return str(status)
 
 
-def _finite(value: Any) -> Any:
-    # JSONB refuses NaN / Infinity tokens: spell them as strings, like the API does.
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    return value
-
-
 def _summary(result: FitResult) -> dict[str, Any]:
-    return _finite(
+    return json_safe(
         {
             "steps": result.steps,
             "epochs": result.epochs,

@@ -15,18 +15,20 @@ from pydantic import ValidationError
 from api.auth import current_owner
 from api.context import db, services
 from api.errors import pydantic_details
+from api.params import choice_arg, int_arg
 from api.serialize import event_json, job_json
 from shared import repository
-from shared.errors import SpecError
-from shared.netspec import dry_run
+from shared.errors import BadParameter, LimitExceeded, SpecError
+from shared.models import JobStatus
+from shared.netspec import dry_run, estimate_train_bytes
 from shared.queues import queue_for_device, send_train
 from shared.spec import JobSpec
 
 bp = Blueprint("jobs", __name__)
 log = logging.getLogger(__name__)
 
-JOB_KINDS = ("train",)
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+JOB_KINDS = ("train", "infer")
+SUBMITTABLE_KINDS = ("train",)  # inference jobs come with the inference issue
 
 
 def parse_job_id(raw: str) -> uuid.UUID:
@@ -38,13 +40,20 @@ def parse_job_id(raw: str) -> uuid.UUID:
 
 
 def _json_body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
+    try:
+        # force: a JSON body sent without Content-Type (curl -d) is still read as JSON.
+        body = request.get_json(force=True, silent=True)
+    except RecursionError:
+        body = None  # nested deeper than the JSON parser goes: not a spec anyone meant
     if not isinstance(body, dict):
-        raise SpecError("the request body must be a JSON object", details=[{"loc": "body"}])
+        raise SpecError(
+            'the request body must be a JSON object such as {"kind": "train", "spec": {...}}',
+            details=[{"loc": "body", "msg": "not a JSON object"}],
+        )
     return body
 
 
-def validate_train_spec(raw: Any) -> tuple[JobSpec, dict[str, Any]]:
+def validate_train_spec(raw: Any) -> JobSpec:
     """Pydantic, then a dry run on the meta device: both before anything is stored."""
     if not isinstance(raw, dict):
         raise SpecError("'spec' must be a JSON object", details=[{"loc": "spec", "msg": "missing"}])
@@ -54,14 +63,23 @@ def validate_train_spec(raw: Any) -> tuple[JobSpec, dict[str, Any]]:
         details = pydantic_details(exc, "spec")
         first = details[0]
         raise SpecError(f"invalid spec: {first['loc']}: {first['msg']}", details=details) from None
+    settings = services().settings
     try:
-        report = dry_run(spec, max_params=services().settings.max_params)
+        report = dry_run(spec, max_params=settings.max_params)
     except SpecError as exc:
         # Same field paths as pydantic's: relative to the request body.
         for detail in exc.details:
             detail["loc"] = f"spec.{detail['loc']}"
         raise
-    return spec, {"param_count": report.param_count, "output_shape": list(report.output_shape)}
+    need_mb = estimate_train_bytes(report, batch_size=spec.train.batch_size) / 2**20
+    if need_mb > settings.max_train_memory_mb:
+        raise LimitExceeded(
+            f"training this model at batch_size {spec.train.batch_size} needs about "
+            f"{need_mb:,.0f} MB; the limit is {settings.max_train_memory_mb:,} MB: "
+            "lower train.batch_size or the model's size",
+            details=[{"loc": "spec.train.batch_size", "msg": "estimated memory over limit"}],
+        )
+    return spec
 
 
 @bp.post("/jobs")
@@ -69,15 +87,18 @@ def submit() -> tuple[Response, int, dict[str, str]]:
     """Validate, store as queued, then send the message (the row exists before the message)."""
     body = _json_body()
     kind = body.get("kind", "train")
-    if kind not in JOB_KINDS:
+    if kind not in SUBMITTABLE_KINDS:
         raise SpecError(
-            f"kind must be one of {list(JOB_KINDS)}, got {kind!r}",
+            f"kind must be one of {list(SUBMITTABLE_KINDS)}, got {kind!r}",
             details=[{"loc": "kind", "msg": "unsupported job kind"}],
         )
-    spec, _report = validate_train_spec(body.get("spec"))
-    priority = body.get("priority", 0)
-    if not isinstance(priority, int) or not 0 <= priority <= 9:
-        raise SpecError("priority must be an integer 0..9", details=[{"loc": "priority"}])
+    spec = validate_train_spec(body.get("spec"))
+    unknown = sorted(set(body) - {"kind", "spec"})
+    if unknown:
+        raise SpecError(
+            f"unknown field {unknown[0]!r}; a job is {{'kind', 'spec'}}",
+            details=[{"loc": name, "msg": "unknown field"} for name in unknown],
+        )
     session = db()
     queue = queue_for_device(spec.train.device)
     job = repository.create_job(
@@ -86,11 +107,10 @@ def submit() -> tuple[Response, int, dict[str, str]]:
         kind=kind,
         spec=spec.model_dump(mode="json"),
         queue=queue,
-        priority=priority,
     )
     session.commit()
     try:
-        send_train(services().celery, job_id=str(job.id), queue=queue, priority=priority)
+        send_train(services().celery, job_id=str(job.id), queue=queue)
         repository.mark_enqueued(session=session, job_id=job.id)
         session.commit()
     except Exception:
@@ -105,9 +125,12 @@ def submit() -> tuple[Response, int, dict[str, str]]:
 def _decode_cursor(raw: str) -> tuple[datetime, uuid.UUID]:
     try:
         at, _, job_id = base64.urlsafe_b64decode(raw.encode()).decode().partition("|")
-        return datetime.fromisoformat(at), uuid.UUID(job_id)
+        when = datetime.fromisoformat(at)
+        if when.tzinfo is None:
+            raise ValueError("cursor time without zone")
+        return when, uuid.UUID(job_id)
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise SpecError("invalid cursor", details=[{"loc": "cursor"}]) from None
+        raise BadParameter("invalid cursor", details=[{"loc": "cursor"}]) from None
 
 
 def _encode_cursor(at: datetime, job_id: uuid.UUID) -> str:
@@ -117,16 +140,11 @@ def _encode_cursor(at: datetime, job_id: uuid.UUID) -> str:
 @bp.get("/jobs")
 def list_jobs() -> Response:
     """The caller's jobs, newest first, filtered by status / kind, paged by cursor."""
-    status = request.args.get("status")
-    kind = request.args.get("kind")
-    if status and status not in STATUSES:
-        raise SpecError(f"status must be one of {list(STATUSES)}", details=[{"loc": "status"}])
-    if kind and kind not in ("train", "infer"):
-        raise SpecError("kind must be 'train' or 'infer'", details=[{"loc": "kind"}])
+    status = choice_arg("status", tuple(JobStatus))
+    kind = choice_arg("kind", JOB_KINDS)
     max_limit = services().settings.page_limit
-    limit = request.args.get("limit", default=min(50, max_limit), type=int)
-    if limit is None or not 1 <= limit <= max_limit:
-        raise SpecError(f"limit must be 1..{max_limit}", details=[{"loc": "limit"}])
+    limit = int_arg("limit", default=min(50, max_limit), lo=1, hi=max_limit)
+    assert limit is not None
     cursor = request.args.get("cursor")
     jobs = repository.list_jobs(
         session=db(),
@@ -154,8 +172,9 @@ def cancel(job_id: str) -> tuple[Response, int]:
     """Queued jobs end at once; running ones stop at their next step (409 if already final)."""
     session = db()
     job = repository.get_job(session=session, job_id=parse_job_id(job_id), owner=current_owner())
-    repository.request_cancel(session=session, job=job)
+    repository.request_cancel(session=session, job_id=job.id)
     session.commit()
+    session.refresh(job)
     return jsonify(job_json(job)), 202
 
 

@@ -9,26 +9,22 @@ from flask import Blueprint, Response, jsonify, request
 
 from api.auth import current_owner
 from api.context import db, services
+from api.params import choice_arg, int_arg
 from api.routes.jobs import parse_job_id
-from api.serialize import json_float, trace_json
+from api.serialize import trace_json
 from shared import repository
-from shared.errors import SpecError
+from shared.jsonvalues import json_float
 
 bp = Blueprint("results", __name__)
 
 TRACE_KINDS = ("forward_pre", "forward", "backward", "param_grad", "weights")
 
 
-def _int_arg(name: str) -> int | None:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise SpecError(
-            f"{name} must be an integer, got {raw!r}", details=[{"loc": name}]
-        ) from None
+def _limit() -> int:
+    max_rows = services().settings.max_result_rows
+    limit = int_arg("limit", default=max_rows, lo=1, hi=max_rows)
+    assert limit is not None
+    return limit
 
 
 @bp.get("/jobs/<job_id>/metrics")
@@ -36,18 +32,22 @@ def metrics(job_id: str) -> Response:
     """Metric series grouped by (name, split): points of (step, epoch, value)."""
     session = db()
     job = repository.get_job(session=session, job_id=parse_job_id(job_id), owner=current_owner())
+    limit = _limit()
     rows = repository.list_metrics(
         session=session,
         job_id=job.id,
         name=request.args.get("name") or None,
         split=request.args.get("split") or None,
+        from_step=int_arg("from_step", default=None),
+        to_step=int_arg("to_step", default=None),
+        limit=limit,
     )
     series: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         point = {"step": row.step, "epoch": row.epoch, "value": json_float(row.value)}
         series[(row.name, row.split)].append(point)
     body = [{"name": n, "split": s, "points": pts} for (n, s), pts in series.items()]
-    return jsonify({"job_id": str(job.id), "series": body})
+    return jsonify({"job_id": str(job.id), "series": body, "truncated": len(rows) == limit})
 
 
 @bp.get("/jobs/<job_id>/traces")
@@ -55,26 +55,15 @@ def traces(job_id: str) -> Response:
     """Layer trace rows filtered by layer, kind and an inclusive step range."""
     session = db()
     job = repository.get_job(session=session, job_id=parse_job_id(job_id), owner=current_owner())
-    kind = request.args.get("kind") or None
-    if kind is not None and kind not in TRACE_KINDS:
-        raise SpecError(f"kind must be one of {list(TRACE_KINDS)}", details=[{"loc": "kind"}])
-    max_rows = services().settings.max_trace_rows
-    limit = _int_arg("limit") or max_rows
-    if not 1 <= limit <= max_rows:
-        raise SpecError(f"limit must be 1..{max_rows}", details=[{"loc": "limit"}])
+    limit = _limit()
     rows = repository.list_traces(
         session=session,
         job_id=job.id,
         layer=request.args.get("layer") or None,
-        kind=kind,
-        from_step=_int_arg("from_step"),
-        to_step=_int_arg("to_step"),
+        kind=choice_arg("kind", TRACE_KINDS),
+        from_step=int_arg("from_step", default=None),
+        to_step=int_arg("to_step", default=None),
         limit=limit,
     )
-    return jsonify(
-        {
-            "job_id": str(job.id),
-            "traces": [trace_json(r) for r in rows],
-            "truncated": len(rows) == limit,
-        }
-    )
+    body = [trace_json(r) for r in rows]
+    return jsonify({"job_id": str(job.id), "traces": body, "truncated": len(rows) == limit})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from typing import Any
@@ -112,13 +113,21 @@ def test_bad_bodies(client: FlaskClient, alice: dict[str, str]) -> None:
     )
     assert resp.status_code == 400
     assert resp.get_json()["error"]["code"] == "invalid_spec"
+    resp = client.post(
+        "/api/v1/jobs", json={"kind": "train", "spec": LENET, "prio": 1}, headers=alice
+    )
+    assert resp.status_code == 400 and "'prio'" in resp.get_json()["error"]["message"]
+    deep = "[" * 100_000 + "]" * 100_000
+    resp = client.post("/api/v1/jobs", data=deep, headers=alice, content_type="application/json")
+    assert resp.status_code == 400
     resp = client.post("/api/v1/jobs", json={"kind": "bake", "spec": LENET}, headers=alice)
     assert resp.status_code == 400 and "kind" in resp.get_json()["error"]["message"]
     resp = client.post(
         "/api/v1/jobs", json={"kind": "train", "spec": LENET, "pad": "x" * 300_000}, headers=alice
     )
     assert resp.status_code == 413
-    assert resp.get_json()["error"]["code"] == "request_entity_too_large"
+    assert resp.get_json()["error"]["code"] == "too_large"
+    assert "TRAINYARD_MAX_REQUEST_BYTES" in resp.get_json()["error"]["message"]
     # 400M parameters: refused by the dry run's limit without allocating anything.
     big = [
         {"type": "Linear", "in_features": 4096, "out_features": 100_000},
@@ -195,3 +204,58 @@ def test_cancel_queued_then_conflict(client: FlaskClient, alice: dict[str, str])
     assert resp.status_code == 409
     events = client.get(f"/api/v1/jobs/{job_id}/events", headers=alice).get_json()["events"]
     assert [e["kind"] for e in events] == ["queued", "cancel_requested"]
+
+
+def test_limits_refuse_before_anything_is_built(
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+) -> None:
+    # A synthetic set too big for a worker's memory: 400 naming the data fields.
+    huge = {"dataset": "synthetic", "input_shape": [1000, 1000], "size": 200_000}
+    resp = submit(client, alice, {"model": {"preset": "my_model"}, "data": huge})
+    assert resp.status_code == 400
+    assert "size x input_shape" in resp.get_json()["error"]["message"]
+    # Activations of a wide conv at a huge batch: 413 naming the batch size.
+    layers = [
+        {"type": "Conv2d", "in_channels": 1, "out_channels": 64, "kernel_size": 3, "padding": 1},
+        {"type": "Flatten"},
+        {"type": "Linear", "in_features": 64 * 32 * 32, "out_features": 10},
+    ]
+    spec = {
+        "model": {"layers": layers},
+        "data": {"dataset": "digits", "image_size": 32},
+        "train": {"batch_size": 8192},
+    }
+    resp = submit(client, alice, spec)
+    assert resp.status_code == 413
+    error = resp.get_json()["error"]
+    assert "batch_size 8192" in error["message"] and error["details"][0]["loc"] == (
+        "spec.train.batch_size"
+    )
+    spec["train"] = {"batch_size": 64}
+    assert submit(client, alice, spec).status_code == 202
+    # A flag given as a string would silently mean True in torch.
+    bad = [{"type": "Linear", "in_features": 10, "out_features": 10, "bias": "false"}]
+    resp = submit(client, alice, {"model": {"layers": bad}, "data": {"dataset": "synthetic"}})
+    assert resp.status_code == 400
+    assert resp.get_json()["error"]["details"][0]["loc"] == "spec.model.layers[0].bias"
+
+
+def test_query_parameters_are_strict(client: FlaskClient, alice: dict[str, str]) -> None:
+    job_id = submit(client, alice).get_json()["id"]
+    for path in (
+        "/api/v1/jobs?limit=abc",
+        "/api/v1/jobs?limit=1000000",
+        f"/api/v1/jobs/{job_id}/traces?limit=0",
+        f"/api/v1/jobs/{job_id}/traces?from_step=99999999999999999999999",
+        f"/api/v1/jobs/{job_id}/metrics?to_step=-1",
+        "/api/v1/jobs?cursor="
+        + base64.urlsafe_b64encode(f"2026-01-01T00:00:00|{uuid.uuid4()}".encode()).decode(),
+    ):
+        resp = client.get(path, headers=alice)
+        assert resp.status_code == 400, path
+        assert resp.get_json()["error"]["details"][0]["loc"] in (
+            "limit",
+            "from_step",
+            "to_step",
+            "cursor",
+        )

@@ -116,3 +116,22 @@ def test_checkpoint_download_is_safetensors(
         client.get(f"/api/v1/jobs/{job_id}/checkpoints/zzz/state_dict", headers=alice).status_code
         == 404
     )
+
+
+def test_metrics_step_range_and_limit(
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+) -> None:
+    job_id = submit(client, alice).get_json()["id"]
+    rows = [
+        {"split": "train", "name": "loss", "step": s, "epoch": 1, "value": float(s)}
+        for s in range(1, 101)
+    ]
+    with session_scope(sessions) as session:
+        repository.record_metrics(session=session, job_id=uuid.UUID(job_id), rows=rows)
+    url = f"/api/v1/jobs/{job_id}/metrics"
+    body = client.get(f"{url}?from_step=95", headers=alice).get_json()
+    assert [p["step"] for p in body["series"][0]["points"]] == [95, 96, 97, 98, 99, 100]
+    assert body["truncated"] is False
+    body = client.get(f"{url}?limit=10&to_step=50", headers=alice).get_json()
+    assert [p["step"] for p in body["series"][0]["points"]] == list(range(1, 11))
+    assert body["truncated"] is True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from cli.main import main
 from shared.config import get_settings
 from shared.db import session_scope
 from shared.tokens import find_token
-from tests.live import LiveService
+from tests.live import LiveService, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "cli" / "examples" / "my_model_regression.json"
@@ -29,9 +30,7 @@ def pg_env(pg_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     get_settings.cache_clear()
 
 
-def test_token_create_prints_only_the_token(
-    pg_env: None, sessions: sessionmaker[Session]
-) -> None:
+def test_token_create_prints_only_the_token(pg_env: None, sessions: sessionmaker[Session]) -> None:
     result = CliRunner().invoke(main, ["token", "create", "ci-bot", "--owner", "ci"])
     assert result.exit_code == 0, result.output
     plaintext = result.stdout.strip()
@@ -61,22 +60,45 @@ def test_submit_and_watch_against_live_api(live: LiveService, tmp_path: Path) ->
     assert "HTTP 400 invalid_spec" in result.output and "spec.model.preset" in result.output
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.e2e
 def test_embedded_demo_runs_without_servers(tmp_path: Path) -> None:
     """The README's first command: SQLite + filesystem broker, demo job, exit when done."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
     env["TRAINYARD_DATA_DIR"] = str(tmp_path / "home")
-    cmd = [sys.executable, "-m", "cli.main", "serve", "--demo", "--exit-after-demo",
-           "--port", str(_free_port()), "--api-workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "serve",
+        "--demo",
+        "--exit-after-demo",
+        "--port",
+        str(free_port()),
+        "--api-workers",
+        "1",
+    ]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert ": succeeded" in out and "val_accuracy" in out and "gradient norms at step" in out
     assert (tmp_path / "home" / "trainyard.db").exists()
     assert (tmp_path / "home" / "token").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.e2e
+def test_serve_stops_its_children_on_sigterm(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
+    env["TRAINYARD_DATA_DIR"] = str(tmp_path)
+    port = free_port()
+    cmd = [sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--api-workers", "1"]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("serving"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    with socket.socket() as sock:  # gunicorn is gone: the port is free again
+        sock.bind(("127.0.0.1", port))
+    worker_log = (tmp_path / "logs" / "worker.log").read_text()
+    assert "Warm shutdown" in worker_log

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
@@ -27,7 +28,8 @@ def _drift(url: str) -> list[object]:
 
 
 def test_postgres_upgrade_matches_models_and_downgrades() -> None:
-    url = create_database("trainyard_migration_check")
+    name = f"trainyard_migration_check_{os.getpid()}"
+    url = create_database(name)
     try:
         upgrade(url, "head")
         assert _drift(url) == []
@@ -42,7 +44,7 @@ def test_postgres_upgrade_matches_models_and_downgrades() -> None:
         assert set(inspect(engine).get_table_names()) == {"alembic_version"}
         engine.dispose()
     finally:
-        drop_database("trainyard_migration_check")
+        drop_database(name)
 
 
 def test_sqlite_default_upgrades_to_head(tmp_path: Path) -> None:

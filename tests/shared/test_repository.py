@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import repository
 from shared.config import Settings
 from shared.db import session_scope
-from shared.errors import InvalidTransition
+from shared.errors import InvalidTransition, LeaseLost
 from shared.models import Job, JobStatus, utcnow
 from shared.queues import make_celery
 from shared.sweeper import sweep_once
@@ -82,13 +82,23 @@ def test_cancel_flag_reaches_heartbeat(sessions: sessionmaker[Session], clean_db
     }
     with session_scope(sessions) as session:
         assert repository.heartbeat(session=session, **beat) is False
-        row = session.get(Job, job.id)
-        assert row is not None
-        repository.request_cancel(session=session, job=row)
+        repository.request_cancel(session=session, job_id=job.id)
     with session_scope(sessions) as session:
         assert repository.heartbeat(session=session, **beat) is True
         row = session.get(Job, job.id)
         assert row is not None and row.status == "running" and row.progress_step == 5
+    # Another worker's heartbeat on this job is refused: it no longer holds the claim.
+    with pytest.raises(LeaseLost), session_scope(sessions) as session:
+        repository.heartbeat(session=session, **{**beat, "worker": "w2"})
+
+
+def test_cancel_is_guarded(sessions: sessionmaker[Session], clean_db: None) -> None:
+    job = _job(sessions)
+    with session_scope(sessions) as session:
+        repository.request_cancel(session=session, job_id=job.id)
+    assert _claim(sessions, job, "w1") is None  # a cancelled job is never claimed
+    with pytest.raises(InvalidTransition), session_scope(sessions) as session:
+        repository.request_cancel(session=session, job_id=job.id)
 
 
 def test_sweeper_resends_lost_messages_and_fails_abandoned(
@@ -108,7 +118,7 @@ def test_sweeper_resends_lost_messages_and_fails_abandoned(
             .values(status="running", attempt=3, lease_expires_at=old, worker="gone")
         )
     counts = sweep_once(sessions=sessions, celery=make_celery(settings), settings=settings)
-    assert counts == {"resent": 1, "failed": 1}
+    assert counts == {"resent": 1, "cancelled": 0, "failed": 1}
     assert redis_client.llen("train") == 1
     assert str(lost.id) in redis_client.lindex("train", 0).decode()  # type: ignore[union-attr]
     with sessions() as session:
@@ -117,5 +127,46 @@ def test_sweeper_resends_lost_messages_and_fails_abandoned(
     # Nothing left to do on the next pass: the message was just sent.
     assert sweep_once(sessions=sessions, celery=make_celery(settings), settings=settings) == {
         "resent": 0,
+        "cancelled": 0,
         "failed": 0,
     }
+
+
+def test_sweeper_resends_a_dead_workers_job_once_per_period(
+    sessions: sessionmaker[Session],
+    clean_db: None,
+    settings: Settings,
+    redis_client: redis.Redis,
+) -> None:
+    job = _job(sessions)
+    assert _claim(sessions, job, "w1") is not None
+    now = utcnow()
+    with session_scope(sessions) as session:  # sent 100 s ago; the lease ran out 1 s ago
+        session.execute(
+            update(Job)
+            .where(Job.id == job.id)
+            .values(
+                enqueued_at=now - timedelta(seconds=100),
+                lease_expires_at=now - timedelta(seconds=1),
+            )
+        )
+    sweep = {"sessions": sessions, "celery": make_celery(settings), "settings": settings}
+    assert sweep_once(**sweep)["resent"] == 1
+    assert sweep_once(**sweep)["resent"] == 0  # not again until requeue_after_seconds
+    assert redis_client.llen("train") == 1
+    second = _claim(sessions, job, "w2")
+    assert second is not None and second.attempt == 2
+
+
+def test_sweeper_cancels_a_cancelled_job_whose_worker_died(
+    sessions: sessionmaker[Session], clean_db: None, settings: Settings, redis_client: redis.Redis
+) -> None:
+    job = _job(sessions)
+    assert _claim(sessions, job, "w1", lease=-1) is not None
+    with session_scope(sessions) as session:
+        repository.request_cancel(session=session, job_id=job.id)
+    counts = sweep_once(sessions=sessions, celery=make_celery(settings), settings=settings)
+    assert counts == {"resent": 0, "cancelled": 1, "failed": 0}
+    with sessions() as session:
+        row = session.get(Job, job.id)
+        assert row is not None and row.status == "cancelled" and row.finished_at is not None

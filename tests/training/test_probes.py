@@ -123,9 +123,13 @@ def test_unarmed_hooks_capture_nothing() -> None:
     recorder.begin_step(2)
     with torch.no_grad():  # an evaluation pass inside a logged step adds no rows
         model(torch.randn(2, 4))
-    recorder.begin_step(3)
+    assert recorder.collect() == []
+    recorder.begin_step(3)  # not a logged step: the backward pass records nothing
     model(torch.randn(2, 4)).sum().backward()
     assert recorder.collect() == []
+    recorder.begin_step(4)  # a logged step again: one row per Linear
+    model(torch.randn(2, 4)).sum().backward()
+    assert len(recorder.collect()) == 2
     recorder.detach()
 
 

@@ -38,14 +38,24 @@ def make_datasets(
 
 
 def make_loader(
-    ds: TensorDataset, *, batch_size: int, shuffle: bool, seed: int
+    ds: TensorDataset, *, batch_size: int, shuffle: bool, seed: int, train: bool = False
 ) -> DataLoader[tuple[torch.Tensor, ...]]:
-    """A single-process loader whose shuffling depends only on `seed`."""
+    """A single-process loader whose shuffling depends only on `seed`.
+
+    For training (`train=True`) a last batch of one sample is dropped: BatchNorm cannot
+    train on it, and one sample in an epoch changes nothing else.
+    """
     # Its own generator keeps the batch order independent of the global RNG, which
     # model init and dropout also draw from.
     generator = torch.Generator().manual_seed(seed)
+    drop_last = train and len(ds) % batch_size == 1 and len(ds) > 1
     return DataLoader(
-        ds, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0
+        ds,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        num_workers=0,
+        drop_last=drop_last,
     )
 
 

@@ -121,7 +121,9 @@ def fit(
     model = build_model(spec.model).to(dev)
     train_ds, val_ds = make_datasets(spec.data, seed=spec.train.seed, loss=spec.train.loss)
     batch_size = spec.train.batch_size
-    loader = make_loader(train_ds, batch_size=batch_size, shuffle=True, seed=spec.train.seed)
+    loader = make_loader(
+        train_ds, batch_size=batch_size, shuffle=True, seed=spec.train.seed, train=True
+    )
     val_loader = None
     if val_ds is not None:
         val_loader = make_loader(val_ds, batch_size=batch_size, shuffle=False, seed=0)

@@ -1,0 +1,127 @@
+"""The task body and the DB sink on the real PostgreSQL, without Celery in the way."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import repository
+from shared.config import Settings
+from shared.db import session_scope
+from shared.models import Checkpoint, Job, LayerTrace, Metric
+from worker.sinks import DatabaseSink
+from worker.tasks import execute_train
+from worker.training.probes import TraceRow
+
+TINY = {
+    "model": {"preset": "my_model"},
+    "data": {"dataset": "synthetic", "task": "regression", "input_shape": [10], "size": 64},
+    "train": {"loss": "MSELoss", "batch_size": 8},
+}
+
+
+def _job(sessions: sessionmaker[Session], spec: dict[str, object]) -> uuid.UUID:
+    with session_scope(sessions) as session:
+        job = repository.create_job(
+            session=session, owner="o", kind="train", spec=spec, queue="train"
+        )
+        return job.id
+
+
+def _count(sessions: sessionmaker[Session], model: type, job_id: uuid.UUID) -> int:
+    with sessions() as session:
+        return int(
+            session.scalar(select(func.count()).select_from(model).where(model.job_id == job_id))
+            or 0
+        )
+
+
+def test_sink_buffers_rows_until_the_flush_period(
+    sessions: sessionmaker[Session], clean_db: None, settings: Settings
+) -> None:
+    job_id = _job(sessions, TINY)
+    with session_scope(sessions) as session:
+        repository.claim_job(
+            session=session, job_id=job_id, worker="w", lease_seconds=60, max_attempts=3
+        )
+    now = [0.0]
+    sink = DatabaseSink(
+        sessions=sessions, job_id=job_id, worker="w", settings=settings, clock=lambda: now[0]
+    )
+    row = TraceRow(
+        step=1,
+        layer="fc1",
+        kind="backward",
+        numel=5,
+        norm=1.0,
+        mean=0.0,
+        std=1.0,
+        min=-1.0,
+        max=1.0,
+        zero_frac=0.0,
+        nonfinite=0,
+    )
+    for step in range(1, 11):
+        sink.on_step_end(
+            step=step,
+            epoch=1,
+            loss=1.0 / step,
+            traces=[TraceRow(**{**_as_dict(row), "step": step})],
+        )
+    assert _count(sessions, Metric, job_id) == 0  # ten steps, no write yet
+    now[0] = settings.flush_seconds
+    sink.on_step_end(step=11, epoch=1, loss=0.1, traces=[])
+    assert _count(sessions, Metric, job_id) == 11  # one batch with everything buffered
+    assert _count(sessions, LayerTrace, job_id) == 10
+
+
+def _as_dict(row: TraceRow) -> dict[str, object]:
+    return {f: getattr(row, f) for f in row.__slots__}
+
+
+def test_execute_train_records_everything(
+    sessions: sessionmaker[Session], clean_db: None, settings: Settings
+) -> None:
+    job_id = _job(sessions, {**TINY, "train": {**TINY["train"], "epochs": 2}})
+    assert execute_train(job_id, worker="w", sessions=sessions, settings=settings) == "succeeded"
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == "succeeded" and job.summary is not None
+        assert job.summary["steps"] == 14 and job.progress_step == 14  # 2 x ceil(51 / 8)
+    assert _count(sessions, Metric, job_id) == 14 + 2 * 2  # per-step loss + epoch loss + val
+    assert _count(sessions, Checkpoint, job_id) == 3  # two epochs + final
+    # Running the same message again changes nothing: the job is final.
+    assert execute_train(job_id, worker="w2", sessions=sessions, settings=settings) == "skipped"
+
+
+def test_worker_stops_when_its_lease_is_taken(
+    sessions: sessionmaker[Session], clean_db: None, settings: Settings
+) -> None:
+    fast = settings.model_copy(update={"heartbeat_seconds": 0.05})
+    spec = {**TINY, "train": {**TINY["train"], "max_steps": 1_000_000}}
+    job_id = _job(sessions, spec)
+    outcome: list[str] = []
+    thread = threading.Thread(
+        target=lambda: outcome.append(
+            execute_train(job_id, worker="w1", sessions=sessions, settings=fast)
+        )
+    )
+    thread.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with sessions() as session:
+            job = session.get(Job, job_id)
+            if job is not None and job.progress_step > 0:
+                break
+        time.sleep(0.05)
+    with session_scope(sessions) as session:  # as if w1's lease expired and w2 claimed it
+        session.execute(update(Job).where(Job.id == job_id).values(worker="w2", attempt=2))
+    thread.join(timeout=60)
+    assert outcome == ["lost"]
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == "running" and job.worker == "w2"
