@@ -43,7 +43,7 @@ def test_submit_stores_row_then_queues_message(
     with sessions() as session:
         job = session.get(Job, uuid.UUID(body["id"]))
         assert job is not None and job.enqueued_at is not None
-        assert job.spec["model"] == {"preset": "lenet", "layers": None}
+        assert job.spec["model"]["preset"] == "lenet" and job.spec["model"]["freeze"] == []
         assert job.spec["train"]["optimizer"]["name"] == "SGD"  # defaults are stored explicitly
         kinds = session.scalars(select(JobEvent.kind).where(JobEvent.job_id == job.id)).all()
         assert kinds == ["queued"]

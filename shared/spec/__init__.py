@@ -1,0 +1,84 @@
+"""The job spec: what a user may ask for, checked by pydantic before anything is built.
+
+Shapes and parameter counts are checked separately by a dry run on the meta device
+(`shared.netspec.dry_run`); this package only checks types, ranges and size limits.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from shared.spec.base import Strict
+from shared.spec.data import DataSpec, TransformSpec, class_count, sample_shape
+from shared.spec.model import MAX_DEPTH, MAX_LAYERS, InitFrom, InitRule, LayerSpec, ModelSpec
+from shared.spec.train import (
+    REGRESSION_LOSSES,
+    EarlyStoppingSpec,
+    GradClipSpec,
+    OptimizerSpec,
+    SchedulerSpec,
+    TrainSpec,
+)
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_LAYERS",
+    "DataSpec",
+    "EarlyStoppingSpec",
+    "GradClipSpec",
+    "HookSpec",
+    "InitFrom",
+    "InitRule",
+    "JobSpec",
+    "LayerSpec",
+    "ModelSpec",
+    "OptimizerSpec",
+    "SchedulerSpec",
+    "TrainSpec",
+    "TransformSpec",
+    "class_count",
+    "output_width",
+    "sample_shape",
+]
+
+HookKind = Literal["backward", "param_grad"]
+
+
+def _all_hook_kinds() -> list[HookKind]:
+    return ["backward", "param_grad"]
+
+
+class HookSpec(Strict):
+    """Which module hooks record statistics, and how often.
+
+    `backward`: gradient w.r.t. the output of every module that owns parameters.
+    `param_grad`: gradient of every parameter after backward.
+    """
+
+    every_n_steps: int = Field(default=1, ge=1, le=1_000_000)
+    kinds: list[HookKind] = Field(default_factory=_all_hook_kinds)
+
+
+class JobSpec(Strict):
+    """A training job: model + data + training + hooks."""
+
+    model: ModelSpec
+    data: DataSpec
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    hooks: HookSpec = Field(default_factory=HookSpec)
+
+    @model_validator(mode="after")
+    def _loss_fits_task(self) -> JobSpec:
+        # Classification takes every loss: CrossEntropy / NLL get class indices, the
+        # others regress onto one-hot rows. Regression has no classes to index.
+        if self.data.task == "regression" and self.train.loss not in REGRESSION_LOSSES:
+            raise ValueError(f"a regression dataset needs one of {list(REGRESSION_LOSSES)}")
+        return self
+
+
+def output_width(spec: JobSpec) -> int:
+    """How many values the model must output per sample for the job's loss and targets."""
+    classes = class_count(spec.data)
+    return classes if classes is not None else spec.data.output_dim

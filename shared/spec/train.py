@@ -1,0 +1,123 @@
+"""How to train: optimizer, schedule, loss, clipping, accumulation, stopping, precision."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from shared.spec.base import Strict
+
+LossName = Literal[
+    "CrossEntropyLoss", "NLLLoss", "MSELoss", "L1Loss", "SmoothL1Loss", "BCEWithLogitsLoss"
+]
+CLASS_INDEX_LOSSES = ("CrossEntropyLoss", "NLLLoss")  # targets are class indices
+REGRESSION_LOSSES = ("MSELoss", "L1Loss", "SmoothL1Loss")
+
+
+class OptimizerSpec(Strict):
+    """torch.optim.SGD, Adam, AdamW or RMSprop with their usual settings."""
+
+    name: Literal["SGD", "Adam", "AdamW", "RMSprop"] = "SGD"
+    lr: float = Field(default=0.01, gt=0.0, le=10.0)
+    momentum: float = Field(default=0.0, ge=0.0, lt=1.0, description="SGD, RMSprop")
+    nesterov: bool = False
+    weight_decay: float = Field(default=0.0, ge=0.0, le=1.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(default=1e-8, gt=0.0, le=1.0)
+    alpha: float = Field(default=0.99, gt=0.0, lt=1.0, description="RMSprop smoothing")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OptimizerSpec:
+        if self.nesterov and (self.name != "SGD" or self.momentum <= 0.0):
+            raise ValueError("nesterov needs SGD with momentum > 0")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError("betas must lie in [0, 1)")
+        return self
+
+
+class SchedulerSpec(Strict):
+    """A torch.optim.lr_scheduler; the learning rate is logged as metric train/lr.
+
+    StepLR, CosineAnnealingLR and ReduceLROnPlateau step once per epoch (the last one on
+    `monitor`); OneCycleLR steps once per optimizer step over the whole run.
+    """
+
+    name: Literal["StepLR", "CosineAnnealingLR", "OneCycleLR", "ReduceLROnPlateau"]
+    step_size: int = Field(default=1, ge=1, le=10_000, description="StepLR: epochs")
+    gamma: float = Field(default=0.1, gt=0.0, le=1.0, description="StepLR")
+    T_max: int | None = Field(default=None, ge=1, le=100_000, description="Cosine: epochs")
+    eta_min: float = Field(default=0.0, ge=0.0, le=10.0, description="Cosine")
+    max_lr: float | None = Field(default=None, gt=0.0, le=10.0, description="OneCycle")
+    pct_start: float = Field(default=0.3, gt=0.0, lt=1.0, description="OneCycle")
+    factor: float = Field(default=0.1, gt=0.0, lt=1.0, description="ReduceLROnPlateau")
+    patience: int = Field(default=10, ge=0, le=10_000, description="ReduceLROnPlateau")
+    monitor: str = Field(default="val_loss", description="ReduceLROnPlateau: epoch metric")
+    mode: Literal["min", "max"] = "min"
+
+
+class GradClipSpec(Strict):
+    """Clip gradients after backward: by total norm (`max_norm`) or by value (`max_value`)."""
+
+    max_norm: float | None = Field(default=None, gt=0.0, le=1e6)
+    max_value: float | None = Field(default=None, gt=0.0, le=1e6)
+    norm_type: float = Field(default=2.0, ge=1.0, le=1e6)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> GradClipSpec:
+        if (self.max_norm is None) == (self.max_value is None):
+            raise ValueError("give exactly one of 'max_norm' or 'max_value'")
+        return self
+
+
+class EarlyStoppingSpec(Strict):
+    """Stop when an epoch metric has not improved by `min_delta` for `patience` epochs."""
+
+    monitor: str = Field(default="val_loss", description="val_loss, val_accuracy, train_loss")
+    mode: Literal["min", "max"] = "min"
+    patience: int = Field(default=3, ge=1, le=1000)
+    min_delta: float = Field(default=0.0, ge=0.0)
+
+
+EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy")
+
+
+class TrainSpec(Strict):
+    """How long and how to train: the seed's zero_grad / forward / loss / backward / step.
+
+    Training stops at whichever of `epochs` and `max_steps` comes first (or early).
+    """
+
+    epochs: int | None = Field(default=None, ge=1, le=1000)
+    max_steps: int | None = Field(default=None, ge=1, le=10_000_000)
+    batch_size: int = Field(default=64, ge=1, le=8192)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    scheduler: SchedulerSpec | None = None
+    loss: LossName = "CrossEntropyLoss"
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0, description="CrossEntropyLoss")
+    grad_clip: GradClipSpec | None = None
+    accumulate_steps: int = Field(
+        default=1, ge=1, le=1024, description="micro-batches whose gradients add up per step"
+    )
+    early_stopping: EarlyStoppingSpec | None = None
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32", description="autocast dtype on CUDA (fp16 with a GradScaler)"
+    )
+    num_workers: int = Field(default=0, ge=0, le=16, description="DataLoader worker processes")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainSpec:
+        # max_steps alone runs as many epochs as it takes; neither means one epoch.
+        if self.epochs is None and self.max_steps is None:
+            self.epochs = 1
+        if self.label_smoothing and self.loss != "CrossEntropyLoss":
+            raise ValueError("label_smoothing is a CrossEntropyLoss setting")
+        if self.precision != "fp32" and self.device == "cpu":
+            raise ValueError(f"precision {self.precision!r} is autocast on CUDA: use device cuda")
+        for watched in (self.early_stopping, self.scheduler):
+            monitor = getattr(watched, "monitor", None)
+            if monitor is not None and monitor not in EPOCH_METRICS:
+                raise ValueError(f"monitor must be one of {list(EPOCH_METRICS)}")
+        return self
