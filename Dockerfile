@@ -4,7 +4,7 @@
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
-    TRAINYARD_DATA_DIR=/var/lib/trainyard
+    TRAINYARD_HOME=/var/lib/trainyard
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 

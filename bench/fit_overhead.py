@@ -44,7 +44,9 @@ def plain_loop(spec: JobSpec) -> float:
     """The seed notes' loop, written out: zero_grad / forward / loss / backward / step."""
     torch.manual_seed(spec.train.seed)
     model = build_model(spec.model)
-    train, _ = make_datasets(spec.data, seed=spec.train.seed, loss=spec.train.loss)
+    train = make_datasets(
+        spec.data, seed=spec.train.seed, loss=spec.train.loss, data_dir=None
+    ).train
     loader = make_loader(train, batch_size=spec.train.batch_size, shuffle=True, seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=spec.train.optimizer.lr)
     criterion = nn.CrossEntropyLoss()

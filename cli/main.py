@@ -18,12 +18,12 @@ from shared.config import Settings, get_settings
 def _client(url: str | None, token: str | None) -> ApiClient:
     settings = get_settings()
     if token is None:
-        token_file = settings.data_dir / "token"
+        token_file = settings.home / "token"
         token = token_file.read_text().strip() if token_file.exists() else None
     if not token:
         raise click.ClickException(
             f"no token: set TRAINYARD_TOKEN, pass --token, or run where "
-            f"{settings.data_dir / 'token'} exists (trainyard serve --demo writes it)"
+            f"{settings.home / 'token'} exists (trainyard serve --demo writes it)"
         )
     return ApiClient(url or settings.base_url(), token)
 
@@ -73,7 +73,7 @@ def serve(
     if port:
         updates["api_port"] = port
     settings = Settings(**{**settings.model_dump(), **updates})
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.home.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url(), "head")
     sys.exit(
         run_serve(settings, demo=demo, exit_after_demo=exit_after_demo, api_workers=api_workers)

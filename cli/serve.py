@@ -80,7 +80,7 @@ def demo_spec() -> dict[str, Any]:
 
 def write_token_file(settings: Settings, token: str) -> Path:
     """Store the local token where the CLI finds it (readable by this user only)."""
-    path = settings.data_dir / "token"
+    path = settings.home / "token"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
     # Created 0600 in one step: never readable by others, not even for a moment.
@@ -121,8 +121,8 @@ def run_serve(settings: Settings, *, demo: bool, exit_after_demo: bool, api_work
     _stop_on_signals()
     env = {**os.environ, "TRAINYARD_API_HOST": settings.api_host,
            "TRAINYARD_API_PORT": str(settings.api_port),
-           "TRAINYARD_DATA_DIR": str(settings.data_dir.resolve())}  # fmt: skip
-    logs = settings.data_dir.resolve() / "logs"
+           "TRAINYARD_HOME": str(settings.home.resolve())}  # fmt: skip
+    logs = settings.home.resolve() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     commands = {
         "worker": worker_command(default_queues(), 1),
@@ -174,8 +174,8 @@ def run_serve(settings: Settings, *, demo: bool, exit_after_demo: bool, api_work
 
 
 def _local_token(settings: Settings, sessions: Any) -> tuple[str, Path]:
-    """The token in data_dir/token if it is still valid, else a new one written there."""
-    path = settings.data_dir / "token"
+    """The token in home/token if it is still valid, else a new one written there."""
+    path = settings.home / "token"
     with session_scope(sessions) as session:
         if path.exists():
             token = path.read_text().strip()

@@ -14,7 +14,10 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TRAINYARD_", extra="ignore")
 
-    data_dir: Path = Field(default=Path(".trainyard"), description="SQLite file, broker folders")
+    home: Path = Field(default=Path(".trainyard"), description="SQLite file, broker, logs, token")
+    data_dir: Path | None = Field(
+        default=None, description="Root of operator-provided datasets (MNIST, CIFAR-10, ...)"
+    )
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite")
     broker_url: str | None = Field(default=None, description="Celery broker; default filesystem")
 
@@ -24,6 +27,9 @@ class Settings(BaseSettings):
 
     max_request_bytes: int = Field(default=256 * 1024, description="Largest accepted JSON body")
     max_params: int = Field(default=50_000_000, description="Largest model a job may build")
+    max_epochs: int = Field(default=1000, description="Most epochs a job may ask for")
+    max_steps: int = Field(default=10_000_000, description="Most optimizer steps a job may ask for")
+    max_batch_size: int = Field(default=8192, description="Largest batch_size a job may ask for")
     max_train_memory_mb: int = Field(
         default=8192, description="Largest estimated training footprint (weights + activations)"
     )
@@ -41,18 +47,18 @@ class Settings(BaseSettings):
     )
 
     def resolved_database_url(self) -> str:
-        """The database URL, defaulting to a SQLite file in data_dir."""
+        """The database URL, defaulting to a SQLite file in home."""
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{(self.data_dir / 'trainyard.db').resolve()}"
+        return f"sqlite:///{(self.home / 'trainyard.db').resolve()}"
 
     def resolved_broker_url(self) -> str:
-        """The broker URL, defaulting to kombu's filesystem transport in data_dir."""
+        """The broker URL, defaulting to kombu's filesystem transport in home."""
         return self.broker_url or "filesystem://"
 
     def broker_folder(self) -> Path:
         """Folder the filesystem transport exchanges message files through."""
-        return (self.data_dir / "broker").resolve()
+        return (self.home / "broker").resolve()
 
     def base_url(self) -> str:
         """Where users reach the API."""

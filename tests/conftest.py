@@ -93,7 +93,7 @@ def redis_client() -> Iterator[redis.Redis]:
 
 @pytest.fixture()
 def settings(pg_url: str, tmp_path: Path) -> Settings:
-    return Settings(database_url=pg_url, broker_url=REDIS_URL, data_dir=tmp_path / "data")
+    return Settings(database_url=pg_url, broker_url=REDIS_URL, home=tmp_path / "home")
 
 
 @pytest.fixture()

@@ -82,7 +82,7 @@ def live_url(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         **os.environ,
         "TRAINYARD_DATABASE_URL": pg_url,
         "TRAINYARD_BROKER_URL": LIVE_REDIS_URL,
-        "TRAINYARD_DATA_DIR": str(logs),
+        "TRAINYARD_HOME": str(logs),
         "TRAINYARD_API_PORT": str(port),
         "TRAINYARD_HEARTBEAT_SECONDS": "0.3",
         "TRAINYARD_FLUSH_SECONDS": "0.3",

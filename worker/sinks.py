@@ -68,6 +68,11 @@ class DatabaseSink(Callback):
         if now - self._last_beat >= self._settings.heartbeat_seconds:
             self._heartbeat()
 
+    def on_metrics(self, *, step: int, epoch: int, split: str, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            row = {"split": split, "name": name, "step": step, "epoch": epoch, "value": value}
+            self._metrics.append(row)
+
     def on_epoch_end(self, *, step: int, epoch: int, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():
             split, _, name = key.partition("_")  # "val_accuracy" -> ("val", "accuracy")

@@ -78,7 +78,15 @@ def execute_train(
     status, summary, error = JobStatus.FAILED, None, None
     try:
         spec = JobSpec.model_validate(raw_spec)
-        result = fit(spec, callbacks=[sink], max_params=settings.max_params)
+        with sessions() as session:
+            initial_state = _initial_state(session, spec)
+        result = fit(
+            spec,
+            callbacks=[sink],
+            max_params=settings.max_params,
+            data_dir=settings.data_dir,
+            initial_state=initial_state,
+        )
         summary = _summary(result)
         status = JobStatus.CANCELLED if result.stopped else JobStatus.SUCCEEDED
     except LeaseLost:
@@ -109,6 +117,15 @@ def execute_train(
     return str(status)
 
 
+def _initial_state(session: Session, spec: JobSpec) -> bytes | None:
+    """The weights a fine-tuning job starts from (ownership was checked at submit time)."""
+    start = spec.model.init_from
+    if start is None:
+        return None
+    ckpt = repository.get_checkpoint(session=session, job_id=start.job_id, ref=start.checkpoint)
+    return ckpt.model_state
+
+
 def _summary(result: FitResult) -> dict[str, Any]:
     return json_safe(
         {
@@ -120,6 +137,9 @@ def _summary(result: FitResult) -> dict[str, Any]:
             "steps_per_s": round(result.steps_per_s, 2),
             "param_count": result.param_count,
             "trainable_count": result.trainable_count,
+            "frozen_count": result.param_count - result.trainable_count,
+            "stopped_early": result.stopped_early,
+            "best_epoch": result.best_epoch,
             "device": result.device,
             "stopped": result.stopped,
         }

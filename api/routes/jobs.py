@@ -10,19 +10,16 @@ from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
-from pydantic import ValidationError
 
 from api.auth import current_owner
 from api.context import db, services
-from api.errors import pydantic_details
 from api.params import choice_arg, int_arg
 from api.serialize import event_json, job_json
+from api.validation import validate_train_spec
 from shared import repository
-from shared.errors import BadParameter, LimitExceeded, SpecError
+from shared.errors import BadParameter, SpecError
 from shared.models import JobStatus
-from shared.netspec import dry_run, estimate_train_bytes
 from shared.queues import queue_for_device, send_train
-from shared.spec import JobSpec
 
 bp = Blueprint("jobs", __name__)
 log = logging.getLogger(__name__)
@@ -53,35 +50,6 @@ def _json_body() -> dict[str, Any]:
     return body
 
 
-def validate_train_spec(raw: Any) -> JobSpec:
-    """Pydantic, then a dry run on the meta device: both before anything is stored."""
-    if not isinstance(raw, dict):
-        raise SpecError("'spec' must be a JSON object", details=[{"loc": "spec", "msg": "missing"}])
-    try:
-        spec = JobSpec.model_validate(raw)
-    except ValidationError as exc:
-        details = pydantic_details(exc, "spec")
-        first = details[0]
-        raise SpecError(f"invalid spec: {first['loc']}: {first['msg']}", details=details) from None
-    settings = services().settings
-    try:
-        report = dry_run(spec, max_params=settings.max_params)
-    except SpecError as exc:
-        # Same field paths as pydantic's: relative to the request body.
-        for detail in exc.details:
-            detail["loc"] = f"spec.{detail['loc']}"
-        raise
-    need_mb = estimate_train_bytes(report, batch_size=spec.train.batch_size) / 2**20
-    if need_mb > settings.max_train_memory_mb:
-        raise LimitExceeded(
-            f"training this model at batch_size {spec.train.batch_size} needs about "
-            f"{need_mb:,.0f} MB; the limit is {settings.max_train_memory_mb:,} MB: "
-            "lower train.batch_size or the model's size",
-            details=[{"loc": "spec.train.batch_size", "msg": "estimated memory over limit"}],
-        )
-    return spec
-
-
 @bp.post("/jobs")
 def submit() -> tuple[Response, int, dict[str, str]]:
     """Validate, store as queued, then send the message (the row exists before the message)."""
@@ -92,7 +60,9 @@ def submit() -> tuple[Response, int, dict[str, str]]:
             f"kind must be one of {list(SUBMITTABLE_KINDS)}, got {kind!r}",
             details=[{"loc": "kind", "msg": "unsupported job kind"}],
         )
-    spec = validate_train_spec(body.get("spec"))
+    spec, _report = validate_train_spec(
+        body.get("spec"), settings=services().settings, session=db(), owner=current_owner()
+    )
     unknown = sorted(set(body) - {"kind", "spec"})
     if unknown:
         raise SpecError(
@@ -107,6 +77,7 @@ def submit() -> tuple[Response, int, dict[str, str]]:
         kind=kind,
         spec=spec.model_dump(mode="json"),
         queue=queue,
+        source_job_id=spec.model.init_from.job_id if spec.model.init_from else None,
     )
     session.commit()
     try:

@@ -77,6 +77,18 @@ class JobSpec(Strict):
             raise ValueError(f"a regression dataset needs one of {list(REGRESSION_LOSSES)}")
         return self
 
+    @model_validator(mode="after")
+    def _monitored_metric_exists(self) -> JobSpec:
+        for field in ("early_stopping", "scheduler"):
+            monitor = getattr(getattr(self.train, field), "monitor", None)
+            if monitor is None:
+                continue
+            if monitor.startswith("val_") and self.data.val_fraction == 0.0:
+                raise ValueError(f"train.{field} monitors {monitor} but data.val_fraction is 0")
+            if monitor == "val_accuracy" and self.data.task != "classification":
+                raise ValueError(f"train.{field} monitors val_accuracy on a regression task")
+        return self
+
 
 def output_width(spec: JobSpec) -> int:
     """How many values the model must output per sample for the job's loss and targets."""

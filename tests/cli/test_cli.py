@@ -26,7 +26,7 @@ EXAMPLE = ROOT / "cli" / "examples" / "my_model_regression.json"
 @pytest.fixture()
 def pg_env(pg_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("TRAINYARD_DATABASE_URL", pg_url)
-    monkeypatch.setenv("TRAINYARD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TRAINYARD_HOME", str(tmp_path))
     get_settings.cache_clear()
 
 
@@ -64,7 +64,7 @@ def test_submit_and_watch_against_live_api(live: LiveService, tmp_path: Path) ->
 def test_embedded_demo_runs_without_servers(tmp_path: Path) -> None:
     """The README's first command: SQLite + filesystem broker, demo job, exit when done."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
-    env["TRAINYARD_DATA_DIR"] = str(tmp_path / "home")
+    env["TRAINYARD_HOME"] = str(tmp_path / "home")
     cmd = [
         sys.executable,
         "-m",
@@ -88,7 +88,7 @@ def test_embedded_demo_runs_without_servers(tmp_path: Path) -> None:
 @pytest.mark.e2e
 def test_serve_stops_its_children_on_sigterm(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
-    env["TRAINYARD_DATA_DIR"] = str(tmp_path)
+    env["TRAINYARD_HOME"] = str(tmp_path)
     port = free_port()
     cmd = [sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--api-workers", "1"]
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -100,5 +100,14 @@ def test_serve_stops_its_children_on_sigterm(tmp_path: Path) -> None:
     assert proc.wait(timeout=60) == 0
     with socket.socket() as sock:  # gunicorn is gone: the port is free again
         sock.bind(("127.0.0.1", port))
-    worker_log = (tmp_path / "logs" / "worker.log").read_text()
-    assert "Warm shutdown" in worker_log
+    # The worker (named after serve's pid) is gone too.
+    tag = f"trainyard-{proc.pid}@".encode()
+    alive = [p for p in Path("/proc").glob("[0-9]*/cmdline") if tag in _read(p)]
+    assert alive == []
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:  # the process ended while we looked
+        return b""

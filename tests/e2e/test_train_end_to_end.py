@@ -55,7 +55,10 @@ def test_lenet_on_digits_round_trip(live: LiveService) -> None:
         "hooks": {"every_n_steps": 5},
     }
     parsed = JobSpec.model_validate(spec)
-    train, val = make_datasets(parsed.data, seed=parsed.train.seed, loss=parsed.train.loss)
+    splits = make_datasets(
+        parsed.data, seed=parsed.train.seed, loss=parsed.train.loss, data_dir=None
+    )
+    train, val = splits.train, splits.val
     assert val is not None
     job = live.post_job(spec)
     done = live.wait(job["id"])
@@ -89,7 +92,8 @@ def test_lenet_on_digits_round_trip(live: LiveService) -> None:
     net = Net()
     net.load_state_dict(bytes_to_state_dict(resp.content), strict=True)
     net.eval()
-    x, y = val.tensors
+    x = torch.stack([val[i][0] for i in range(len(val))])
+    y = torch.stack([val[i][1] for i in range(len(val))])
     with torch.no_grad():
         logits = net(x)
     assert F.cross_entropy(logits, y).item() == pytest.approx(val_loss, rel=1e-4)

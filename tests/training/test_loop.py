@@ -205,7 +205,7 @@ def test_loss_equals_a_plain_pytorch_loop() -> None:
 
     torch.manual_seed(3)
     model = MyModel()
-    train, _ = make_datasets(spec.data, seed=3, loss="MSELoss")
+    train = make_datasets(spec.data, seed=3, loss="MSELoss", data_dir=None).train
     loader = DataLoader(
         train, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(3)
     )

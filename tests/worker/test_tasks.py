@@ -92,7 +92,8 @@ def test_execute_train_records_everything(
         job = session.get(Job, job_id)
         assert job is not None and job.status == "succeeded" and job.summary is not None
         assert job.summary["steps"] == 14 and job.progress_step == 14  # 2 x ceil(51 / 8)
-    assert _count(sessions, Metric, job_id) == 14 + 2 * 2  # per-step loss + epoch loss + val
+    # per-step loss, epoch loss + val loss per epoch, and lr once (it never changed)
+    assert _count(sessions, Metric, job_id) == 14 + 2 * 2 + 1
     assert _count(sessions, Checkpoint, job_id) == 3  # two epochs + final
     # Running the same message again changes nothing: the job is final.
     assert execute_train(job_id, worker="w2", sessions=sessions, settings=settings) == "skipped"

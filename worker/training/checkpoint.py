@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from shared.errors import SpecError
 from shared.tensors import bytes_to_state_dict, sha256_hex, state_dict_to_bytes
+from shared.weights import problems_message, skipped, state_problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,3 +57,29 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, optimizer_state: bytes) 
     """Load optimizer state saved by `capture`; tensors follow the parameters' device."""
     state = torch.load(io.BytesIO(optimizer_state), map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state)
+
+
+def load_initial_weights(
+    model: nn.Module, model_state: bytes, *, strict: bool, skip: list[str]
+) -> list[str]:
+    """Fine-tuning start: copy a checkpoint's tensors into `model`; returns the keys loaded.
+
+    Keys matching a `skip` glob stay as built (a new head); see shared.weights for the
+    rules, which the API already applied at submit time.
+    """
+    state = bytes_to_state_dict(model_state)
+    own = model.state_dict()
+    problems = state_problems(
+        {k: tuple(v.shape) for k, v in own.items()},
+        {k: tuple(v.shape) for k, v in state.items()},
+        strict=strict,
+        skip=skip,
+    )
+    if problems:
+        raise SpecError(
+            "model.init_from: " + problems_message(problems),
+            details=[{"loc": "model.init_from", "msg": p} for p in problems[:20]],
+        )
+    loadable = {k: v for k, v in state.items() if k in own and not skipped(k, skip)}
+    model.load_state_dict(loadable, strict=False)
+    return sorted(loadable)

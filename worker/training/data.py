@@ -1,104 +1,92 @@
 """Datasets and loaders, made deterministically from the job's seed.
 
-Targets follow the loss: `CrossEntropyLoss` gets int64 class indices; `MSELoss` on a
-classification task gets one-hot float32 rows (so the model's (batch, num_classes)
-output is regressed onto the one-hot code); regression targets are float32
-(N, output_dim).
+Targets follow the loss: `CrossEntropyLoss` / `NLLLoss` get int64 class indices; the
+other losses on a classification task get one-hot float32 rows (so the model's
+(batch, num_classes) output is regressed onto the one-hot code); regression targets are
+float32 (N, output_dim). Datasets, splits and files: `datasets`, `sources`, `shared.dataset_files`;
+transforms: `transforms`.
+
+Random transforms are seeded per sample, and the seeds come from the loader: for a
+dataset that augments, `make_loader`'s sampler draws one seed per sample per epoch from
+the loader's own generator and sends it with the index. Augmentation therefore depends
+only on the loader's `seed` and the epoch, not on `num_workers` or on which worker
+process loads the sample, and it leaves the global RNG (dropout) alone.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
-from sklearn.datasets import load_digits
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from shared.spec import DataSpec
+from shared.dataset_files import check_data_available, check_transforms
+from worker.training.datasets import Sample, SplitDataset, Splits, make_datasets
+from worker.training.transforms import eval_transform
 
-# The synthetic teacher is fixed, so the job seed changes which samples are drawn, not
-# which function is learned.
-_TEACHER_SEED = 20_240_601
-_REGRESSION_NOISE = 0.1
-
-
-def make_datasets(
-    data: DataSpec, *, seed: int, loss: str
-) -> tuple[TensorDataset, TensorDataset | None]:
-    """(train, validation) for the spec; validation is None when val_fraction is 0."""
-    if data.dataset == "digits":
-        inputs, labels = _digits(data.image_size)
-        targets = _class_targets(labels, 10, loss)
-    else:
-        inputs, targets = _synthetic(data, seed)
-        if data.task == "classification":
-            targets = _class_targets(targets, data.num_classes, loss)
-    return _split(inputs, targets, data.val_fraction, seed)
+__all__ = [
+    "SplitDataset",
+    "Splits",
+    "check_data_available",
+    "check_transforms",
+    "eval_transform",
+    "make_datasets",
+    "make_loader",
+]
 
 
 def make_loader(
-    ds: TensorDataset, *, batch_size: int, shuffle: bool, seed: int, train: bool = False
-) -> DataLoader[tuple[torch.Tensor, ...]]:
-    """A single-process loader whose shuffling depends only on `seed`.
+    ds: Dataset[Sample],
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    train: bool = False,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader[Sample]:
+    """A loader whose order and augmentation depend only on `seed`.
 
     For training (`train=True`) a last batch of one sample is dropped: BatchNorm cannot
-    train on it, and one sample in an epoch changes nothing else.
+    train on it, and one sample in an epoch changes nothing else. `pin_memory` is ignored
+    without CUDA.
     """
     # Its own generator keeps the batch order independent of the global RNG, which
     # model init and dropout also draw from.
     generator = torch.Generator().manual_seed(seed)
-    drop_last = train and len(ds) % batch_size == 1 and len(ds) > 1
+    n = len(ds)  # type: ignore[arg-type]
+    drop_last = train and n % batch_size == 1 and n > 1
+    sampler = None
+    if isinstance(ds, SplitDataset) and ds.augments:
+        sampler = SeededSampler(n, shuffle=shuffle, generator=generator)
     return DataLoader(
         ds,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle if sampler is None else None,
+        sampler=sampler,
         generator=generator,
-        num_workers=0,
+        # Fresh workers every epoch: persistent ones would skip the per-epoch seed draw
+        # and change the order, so num_workers could change the training run.
+        num_workers=num_workers,
+        pin_memory=pin_memory and torch.cuda.is_available(),
         drop_last=drop_last,
     )
 
 
-def _digits(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    bunch = load_digits()  # bundled with scikit-learn: no download
-    images = torch.as_tensor(bunch.images, dtype=torch.float32).div_(16.0).unsqueeze(1)
-    if image_size != images.shape[-1]:
-        size = (image_size, image_size)
-        images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-    return images.contiguous(), torch.as_tensor(bunch.target, dtype=torch.int64)
+class SeededSampler(Sampler[tuple[int, int]]):
+    """(index, augmentation seed) pairs, both drawn from the loader's generator each epoch."""
 
+    def __init__(self, n: int, *, shuffle: bool, generator: torch.Generator) -> None:
+        self.n, self.shuffle, self.generator = n, shuffle, generator
 
-def _teacher(in_features: int, out_features: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(_TEACHER_SEED)
-    # Scaled so teacher outputs have unit variance whatever the input width.
-    weight = torch.randn(in_features, out_features, generator=generator)
-    return weight / math.sqrt(in_features)
+    def __len__(self) -> int:
+        return self.n
 
-
-def _synthetic(data: DataSpec, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    inputs = torch.randn((data.size, *data.input_shape), generator=generator)
-    flat = inputs.flatten(1)
-    if data.task == "classification":
-        return inputs, (flat @ _teacher(flat.shape[1], data.num_classes)).argmax(dim=1)
-    clean = flat @ _teacher(flat.shape[1], data.output_dim)
-    return inputs, clean + _REGRESSION_NOISE * torch.randn(clean.shape, generator=generator)
-
-
-def _class_targets(labels: torch.Tensor, num_classes: int, loss: str) -> torch.Tensor:
-    if loss == "MSELoss":
-        return F.one_hot(labels, num_classes).to(torch.float32)
-    return labels
-
-
-def _split(
-    inputs: torch.Tensor, targets: torch.Tensor, val_fraction: float, seed: int
-) -> tuple[TensorDataset, TensorDataset | None]:
-    n = inputs.shape[0]
-    if val_fraction == 0.0:
-        return TensorDataset(inputs, targets), None
-    # At least one sample on each side, however small the fraction or the data.
-    n_val = min(max(1, round(n * val_fraction)), n - 1)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    val, train = order[:n_val], order[n_val:]
-    return TensorDataset(inputs[train], targets[train]), TensorDataset(inputs[val], targets[val])
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = (
+            torch.randperm(self.n, generator=self.generator).tolist()
+            if self.shuffle
+            else list(range(self.n))
+        )
+        seeds = torch.randint(0, 2**62, (self.n,), generator=self.generator).tolist()
+        yield from zip(order, seeds, strict=True)

@@ -6,11 +6,13 @@ Everything that touches the outside world (database rows, progress, cancellation
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -18,10 +20,12 @@ from torch.utils.data import DataLoader
 
 from shared.errors import SpecError
 from shared.netspec import DEFAULT_MAX_PARAMS, build_model, dry_run
-from shared.spec import JobSpec, OptimizerSpec, TrainSpec
-from worker.training.checkpoint import CheckpointBlob, capture
+from shared.spec import JobSpec, TrainSpec
+from worker.training.checkpoint import CheckpointBlob, capture, load_initial_weights
 from worker.training.data import make_datasets, make_loader
+from worker.training.optim import current_lr, make_criterion, make_optimizer, make_schedule
 from worker.training.probes import HookRecorder, TraceRow
+from worker.training.stopping import EarlyStopping
 
 
 class TrainingDiverged(RuntimeError):
@@ -35,13 +39,15 @@ class FitResult:
     steps: int
     epochs: int
     final_loss: float
-    metrics: dict[str, float]  # the last evaluated epoch's metrics
+    metrics: dict[str, float]  # the last evaluated epoch's metrics (+ test_* at the end)
     wall_s: float
     steps_per_s: float
     param_count: int
     trainable_count: int
-    stopped: bool
+    stopped: bool  # a callback asked to stop (cancel)
     device: str
+    stopped_early: bool = False  # early stopping ended training
+    best_epoch: int | None = None
 
 
 class Callback:
@@ -53,11 +59,14 @@ class Callback:
     def on_step_end(self, *, step: int, epoch: int, loss: float, traces: list[TraceRow]) -> None:
         """Called after every optimizer step; `traces` is empty on steps that are not logged."""
 
+    def on_metrics(self, *, step: int, epoch: int, split: str, values: dict[str, float]) -> None:
+        """Other scalars: the learning rate when it changes (split "train"), test metrics."""
+
     def on_epoch_end(self, *, step: int, epoch: int, metrics: dict[str, float]) -> None:
         """Called after each epoch's evaluation: train_loss, and val_loss / val_accuracy."""
 
     def on_checkpoint(self, *, blob: CheckpointBlob) -> None:
-        """Called with each checkpoint: tag "epoch" after every epoch, "final" at the end."""
+        """Each checkpoint: tag "epoch" after every epoch, "best" on improvement, "final"."""
 
     def should_stop(self) -> bool:
         """Polled once per step; True ends training early (FitResult.stopped)."""
@@ -81,27 +90,25 @@ def resolve_device(requested: str | torch.device) -> torch.device:
     return device
 
 
-def make_optimizer(params: Sequence[nn.Parameter], spec: OptimizerSpec) -> torch.optim.Optimizer:
-    """torch.optim.SGD or Adam configured from the spec."""
-    if spec.name == "Adam":
-        return torch.optim.Adam(
-            params, lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay
-        )
-    return torch.optim.SGD(
-        params,
-        lr=spec.lr,
-        momentum=spec.momentum,
-        nesterov=spec.nesterov,
-        weight_decay=spec.weight_decay,
-    )
-
-
 def total_steps(train: TrainSpec, batches_per_epoch: int) -> int:
-    """Optimizer steps a fit will take: epochs x batches, capped by max_steps."""
+    """Optimizer steps a fit will take: epochs x steps per epoch, capped by max_steps."""
+    per_epoch = math.ceil(batches_per_epoch / train.accumulate_steps)
     limits = [train.max_steps] if train.max_steps is not None else []
     if train.epochs is not None:
-        limits.append(train.epochs * batches_per_epoch)
+        limits.append(train.epochs * per_epoch)
     return min(limits)
+
+
+def _autocast(train: TrainSpec, device: torch.device) -> contextlib.AbstractContextManager[None]:
+    if train.precision == "fp32":
+        return contextlib.nullcontext()
+    if device.type != "cuda":
+        raise SpecError(
+            f"train.precision {train.precision!r} needs a CUDA device; this worker has none",
+            details=[{"loc": "train.precision", "msg": "autocast runs on CUDA"}],
+        )
+    dtype = torch.bfloat16 if train.precision == "bf16" else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
 
 
 def fit(
@@ -110,27 +117,45 @@ def fit(
     callbacks: Sequence[Callback] = (),
     device: str | torch.device | None = None,
     max_params: int = DEFAULT_MAX_PARAMS,
+    data_dir: Path | None = None,
+    initial_state: bytes | None = None,
 ) -> FitResult:
     """Train the spec's model on its data; see Callback for what is reported along the way."""
-    dev = resolve_device(device if device is not None else spec.train.device)
+    train = spec.train
+    dev = resolve_device(device if device is not None else train.device)
     # Shapes and size again, before anything is allocated for real; pass the same
     # max_params the API checked with, so a worker never refuses what the API accepted.
     report = dry_run(spec, max_params=max_params)
+    _autocast(train, dev)  # refuse fp16/bf16 on a CPU worker before any work
 
-    torch.manual_seed(spec.train.seed)  # weights depend on the seed only
-    model = build_model(spec.model).to(dev)
-    train_ds, val_ds = make_datasets(spec.data, seed=spec.train.seed, loss=spec.train.loss)
-    batch_size = spec.train.batch_size
+    torch.manual_seed(train.seed)  # weights depend on the seed only
+    model = build_model(spec.model)  # init rules and freezing applied
+    if initial_state is not None and spec.model.init_from is not None:
+        start = spec.model.init_from
+        load_initial_weights(model, initial_state, strict=start.strict, skip=start.skip)
+    model.to(dev)
+
+    splits = make_datasets(spec.data, seed=train.seed, loss=train.loss, data_dir=data_dir)
+    pin = dev.type == "cuda"  # page-locked host batches copy to the GPU asynchronously
     loader = make_loader(
-        train_ds, batch_size=batch_size, shuffle=True, seed=spec.train.seed, train=True
-    )
-    val_loader = None
-    if val_ds is not None:
-        val_loader = make_loader(val_ds, batch_size=batch_size, shuffle=False, seed=0)
-    optimizer = make_optimizer(list(model.parameters()), spec.train.optimizer)
-    criterion: nn.Module = nn.MSELoss() if spec.train.loss == "MSELoss" else nn.CrossEntropyLoss()
-    classification = spec.data.dataset == "digits" or spec.data.task == "classification"
-    n_steps = total_steps(spec.train, len(loader))
+        splits.train, batch_size=train.batch_size, shuffle=True, seed=train.seed, train=True,
+        num_workers=train.num_workers, pin_memory=pin,
+    )  # fmt: skip
+    val_loader, test_loader = (
+        make_loader(ds, batch_size=train.batch_size, shuffle=False, seed=0,
+                    num_workers=train.num_workers, pin_memory=pin)
+        if ds is not None
+        else None
+        for ds in (splits.val, splits.test)
+    )  # fmt: skip
+    optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), train.optimizer)
+    criterion = make_criterion(train)
+    classification = spec.data.task == "classification"
+    n_steps = total_steps(train, len(loader))
+    n_epochs = math.ceil(n_steps / math.ceil(len(loader) / train.accumulate_steps))
+    schedule = make_schedule(optimizer, train.scheduler, total_steps=n_steps, epochs=n_epochs)
+    scaler = torch.amp.GradScaler(dev.type, enabled=train.precision == "fp16")
+    early = EarlyStopping(train.early_stopping) if train.early_stopping else None
     recorder = HookRecorder(model, kinds=spec.hooks.kinds, every_n_steps=spec.hooks.every_n_steps)
 
     for cb in callbacks:
@@ -139,27 +164,41 @@ def fit(
     step = epoch = 0
     loss_value = math.nan
     metrics: dict[str, float] = {}
-    stopped = False
+    stopped = stopped_early = False
     last_blob: CheckpointBlob | None = None
-    start = time.perf_counter()
+    logged_lr = math.nan
+    started = time.perf_counter()
     recorder.attach()
     try:
         model.train()
-        while step < n_steps and not stopped:
+        while step < n_steps and not (stopped or stopped_early):
             epoch += 1
             epoch_losses: list[float] = []
-            for x, y in loader:
-                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            for micro_batches in _steps(loader, train.accumulate_steps):
                 step += 1
+                # The seed's loop: zero_grad, forward, loss, backward, step. Gradients
+                # of the micro-batches add up until the optimizer step, as in the notes.
                 optimizer.zero_grad()
-                recorder.begin_step(step)
-                output = model(x)
-                loss = criterion(output, y)
-                loss.backward()
+                step_loss = torch.zeros((), device=dev)
+                for i, (x, y) in enumerate(micro_batches):
+                    x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                    # Hooks record the last micro-batch's backward and the summed grads.
+                    if i == len(micro_batches) - 1:
+                        recorder.begin_step(step)
+                    else:
+                        recorder.pause()
+                    with _autocast(train, dev):
+                        loss = criterion(model(x), y) / len(micro_batches)
+                    scaler.scale(loss).backward()
+                    step_loss += loss.detach()
+                scaler.unscale_(optimizer)  # traces and clipping see true gradients
                 traces = recorder.collect()
-                optimizer.step()
+                _clip(model, train)
+                scaler.step(optimizer)
+                scaler.update()
+                schedule.after_step()
 
-                loss_value = loss.item()  # the step's one host sync
+                loss_value = step_loss.item()  # the step's one host sync
                 if not math.isfinite(loss_value):
                     raise TrainingDiverged(
                         f"loss became {loss_value} at step {step}; lower "
@@ -168,6 +207,11 @@ def fit(
                 epoch_losses.append(loss_value)
                 for cb in callbacks:
                     cb.on_step_end(step=step, epoch=epoch, loss=loss_value, traces=traces)
+                lr = current_lr(optimizer)
+                if lr != logged_lr:
+                    logged_lr = lr
+                    for cb in callbacks:
+                        cb.on_metrics(step=step, epoch=epoch, split="train", values={"lr": lr})
                 stopped = any(cb.should_stop() for cb in callbacks)
                 if stopped or step >= n_steps:
                     break
@@ -176,12 +220,19 @@ def fit(
 
             metrics = {"train_loss": sum(epoch_losses) / len(epoch_losses)}
             if val_loader is not None:
-                metrics |= evaluate(model, val_loader, criterion, dev, classification)
+                metrics |= evaluate(model, val_loader, criterion, dev, classification, "val")
             for cb in callbacks:
                 cb.on_epoch_end(step=step, epoch=epoch, metrics=metrics)
+            schedule.after_epoch(metrics)
             last_blob = capture(model, optimizer, step=step, epoch=epoch, tag="epoch")
-            for cb in callbacks:
-                cb.on_checkpoint(blob=last_blob)
+            blobs = [last_blob]
+            if early is not None:
+                if early.update(epoch, metrics):
+                    blobs.append(dataclasses.replace(last_blob, tag="best"))
+                stopped_early = early.should_stop
+            for blob in blobs:
+                for cb in callbacks:
+                    cb.on_checkpoint(blob=blob)
 
         # Weights unchanged since the last epoch checkpoint: reuse its bytes.
         if last_blob is not None and last_blob.step == step:
@@ -193,7 +244,13 @@ def fit(
     finally:
         recorder.detach()
 
-    wall_s = time.perf_counter() - start
+    if test_loader is not None and not stopped:
+        test = evaluate(model, test_loader, criterion, dev, classification, "test")
+        metrics = {**metrics, **test}
+        for cb in callbacks:
+            cb.on_metrics(step=step, epoch=epoch, split="test", values=_unprefixed(test))
+
+    wall_s = time.perf_counter() - started
     result = FitResult(
         steps=step,
         epochs=epoch,
@@ -202,13 +259,44 @@ def fit(
         wall_s=wall_s,
         steps_per_s=step / wall_s if wall_s > 0 else 0.0,
         param_count=report.param_count,
-        trainable_count=report.trainable_count,
+        trainable_count=sum(p.numel() for p in model.parameters() if p.requires_grad),
         stopped=stopped,
         device=str(dev),
+        stopped_early=stopped_early,
+        best_epoch=early.best_epoch if early is not None else None,
     )
     for cb in callbacks:
         cb.on_fit_end(result=result)
     return result
+
+
+def _steps(
+    loader: DataLoader[tuple[torch.Tensor, ...]], accumulate: int
+) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The epoch's batches grouped `accumulate` at a time (the last group may be shorter)."""
+    group: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for x, y in loader:
+        group.append((x, y))
+        if len(group) == accumulate:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def _clip(model: nn.Module, train: TrainSpec) -> None:
+    clip = train.grad_clip
+    if clip is None:
+        return
+    params = [p for p in model.parameters() if p.grad is not None]
+    if clip.max_norm is not None:
+        nn.utils.clip_grad_norm_(params, clip.max_norm, norm_type=clip.norm_type)
+    elif clip.max_value is not None:
+        nn.utils.clip_grad_value_(params, clip.max_value)
+
+
+def _unprefixed(metrics: dict[str, float]) -> dict[str, float]:
+    return {key.partition("_")[2]: value for key, value in metrics.items()}
 
 
 @torch.no_grad()
@@ -218,8 +306,9 @@ def evaluate(
     criterion: nn.Module,
     device: torch.device,
     classification: bool,
+    split: str = "val",
 ) -> dict[str, float]:
-    """val_loss (mean over samples) and, for classification, val_accuracy; leaves train mode."""
+    """`<split>_loss` (mean over samples) and, for classification, `<split>_accuracy`."""
     model.eval()
     # Accumulate on the device and read back once, not once per batch.
     total_loss = torch.zeros((), device=device, dtype=torch.float64)
@@ -230,11 +319,11 @@ def evaluate(
         output = model(x)
         total_loss += criterion(output, y).double() * x.shape[0]
         if classification:
-            labels = y.argmax(dim=1) if y.is_floating_point() else y  # one-hot under MSELoss
+            labels = y.argmax(dim=1) if y.is_floating_point() else y  # one-hot targets
             correct += (output.argmax(dim=1) == labels).sum()
         seen += x.shape[0]
     model.train()
-    metrics = {"val_loss": total_loss.item() / seen}
+    metrics = {f"{split}_loss": total_loss.item() / seen}
     if classification:
-        metrics["val_accuracy"] = correct.item() / seen
+        metrics[f"{split}_accuracy"] = correct.item() / seen
     return metrics

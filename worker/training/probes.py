@@ -116,6 +116,11 @@ class HookRecorder:
         self._pending.clear()
         self._armed = step == 1 or step % self.every_n_steps == 0
 
+    def pause(self) -> None:
+        """Record nothing until the next begin_step (micro-batches before the last one)."""
+        self._pending.clear()
+        self._armed = False
+
     def collect(self) -> list[TraceRow]:
         """After backward: this step's rows (empty when the step is not logged)."""
         if not self._armed:

@@ -1,0 +1,179 @@
+"""Turn a spec's layer tree into modules, checking every constructor argument first.
+
+Each module built is remembered with its `Site` (field path + a readable label), so a
+later failure - a shape in the dry run, an init rule - can name the layer it concerns.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from torch import nn
+
+from shared.errors import SpecError
+from shared.layers import (
+    PLACED_BY_WORKER,
+    Bilinear,
+    Residual,
+    arguments,
+    defaults,
+    known_types,
+    layer_class,
+)
+from shared.presets import preset_layers
+from shared.spec import LayerSpec, ModelSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """Where a layer sits in the spec."""
+
+    loc: str  # field path for `details`, e.g. "model.layers[2]"
+    label: str  # what a person reads, e.g. "model.layers[2] 'fc1' (Linear)"
+
+
+SiteOf = Callable[[str, str, LayerSpec], Site]  # (field path, qualified name, layer) -> site
+Sites = dict[str, Site]  # qualified module name -> site
+
+
+def build_tree(model: ModelSpec) -> tuple[nn.Sequential, Sites]:
+    """The spec's modules (no init rules, no freezing) and the site of each spec layer."""
+    sites: Sites = {}
+    if model.preset is not None:
+        preset = model.preset
+
+        def site_of(loc: str, qual: str, layer: LayerSpec) -> Site:
+            return Site("model.preset", f"model.preset '{preset}' layer '{qual}' ({layer.type})")
+
+        return _container(preset_layers(preset), "model.layers", "", site_of, sites), sites
+
+    def user_site(loc: str, qual: str, layer: LayerSpec) -> Site:
+        named = f" '{layer.name}'" if layer.name else ""
+        return Site(loc, f"{loc}{named} ({layer.type})")
+
+    assert model.layers is not None  # ModelSpec guarantees exactly one of preset / layers
+    return _container(model.layers, "model.layers", "", user_site, sites), sites
+
+
+def _container(
+    layers: list[LayerSpec],
+    loc: str,
+    prefix: str,
+    site_of: SiteOf,
+    sites: Sites,
+    kind: str = "Sequential",
+) -> nn.Sequential:
+    # Children are added one by one (as Sequential(OrderedDict) would) so that a name
+    # clash is reported against the layer that caused it. `loc` is the list's field path.
+    seq = nn.Sequential()
+    for index, layer in enumerate(layers):
+        name = layer.name if layer.name is not None else str(index)
+        qual = prefix + name
+        site = site_of(f"{loc}[{index}]", qual, layer)
+        if name in seq._modules:
+            fail(site, "name", f"duplicate layer name '{name}' in the same {kind}")
+        module: nn.Module
+        if layer.type == "Sequential":
+            if layer.kwargs():
+                fail(site, next(iter(layer.kwargs())), "a Sequential takes only 'layers'")
+            assert layer.layers is not None  # LayerSpec guarantees children for containers
+            module = _container(layer.layers, f"{site.loc}.layers", qual + ".", site_of, sites)
+        elif layer.type == "Residual":
+            module = _residual(layer, site, qual, site_of, sites)
+        else:
+            module = _leaf(layer, site)
+        try:
+            seq.add_module(name, module)
+        except KeyError:
+            fail(site, "name", f"the name '{name}' is taken by an nn.Module attribute")
+        sites[qual] = site
+    return seq
+
+
+def _residual(layer: LayerSpec, site: Site, qual: str, site_of: SiteOf, sites: Sites) -> Residual:
+    if layer.kwargs():
+        fail(site, next(iter(layer.kwargs())), "a Residual takes only 'layers' and 'shortcut'")
+    assert layer.layers is not None  # LayerSpec guarantees a body for Residual
+    loc = site.loc
+    body = _container(layer.layers, f"{loc}.layers", f"{qual}.body.", site_of, sites, "body")
+    shortcut = None
+    if layer.shortcut:
+        prefix = f"{qual}.shortcut."
+        shortcut = _container(layer.shortcut, f"{loc}.shortcut", prefix, site_of, sites, "shortcut")
+    return Residual(body, shortcut)
+
+
+def _leaf(layer: LayerSpec, site: Site) -> nn.Module:
+    cls = layer_class(layer.type)
+    if cls is None:
+        allowed = ", ".join(known_types())
+        fail(site, "type", f"unknown layer type '{layer.type}'; allowed types: {allowed}")
+    kwargs = layer.kwargs()
+    accepted = arguments(cls)
+    for arg in kwargs:
+        if arg in PLACED_BY_WORKER:
+            fail(site, arg, f"argument '{arg}' is not allowed: the worker places the model")
+        if arg not in accepted:
+            close = difflib.get_close_matches(arg, list(accepted), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            known = ", ".join(accepted) or "none"
+            fail(site, arg, f"unknown argument '{arg}'{hint}; accepted: {known}")
+    for arg, required in accepted.items():
+        if required and arg not in kwargs:
+            fail(site, arg, f"missing required argument '{arg}'")
+    for arg, value in kwargs.items():
+        problem = _type_problem(defaults(cls).get(arg), value)
+        if problem:
+            fail(site, arg, f"argument '{arg}' {problem}, got {value!r:.40}")
+    _check_special(cls, kwargs, site)
+    try:
+        return cls(**kwargs)
+    except Exception as exc:  # any failure on user-supplied values is a spec problem
+        fail(site, None, f"invalid arguments: {first_line(exc)}")
+
+
+def _check_special(cls: type[nn.Module], kwargs: dict[str, Any], site: Site) -> None:
+    """Rules for one class that its constructor does not state in words of the spec."""
+    if cls is Bilinear and kwargs["in1_features"] != kwargs["in2_features"]:
+        fail(
+            site,
+            "in2_features",
+            f"in1_features ({kwargs['in1_features']}) must equal in2_features "
+            f"({kwargs['in2_features']}): in a layer stack both inputs are the previous "
+            "layer's output",
+        )
+    if cls is nn.Embedding and kwargs.get("sparse") is True:
+        fail(site, "sparse", "sparse gradients are not supported: leave 'sparse' false")
+
+
+def _type_problem(default: object, value: object) -> str | None:
+    """Why `value` cannot stand where torch's default is `default` (None when it can).
+
+    Only what the default proves is checked: a bool flag must be a bool (torch would
+    read the string "false" as True), a float must be a number. Other arguments take
+    ints, tuples or strings alike (Conv2d padding=1 or "same") and torch checks them.
+    """
+    if isinstance(value, dict):
+        return "must not be an object"
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "must be true or false"
+    if isinstance(default, float) and (
+        isinstance(value, bool) or not isinstance(value, int | float)
+    ):
+        return "must be a number"
+    return None
+
+
+def fail(site: Site, arg: str | None, problem: str) -> NoReturn:
+    """Raise the SpecError for `problem` at `site` (and its argument `arg`, if any)."""
+    loc = f"{site.loc}.{arg}" if arg else site.loc
+    raise SpecError(f"{site.label}: {problem}", details=[{"loc": loc, "msg": problem}])
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (torch's can run to many lines)."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,149 @@
+"""The dry run's forward pass, module by module, so a failure names the layer that failed.
+
+Shapes are checked in plain words for the common layers before torch's own message;
+each Residual's branches must give the same shape (no silent broadcasting).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from shared.layers import LAYERS, Bilinear, Residual
+from shared.netbuild import Sites, fail, first_line
+
+Shapes = list[tuple[str, str, tuple[int, ...]]]  # (qualified name, type, output shape)
+# Built-in layers that pass integer token ids through unchanged (or embed them).
+_TAKES_IDS = (nn.Embedding, nn.Flatten, nn.Unflatten, nn.Identity)
+
+
+@dataclass(slots=True)
+class Walk:
+    """What the walk needs to know, and the output shapes it has recorded."""
+
+    sites: Sites
+    vocab_size: int | None  # token ids reach [0, vocab_size) when the input is tokens
+    shapes: Shapes = field(default_factory=list)
+
+
+def run_children(seq: nn.Sequential, x: torch.Tensor, prefix: str, walk: Walk) -> torch.Tensor:
+    """Push `x` through a Sequential's children, descending into Sequential and Residual."""
+    for name, child in seq.named_children():
+        qual = prefix + name
+        if type(child) is nn.Sequential:
+            x = run_children(child, x, qual + ".", walk)
+        elif type(child) is Residual:
+            x = _run_residual(child, x, qual, walk)
+        else:
+            x = _run_leaf(child, x, qual, walk)
+    return x
+
+
+def _run_residual(block: Residual, x: torch.Tensor, qual: str, walk: Walk) -> torch.Tensor:
+    projection = block.shortcut if isinstance(block.shortcut, nn.Sequential) else None
+    _refuse_in_place_start(block.body, f"{qual}.body.", walk.sites)
+    if projection is not None:
+        _refuse_in_place_start(projection, f"{qual}.shortcut.", walk.sites)
+    body = run_children(block.body, x, f"{qual}.body.", walk)
+    short = x if projection is None else run_children(projection, x, f"{qual}.shortcut.", walk)
+    if body.shape != short.shape:  # checked here: torch would broadcast some mismatches
+        hint = (
+            "add a projection shortcut"
+            if projection is None
+            else ("make the shortcut's output match the body's")
+        )
+        fail(
+            walk.sites[qual],
+            None,
+            f"body gives {tuple(body.shape)} but shortcut gives {tuple(short.shape)}: {hint}",
+        )
+    out = body + short
+    walk.shapes.append((qual, "Residual", tuple(out.shape)))
+    return out
+
+
+def _refuse_in_place_start(seq: nn.Sequential, prefix: str, sites: Sites) -> None:
+    # Both branches read the block's input: an in-place first layer would change it
+    # under the other branch (and under autograd).
+    name, module = next(iter(seq.named_children()))
+    if type(module) is nn.Sequential:
+        _refuse_in_place_start(module, f"{prefix}{name}.", sites)
+    elif type(module) is Residual:
+        _refuse_in_place_start(module.body, f"{prefix}{name}.body.", sites)
+    elif getattr(module, "inplace", False) is True:
+        fail(
+            sites[prefix + name],
+            "inplace",
+            "an in-place first layer of a Residual branch overwrites the block's input, "
+            "which the other branch reads too: set 'inplace' to false",
+        )
+
+
+def _run_leaf(module: nn.Module, x: torch.Tensor, qual: str, walk: Walk) -> torch.Tensor:
+    site = walk.sites[qual]
+    shape = tuple(x.shape)
+    if (
+        isinstance(module, nn.Embedding)
+        and walk.vocab_size is not None
+        and walk.vocab_size > module.num_embeddings
+    ):
+        fail(
+            site,
+            "num_embeddings",
+            f"has {module.num_embeddings} embeddings but data.vocab_size is {walk.vocab_size}: "
+            f"token ids up to {walk.vocab_size - 1} would be out of range",
+        )
+    problem = _input_problem(module, x)
+    if problem is None:
+        try:
+            out = module(x)
+        except Exception as exc:  # torch's own shape errors, reworded below
+            problem = f"{first_line(exc)} (input shape {shape})"
+        else:
+            if not isinstance(out, torch.Tensor):
+                problem = f"returns {type(out).__name__}, not a tensor"
+    if problem is not None:
+        fail(site, None, problem)
+    walk.shapes.append((qual, type(module).__name__, tuple(out.shape)))
+    return out
+
+
+def _input_problem(module: nn.Module, x: torch.Tensor) -> str | None:
+    """A plain-words complaint for the common layers, before torch's own message."""
+    shape = tuple(x.shape)
+    got = f"(input shape {shape})"
+    builtin = type(module) in LAYERS.values()
+    if isinstance(module, nn.Embedding):
+        if x.is_floating_point():
+            return f"expects integer token ids, got floats {got}: use data.input_kind 'tokens'"
+        return None
+    if builtin and not x.is_floating_point() and not isinstance(module, _TAKES_IDS):
+        return f"gets integer token ids {got}: start the model with an Embedding"
+    if isinstance(module, nn.Linear):
+        if shape[-1] != module.in_features:
+            return f"expects last dimension {module.in_features}, got {shape[-1]} {got}"
+    elif isinstance(module, Bilinear):
+        if shape[-1] != module.in1_features:
+            return f"expects last dimension {module.in1_features}, got {shape[-1]} {got}"
+    elif isinstance(module, nn.modules.conv._ConvNd):
+        rank = len(module.kernel_size) + 2
+        if len(shape) != rank:
+            return f"expects {rank}-D input (batch, channels, ...) {got}"
+        if shape[1] != module.in_channels:
+            return f"expects {module.in_channels} input channels, got {shape[1]} {got}"
+    elif isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
+        ranks = (2, 3) if isinstance(module, nn.BatchNorm1d) else (4,)
+        if len(shape) not in ranks:
+            return f"expects {' or '.join(str(r) for r in ranks)}-D input {got}"
+        if shape[1] != module.num_features:
+            return f"expects {module.num_features} features in dimension 1, got {shape[1]} {got}"
+    elif isinstance(module, nn.GroupNorm):
+        if len(shape) < 2 or shape[1] != module.num_channels:
+            return f"expects {module.num_channels} channels in dimension 1 {got}"
+    elif isinstance(module, nn.LayerNorm):
+        want = tuple(module.normalized_shape)
+        if shape[-len(want) :] != want:
+            return f"expects trailing dimensions {want} {got}"
+    return None
