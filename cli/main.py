@@ -82,14 +82,18 @@ def serve(
 
 @main.command()
 @click.option("--queues", "-Q", default=None, help="Comma-separated queues (default: by GPU).")
+@click.option(
+    "--pool", "-P", type=click.Choice(["solo", "prefork", "threads"]), default="solo",
+    show_default=True, help="solo: train in this process (one worker per GPU).",
+)  # fmt: skip
 @click.option("--concurrency", "-c", type=int, default=1, show_default=True)
 @click.option("--loglevel", "-l", default="info", show_default=True)
-def worker(queues: str | None, concurrency: int, loglevel: str) -> None:
+def worker(queues: str | None, pool: str, concurrency: int, loglevel: str) -> None:
     """Run a Celery worker (replaces this process)."""
     from cli.serve import default_queues, worker_command
 
     names = queues.split(",") if queues else default_queues()
-    cmd = worker_command(names, concurrency, loglevel)
+    cmd = worker_command(names, concurrency, loglevel, pool)
     os.execv(cmd[0], cmd)
 
 

@@ -41,11 +41,18 @@ def default_queues() -> list[str]:
     return list(ALL_TRAIN_QUEUES) if has_gpu() else [QUEUE_DEFAULT, QUEUE_CPU]
 
 
-def worker_command(queues: list[str], concurrency: int, loglevel: str = "info") -> list[str]:
-    """The celery worker command line (one process per GPU: concurrency 1 by default)."""
+def worker_command(
+    queues: list[str], concurrency: int = 1, loglevel: str = "info", pool: str = "solo"
+) -> list[str]:
+    """The celery worker command line.
+
+    The default `solo` pool trains in the worker process itself: one process per GPU, CUDA
+    never initialised in a parent that forks, and DataLoader worker processes allowed
+    (prefork children are daemonic and may not start any). Run one such worker per GPU.
+    """
     return [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "-Q", ",".join(queues), "--concurrency", str(concurrency), "-l", loglevel,
+        "-Q", ",".join(queues), "-P", pool, "--concurrency", str(concurrency), "-l", loglevel,
         "-n", f"trainyard-{os.getpid()}@%h", "--without-gossip", "--without-mingle",
     ]  # fmt: skip
 
@@ -125,7 +132,7 @@ def run_serve(settings: Settings, *, demo: bool, exit_after_demo: bool, api_work
     logs = settings.home.resolve() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     commands = {
-        "worker": worker_command(default_queues(), 1),
+        "worker": worker_command(default_queues()),
         "api": api_command(settings.api_host, settings.api_port, api_workers),
     }
     children = []

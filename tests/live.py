@@ -90,7 +90,7 @@ def live_url(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     }
     procs = []
     for name, cmd in (
-        ("worker", worker_command(list(ALL_TRAIN_QUEUES), 1)),
+        ("worker", worker_command(list(ALL_TRAIN_QUEUES))),
         ("api", api_command("127.0.0.1", port, 2)),
     ):
         out = (logs / f"{name}.log").open("w")

@@ -1,0 +1,227 @@
+"""Submit-time checks of the richer specs: each bad spec is refused naming where it is wrong."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import repository
+from shared.db import session_scope
+from shared.netspec import build_model
+from shared.spec import JobSpec
+from shared.tensors import sha256_hex, state_dict_to_bytes
+from tests.api.test_jobs import submit
+
+MLP = [
+    {"type": "Flatten"},
+    {"type": "Linear", "name": "fc1", "in_features": 64, "out_features": 32},
+    {"type": "ReLU"},
+    {"type": "Linear", "name": "head", "in_features": 32, "out_features": 10},
+]
+DIGITS = {"dataset": "digits"}
+
+
+def spec(
+    model: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {"model": model or {"layers": MLP}, "data": data or DIGITS, "train": train or {}}
+
+
+RESNETISH = [
+    {"type": "Conv2d", "name": "stem", "in_channels": 1, "out_channels": 8, "kernel_size": 3,
+     "padding": 1},
+    {"type": "Residual", "name": "block1", "layers": [
+        {"type": "Conv2d", "in_channels": 8, "out_channels": 8, "kernel_size": 3, "padding": 1},
+        {"type": "BatchNorm2d", "num_features": 8}, {"type": "ReLU"}]},
+    {"type": "Residual", "name": "block2", "layers": [
+        {"type": "Conv2d", "in_channels": 8, "out_channels": 16, "kernel_size": 3, "padding": 1},
+        {"type": "BatchNorm2d", "num_features": 16}],
+     "shortcut": [{"type": "Conv2d", "in_channels": 8, "out_channels": 16, "kernel_size": 1}]},
+    {"type": "AdaptiveAvgPool2d", "output_size": 1},
+    {"type": "Flatten"},
+    {"type": "Linear", "name": "fc", "in_features": 16, "out_features": 10},
+]  # fmt: skip
+
+BAD_SPECS = [
+    # (spec, expected status, a fragment of the message, the details loc)
+    (
+        spec(
+            {
+                "layers": [
+                    {
+                        "type": "Residual",
+                        "name": "r",
+                        "layers": [
+                            {
+                                "type": "Conv2d",
+                                "in_channels": 1,
+                                "out_channels": 4,
+                                "kernel_size": 3,
+                                "padding": 1,
+                            }
+                        ],
+                    },
+                    {"type": "Flatten"},
+                    {"type": "Linear", "in_features": 256, "out_features": 10},
+                ]
+            }
+        ),
+        400,
+        "'r' (Residual): body gives",
+        "spec.model.layers[0]",
+    ),
+    (spec({"layers": MLP, "freeze": ["conv*"]}), 400, "conv*", "spec.model.freeze[0]"),
+    (
+        spec({"layers": MLP, "init": [{"params": "fc1.bias", "scheme": "xavier_uniform"}]}),
+        400,
+        "fc1.bias",
+        "spec.model.init[0].scheme",
+    ),
+    (
+        spec({"layers": MLP, "init": [{"params": "nope.*", "scheme": "zeros"}]}),
+        400,
+        "nope.*",
+        "spec.model.init[0].params",
+    ),
+    (spec(data={"dataset": "mnist"}), 400, "TRAINYARD_DATA_DIR", "spec.data.dataset"),
+    (
+        spec(
+            data={
+                "dataset": "digits",
+                "transforms": [{"type": "Normalize", "mean": [0.5, 0.5], "std": [1, 1]}],
+            }
+        ),
+        400,
+        "Normalize",
+        "spec.data.transforms[0]",
+    ),
+    (
+        spec(
+            train={"scheduler": {"name": "ReduceLROnPlateau"}},
+            data={"dataset": "digits", "val_fraction": 0},
+        ),
+        400,
+        "val_fraction is 0",
+        "spec",
+    ),
+    (spec(train={"loss": "NLLLoss", "label_smoothing": 0.1}), 400, "label_smoothing", "spec.train"),
+    (spec(train={"precision": "fp16", "device": "cpu"}), 400, "autocast", "spec.train"),
+    (spec(train={"epochs": 5000}), 400, "less than or equal to 1000", "spec.train.epochs"),
+    (spec(train={"grad_clip": {}}), 400, "max_norm", "spec.train.grad_clip"),
+    (
+        spec({"layers": [{"type": "Embedding", "num_embeddings": 10, "embedding_dim": 4}]}),
+        400,
+        "tokens",
+        "spec.model.layers[0]",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "fragment", "loc"), BAD_SPECS)
+def test_bad_specs_are_refused_naming_the_place(
+    client: FlaskClient,
+    alice: dict[str, str],
+    body: dict[str, Any],
+    status: int,
+    fragment: str,
+    loc: str,
+) -> None:
+    resp = submit(client, alice, body)
+    assert resp.status_code == status, resp.get_json()
+    error = resp.get_json()["error"]
+    assert fragment in error["message"]
+    assert any(d["loc"].startswith(loc) for d in error["details"]), error["details"]
+
+
+def test_operator_limits_from_settings(
+    client: FlaskClient, alice: dict[str, str], settings: Any
+) -> None:
+    settings.max_batch_size = 16
+    resp = submit(client, alice, spec(train={"batch_size": 32}))
+    assert resp.status_code == 400
+    assert resp.get_json()["error"]["details"][0]["loc"] == "spec.train.batch_size"
+    assert "at most 16" in resp.get_json()["error"]["message"]
+
+
+def test_model_summary_is_print_model_and_named_parameters(
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+) -> None:
+    body = spec({"layers": RESNETISH, "freeze": ["stem.*"]}, {"dataset": "digits"})
+    resp = client.post("/api/v1/models/summary", json={"spec": body}, headers=alice)
+    assert resp.status_code == 200, resp.get_json()
+    summary = resp.get_json()
+    model = build_model(JobSpec.model_validate(body).model)
+    assert summary["module_tree"] == str(model)
+    table = {p["name"]: p for p in summary["parameters"]}
+    assert list(table) == [name for name, _ in model.named_parameters()]
+    assert table["stem.weight"]["trainable"] is False and table["fc.weight"]["trainable"] is True
+    assert table["block2.shortcut.0.weight"]["shape"] == [16, 8, 1, 1]
+    assert summary["frozen_count"] == 8 * 1 * 3 * 3 + 8
+    assert summary["output_shape"] == ["batch", 10]
+    with sessions() as session:  # nothing was stored
+        assert repository.list_jobs(session=session, owner="alice") == []
+    bad = client.post(
+        "/api/v1/models/summary", json={"spec": spec({"preset": "nope"})}, headers=alice
+    )
+    assert bad.status_code == 400
+    assert client.post("/api/v1/models/summary", json={"spec": body}).status_code == 401
+
+
+def _finished_job_with_checkpoint(sessions: sessionmaker[Session], owner: str) -> uuid.UUID:
+    model = build_model(JobSpec.model_validate(spec()).model)
+    blob = state_dict_to_bytes(model.state_dict())
+    with session_scope(sessions) as session:
+        job = repository.create_job(
+            session=session, owner=owner, kind="train", spec=spec(), queue="train"
+        )
+        repository.save_checkpoint(
+            session=session,
+            job_id=job.id,
+            step=10,
+            epoch=1,
+            tag="final",
+            model_state=blob,
+            optimizer_state=None,
+            sha256=sha256_hex(blob),
+        )
+        return job.id
+
+
+def test_init_from_is_checked_at_submit_time(
+    client: FlaskClient,
+    alice: dict[str, str],
+    bob: dict[str, str],
+    sessions: sessionmaker[Session],
+) -> None:
+    source = _finished_job_with_checkpoint(sessions, "alice")
+    # A new 5-class head: skip it, freeze the body.
+    head5 = [*MLP[:3], {"type": "Linear", "name": "head", "in_features": 32, "out_features": 5}]
+    data5 = {"dataset": "synthetic", "input_shape": [1, 8, 8], "num_classes": 5}
+    fine = {
+        "layers": head5,
+        "freeze": ["fc1.*"],
+        "init_from": {"job_id": str(source), "skip": ["head.*"]},
+    }
+    resp = submit(client, alice, spec(fine, data5))
+    assert resp.status_code == 202, resp.get_json()
+    assert resp.get_json()["spec"]["model"]["init_from"]["job_id"] == str(source)
+    # Without skipping the head, strict loading cannot work: shapes differ.
+    strict = {**fine, "init_from": {"job_id": str(source)}}
+    resp = submit(client, alice, spec(strict, data5))
+    assert resp.status_code == 400
+    assert (
+        "'head.weight' is (10, 32) in the checkpoint but (5, 32)"
+        in (resp.get_json()["error"]["message"])
+    )
+    # Another owner's job, or a missing checkpoint, is "not found".
+    assert submit(client, bob, spec(fine, data5)).status_code == 400
+    missing = {**fine, "init_from": {"job_id": str(source), "checkpoint": "best"}}
+    resp = submit(client, alice, spec(missing, data5))
+    assert resp.status_code == 400
+    assert resp.get_json()["error"]["details"][0]["loc"] == "spec.model.init_from"
