@@ -78,3 +78,15 @@ def test_readme_sql_runs_on_postgres(sessions: sessionmaker[Session], clean_db: 
     assert [tuple(r) for r in curve] == [(1, 2.0), (2, 1.0), (3, 2.0 / 3)]
     assert [(r.id, r.preset, r.val_accuracy) for r in best] == [(job.id, "lenet", 0.9)]
     assert [(r.layer, r.norm) for r in last] == [("conv1.weight", 5.0), ("fc1.weight", 5.0)]
+
+
+def test_readme_layer_examples_build() -> None:
+    from shared.netspec import dry_run
+    from shared.spec import JobSpec
+
+    stacks = [json.loads(b) for b in _blocks("json") if b.lstrip().startswith('{"layers"')]
+    assert len(stacks) == 2  # the seed's seq_modules and the small ResNet
+    seq, resnet = stacks
+    dry_run(JobSpec.model_validate({"model": seq, "data": {"dataset": "digits", "image_size": 28}}))
+    report = dry_run(JobSpec.model_validate({"model": resnet, "data": {"dataset": "digits"}}))
+    assert report.output_shape == (2, 10)
