@@ -6,18 +6,20 @@ A spec that passes here builds and starts training on a worker; one that fails g
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import ValidationError
-from shared.dataset_files import check_data_available
 from sqlalchemy.orm import Session
 
 from api.errors import pydantic_details
 from shared import repository
 from shared.config import Settings
+from shared.dataset_files import check_data_available
 from shared.errors import LimitExceeded, NotFound, SpecError
 from shared.netspec import DryRun, dry_run, estimate_train_bytes, expected_state_shapes
 from shared.spec import JobSpec
+from shared.spec.data import train_size
 from shared.weights import problems_message, safetensors_shapes, state_problems
 
 
@@ -52,6 +54,17 @@ def check_limits(spec: JobSpec, settings: Settings) -> None:
             raise SpecError(
                 f"spec.train.{field} is {value:,}; this service allows at most {limit:,}",
                 details=[{"loc": f"spec.train.{field}", "msg": f"at most {limit}"}],
+            )
+    # max_steps alone runs as many epochs as it takes: each one evaluates and checkpoints.
+    if train.epochs is None and train.max_steps is not None:
+        batches = math.ceil(train_size(spec.data) / train.batch_size)
+        epochs = math.ceil(train.max_steps / math.ceil(batches / train.accumulate_steps))
+        if epochs > settings.max_epochs:
+            raise SpecError(
+                f"spec.train.max_steps {train.max_steps:,} means {epochs:,} epochs of "
+                f"{batches:,} batches; this service allows at most {settings.max_epochs:,} "
+                "epochs: lower max_steps or raise batch_size",
+                details=[{"loc": "spec.train.max_steps", "msg": "too many epochs"}],
             )
 
 
@@ -91,6 +104,8 @@ def check_init_from(spec: JobSpec, *, session: Session, owner: str) -> None:
             f"{loc}: checkpoint {ckpt.id} does not fit the model: {problems_message(problems)}",
             details=[{"loc": loc, "msg": p} for p in problems[:20]],
         )
+    # Pin the checkpoint that was checked: "latest" or "best" may move before training.
+    start.checkpoint = str(ckpt.id)
 
 
 def validate_train_spec(

@@ -82,7 +82,9 @@ def check_data_available(data: DataSpec, data_dir: Path | None) -> None:
     if missing:
         _fail(
             "data.dataset",
-            f"files not found under {folder} (expected {', '.join(missing)}); "
+            # The path relative to the data root: users need not learn the server's layout.
+            f"files not found under <TRAINYARD_DATA_DIR>/{'/'.join(DATASET_FILES[name][0])} "
+            f"(expected {', '.join(missing)}); "
             "put them there or use dataset 'digits'",
             subject,
         )

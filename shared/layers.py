@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 ENTRY_POINT_GROUP = "trainyard.modules"
-CONTAINERS = ("Sequential", "Residual")  # built from their `layers`, never from kwargs
+
 # The worker decides where and in what precision the model lives.
 PLACED_BY_WORKER = frozenset({"device", "dtype"})
 

@@ -7,6 +7,7 @@ later failure - a shape in the dry run, an init rule - can name the layer it con
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -158,6 +159,8 @@ def _type_problem(default: object, value: object) -> str | None:
     """
     if isinstance(value, dict):
         return "must not be an object"
+    if not _finite(value):
+        return "must be finite (no NaN or Infinity)"
     if isinstance(default, bool):
         return None if isinstance(value, bool) else "must be true or false"
     if isinstance(default, float) and (
@@ -165,6 +168,14 @@ def _type_problem(default: object, value: object) -> str | None:
     ):
         return "must be a number"
     return None
+
+
+def _finite(value: object) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list | tuple):
+        return all(_finite(v) for v in value)
+    return True
 
 
 def fail(site: Site, arg: str | None, problem: str) -> NoReturn:

@@ -118,6 +118,9 @@ def checked_model(
         )
         raise SpecError(msg, details=[{"loc": "model", "msg": msg}])
     trainable = sum(p.numel() for p in params if p.requires_grad)
+    if trainable == 0:  # freeze-all is refused by apply_freeze; this is a parameter-free model
+        msg = "the model has no parameters to train: add a layer with weights (e.g. Linear)"
+        raise SpecError(msg, details=[{"loc": "model", "msg": msg}])
     return model, DryRun(
         param_count=param_count,
         trainable_count=trainable,

@@ -102,6 +102,17 @@ class DataSpec(Strict):
         return self
 
     @model_validator(mode="after")
+    def _enough_training_samples(self) -> DataSpec:
+        n = POOL_SIZES.get(self.dataset, self.size)
+        if self.dataset not in IMAGE_DATASETS and self.test_fraction > 0.0:
+            _, n_test = split_counts(n, self.val_fraction, self.test_fraction)
+            if n_test == 0:
+                raise ValueError(f"{n} samples are too few for training, validation and test")
+        if train_size(self) < 2:
+            raise ValueError(f"{n} samples leave fewer than 2 for training: raise 'size'")
+        return self
+
+    @model_validator(mode="after")
     def _fits_in_memory(self) -> DataSpec:
         if self.dataset not in ("synthetic", "fake"):
             return self
@@ -121,6 +132,30 @@ class DataSpec(Strict):
     def is_image(self) -> bool:
         """Samples are (C, H, W) images that transforms can act on."""
         return self.dataset != "synthetic"
+
+
+# Samples in the pool that train / val (/ test) are cut from; the official test sets of
+# mnist, fashion_mnist and cifar10 are separate.
+POOL_SIZES = {"digits": 1797, "mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000}
+
+
+def split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """(n_val, n_test) of a pool of n: at least one sample in every split asked for."""
+
+    def at_least_one(fraction: float) -> int:
+        return 0 if fraction == 0.0 else max(1, round(n * fraction))
+
+    n_val = min(at_least_one(val_fraction), n - 1)
+    n_test = min(at_least_one(test_fraction), n - 1 - n_val)
+    return n_val, n_test
+
+
+def train_size(data: DataSpec) -> int:
+    """How many samples the training split holds."""
+    n = POOL_SIZES.get(data.dataset, data.size)
+    official_test = data.dataset in IMAGE_DATASETS
+    n_val, n_test = split_counts(n, data.val_fraction, 0.0 if official_test else data.test_fraction)
+    return n - n_val - n_test
 
 
 def raw_sample_shape(data: DataSpec) -> tuple[int, ...]:

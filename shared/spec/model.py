@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from shared.spec.base import Strict
 
 # Child names become attribute names and state_dict key parts: keep them plain.
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-_GLOB_RE = re.compile(r"^[A-Za-z0-9_.*?\[\]-]{1,255}$")
+_GLOB_RE = r"^[A-Za-z0-9_.*?\[\]-]{1,255}$"
+# A glob over parameter / state_dict names: matched with fnmatchcase, never a path.
+Glob = Annotated[str, StringConstraints(pattern=_GLOB_RE)]
 MAX_LAYERS = 256
 MAX_DEPTH = 8
 CONTAINERS = ("Sequential", "Residual")
@@ -27,7 +36,7 @@ class LayerSpec(BaseModel):
     in `layers` and an optional projection in `shortcut` (identity when absent).
     """
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     type: str = Field(min_length=1, max_length=64)
     name: str | None = None
@@ -80,7 +89,7 @@ class InitRule(Strict):
     rule wins where two match. `torch.nn.init` does the work.
     """
 
-    params: str = Field(description="glob over named_parameters(), e.g. 'conv*.weight'")
+    params: Glob = Field(description="glob over named_parameters(), e.g. 'conv*.weight'")
     scheme: InitScheme
     gain: float = Field(default=1.0, gt=0.0, le=100.0, description="xavier_*, orthogonal")
     nonlinearity: Literal["relu", "leaky_relu", "linear", "tanh", "sigmoid", "selu"] = "relu"
@@ -91,13 +100,6 @@ class InitRule(Strict):
     low: float = Field(default=-0.05, ge=-1e3, le=1e3, description="uniform")
     high: float = Field(default=0.05, ge=-1e3, le=1e3, description="uniform")
     value: float = Field(default=0.0, ge=-1e6, le=1e6, description="constant")
-
-    @field_validator("params")
-    @classmethod
-    def _glob(cls, value: str) -> str:
-        if not _GLOB_RE.match(value):
-            raise ValueError("a glob of letters, digits, '_', '.', '*', '?', '[', ']'")
-        return value
 
     @model_validator(mode="after")
     def _ordered_bounds(self) -> InitRule:
@@ -110,19 +112,13 @@ class InitFrom(Strict):
     """Start from another of the caller's jobs' checkpoint (fine-tuning)."""
 
     job_id: uuid.UUID
-    checkpoint: str = Field(default="final", max_length=64, description="final | latest | id")
+    checkpoint: str = Field(
+        default="final", max_length=64, description="final | latest | best | checkpoint id"
+    )
     strict: bool = Field(default=True, description="every key of the model must be loaded")
-    skip: list[str] = Field(
+    skip: list[Glob] = Field(
         default_factory=list, max_length=64, description="state_dict key globs not loaded"
     )
-
-    @field_validator("skip")
-    @classmethod
-    def _globs(cls, value: list[str]) -> list[str]:
-        for item in value:
-            if not _GLOB_RE.match(item):
-                raise ValueError(f"{item!r}: a glob of letters, digits, '_', '.', '*', '?'")
-        return value
 
 
 class ModelSpec(Strict):
@@ -131,7 +127,7 @@ class ModelSpec(Strict):
     preset: Literal["neural_network", "lenet", "tiny_model", "my_model"] | None = None
     layers: list[LayerSpec] | None = None
     init: list[InitRule] = Field(default_factory=list, max_length=64)
-    freeze: list[str] = Field(
+    freeze: list[Glob] = Field(
         default_factory=list,
         max_length=64,
         description="globs over parameter names: requires_grad=False, kept out of the optimizer",
@@ -147,14 +143,6 @@ class ModelSpec(Strict):
                 raise ValueError("'layers' must not be empty")
             _check_tree(self.layers)
         return self
-
-    @field_validator("freeze")
-    @classmethod
-    def _globs(cls, value: list[str]) -> list[str]:
-        for item in value:
-            if not _GLOB_RE.match(item):
-                raise ValueError(f"{item!r}: a glob of letters, digits, '_', '.', '*', '?'")
-        return value
 
 
 def _check_tree(layers: list[LayerSpec]) -> None:

@@ -15,6 +15,15 @@ CLASS_INDEX_LOSSES = ("CrossEntropyLoss", "NLLLoss")  # targets are class indice
 REGRESSION_LOSSES = ("MSELoss", "L1Loss", "SmoothL1Loss")
 
 
+# Epoch metrics early stopping and ReduceLROnPlateau can watch.
+Monitor = Literal["train_loss", "val_loss", "val_accuracy"]
+
+
+def default_mode(monitor: str) -> Literal["min", "max"]:
+    """Accuracy improves upwards, losses downwards."""
+    return "max" if monitor.endswith("accuracy") else "min"
+
+
 class OptimizerSpec(Strict):
     """torch.optim.SGD, Adam, AdamW or RMSprop with their usual settings."""
 
@@ -52,8 +61,15 @@ class SchedulerSpec(Strict):
     pct_start: float = Field(default=0.3, gt=0.0, lt=1.0, description="OneCycle")
     factor: float = Field(default=0.1, gt=0.0, lt=1.0, description="ReduceLROnPlateau")
     patience: int = Field(default=10, ge=0, le=10_000, description="ReduceLROnPlateau")
-    monitor: str = Field(default="val_loss", description="ReduceLROnPlateau: epoch metric")
-    mode: Literal["min", "max"] = "min"
+    monitor: Monitor = Field(default="val_loss", description="ReduceLROnPlateau: epoch metric")
+    mode: Literal["min", "max"] | None = Field(
+        default=None, description="default: max for val_accuracy, else min"
+    )
+
+    @model_validator(mode="after")
+    def _mode_follows_monitor(self) -> SchedulerSpec:
+        self.mode = self.mode or default_mode(self.monitor)
+        return self
 
 
 class GradClipSpec(Strict):
@@ -73,13 +89,17 @@ class GradClipSpec(Strict):
 class EarlyStoppingSpec(Strict):
     """Stop when an epoch metric has not improved by `min_delta` for `patience` epochs."""
 
-    monitor: str = Field(default="val_loss", description="val_loss, val_accuracy, train_loss")
-    mode: Literal["min", "max"] = "min"
+    monitor: Monitor = "val_loss"
+    mode: Literal["min", "max"] | None = Field(
+        default=None, description="default: max for val_accuracy, else min"
+    )
     patience: int = Field(default=3, ge=1, le=1000)
-    min_delta: float = Field(default=0.0, ge=0.0)
+    min_delta: float = Field(default=0.0, ge=0.0, le=1e6)
 
-
-EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy")
+    @model_validator(mode="after")
+    def _mode_follows_monitor(self) -> EarlyStoppingSpec:
+        self.mode = self.mode or default_mode(self.monitor)
+        return self
 
 
 class TrainSpec(Strict):
@@ -114,10 +134,7 @@ class TrainSpec(Strict):
             self.epochs = 1
         if self.label_smoothing and self.loss != "CrossEntropyLoss":
             raise ValueError("label_smoothing is a CrossEntropyLoss setting")
-        if self.precision != "fp32" and self.device == "cpu":
-            raise ValueError(f"precision {self.precision!r} is autocast on CUDA: use device cuda")
-        for watched in (self.early_stopping, self.scheduler):
-            monitor = getattr(watched, "monitor", None)
-            if monitor is not None and monitor not in EPOCH_METRICS:
-                raise ValueError(f"monitor must be one of {list(EPOCH_METRICS)}")
+        if self.precision != "fp32" and self.device != "cuda":
+            # "auto" may land on a CPU worker, which cannot autocast to half precision.
+            raise ValueError(f"precision {self.precision!r} is autocast on CUDA: set device 'cuda'")
         return self

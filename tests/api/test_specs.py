@@ -225,3 +225,50 @@ def test_init_from_is_checked_at_submit_time(
     resp = submit(client, alice, spec(missing, data5))
     assert resp.status_code == 400
     assert resp.get_json()["error"]["details"][0]["loc"] == "spec.model.init_from"
+
+
+def test_max_steps_alone_may_not_imply_too_many_epochs(
+    client: FlaskClient, alice: dict[str, str]
+) -> None:
+    # 1438 digits at batch 8192: one batch an epoch, so 10M steps would be 10M epochs.
+    body = spec(train={"batch_size": 8192, "max_steps": 10_000_000})
+    resp = submit(client, alice, body)
+    assert resp.status_code == 400
+    assert resp.get_json()["error"]["details"][0]["loc"] == "spec.train.max_steps"
+    assert (
+        submit(client, alice, spec(train={"batch_size": 64, "max_steps": 2000})).status_code == 202
+    )
+
+
+def test_init_from_pins_the_checked_checkpoint(
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+) -> None:
+    source = _finished_job_with_checkpoint(sessions, "alice")
+    body = spec({"layers": MLP, "init_from": {"job_id": str(source), "checkpoint": "latest"}})
+    resp = submit(client, alice, body)
+    assert resp.status_code == 202, resp.get_json()
+    with sessions() as session:
+        (ckpt,) = repository.list_checkpoints(session=session, job_id=source)
+    assert resp.get_json()["spec"]["model"]["init_from"]["checkpoint"] == str(ckpt.id)
+
+
+def test_nan_and_no_parameters_are_refused(client: FlaskClient, alice: dict[str, str]) -> None:
+    nan_layers = [{"type": "Flatten"},
+                  {"type": "LeakyReLU", "negative_slope": float("nan")},
+                  {"type": "Linear", "in_features": 64, "out_features": 10}]  # fmt: skip
+    resp = client.post(
+        "/api/v1/jobs",
+        data='{"kind": "train", "spec": '
+        + __import__("json").dumps(spec({"layers": nan_layers}))
+        + "}",
+        headers=alice,
+        content_type="application/json",
+    )
+    assert resp.status_code == 400
+    assert resp.get_json()["error"]["details"][0]["loc"] == "spec.model.layers[1].negative_slope"
+    resp = submit(
+        client,
+        alice,
+        spec({"layers": [{"type": "Flatten"}]}, {"dataset": "synthetic", "input_shape": [10]}),
+    )
+    assert resp.status_code == 400 and "no parameters" in resp.get_json()["error"]["message"]

@@ -163,3 +163,22 @@ def test_context_manager_detaches_on_error() -> None:
 def test_unknown_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown hook kinds"):
         HookRecorder(tiny_model(inplace=False), kinds=["forward_pre"], every_n_steps=1)
+
+
+def test_loss_scale_is_divided_out_of_output_gradients() -> None:
+    model = tiny_model(inplace=False)
+    x = torch.randn(3, 4)
+    plain = HookRecorder(model, kinds=["backward"], every_n_steps=1).attach()
+    plain.begin_step(1)
+    model(x).sum().backward()
+    expected = plain.collect()
+    plain.detach()
+    scaled = HookRecorder(model, kinds=["backward"], every_n_steps=1).attach()
+    scaled.begin_step(1)
+    (model(x).sum() * 1024.0).backward()  # what GradScaler does to the loss
+    rows = scaled.collect(scale=1024.0)
+    scaled.detach()
+    for want, got in zip(expected, rows, strict=True):
+        assert got.norm == pytest.approx(want.norm, rel=1e-6)
+        assert got.max == pytest.approx(want.max, rel=1e-6)
+        assert got.zero_frac == want.zero_frac

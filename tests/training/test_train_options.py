@@ -7,14 +7,16 @@ from typing import Any
 
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from shared.errors import SpecError
 from shared.netspec import build_model
 from shared.spec import JobSpec
 from tests.training.test_loop import Recorder
+from worker.training.checkpoint import restore_model
 from worker.training.data import make_datasets, make_loader
-from worker.training.loop import fit
+from worker.training.loop import evaluate, fit
 
 
 class MetricLog(Recorder):
@@ -224,9 +226,60 @@ def test_fine_tune_from_checkpoint_with_a_new_head() -> None:
 
 
 def test_precision_is_autocast_on_cuda_only() -> None:
-    spec = job({"epochs": 1, "precision": "bf16"})
+    with pytest.raises(ValidationError, match="set device 'cuda'"):
+        job({"epochs": 1, "precision": "bf16"})  # "auto" may land on a CPU worker
+    spec = job({"epochs": 1, "precision": "bf16", "device": "cuda"})
     if torch.cuda.is_available():
         assert fit(spec).device.startswith("cuda")
     else:
-        with pytest.raises(SpecError, match="needs a CUDA device"):
+        with pytest.raises(SpecError, match="CUDA"):
             fit(spec)
+
+
+def test_monitor_mode_follows_the_metric() -> None:
+    spec = job(
+        {
+            "epochs": 2,
+            "early_stopping": {"monitor": "val_accuracy"},
+            "scheduler": {"name": "ReduceLROnPlateau", "monitor": "val_accuracy"},
+        }
+    )
+    assert spec.train.early_stopping is not None and spec.train.early_stopping.mode == "max"
+    assert spec.train.scheduler is not None and spec.train.scheduler.mode == "max"
+    assert job({"epochs": 1, "early_stopping": {}}).train.early_stopping.mode == "min"  # type: ignore[union-attr]
+
+
+def test_test_metrics_use_the_best_epoch_weights() -> None:
+    spec = job({"epochs": 30, "optimizer": {"lr": 0.5},
+                "early_stopping": {"monitor": "val_loss", "patience": 2}},
+               data={"test_fraction": 0.2})  # fmt: skip
+    cb = MetricLog()
+    result = fit(spec, callbacks=[cb])
+    assert result.best_epoch is not None and result.epochs > result.best_epoch
+    best = [b for b in cb.blobs if b.tag == "best"][-1]
+    torch.manual_seed(0)
+    model = build_model(spec.model)
+    restore_model(model, best.model_state)
+    test = make_datasets(spec.data, seed=spec.train.seed, loss=spec.train.loss, data_dir=None).test
+    assert test is not None
+    loader = make_loader(test, batch_size=8, shuffle=False, seed=0)
+    expected = evaluate(model, loader, nn.CrossEntropyLoss(), torch.device("cpu"), True, "test")
+    assert result.metrics["test_loss"] == pytest.approx(expected["test_loss"], rel=1e-6)
+
+
+def test_frozen_batchnorm_keeps_its_running_statistics() -> None:
+    layers = [
+        {"type": "Linear", "name": "fc1", "in_features": 16, "out_features": 12},
+        {"type": "BatchNorm1d", "name": "bn", "num_features": 12},
+        {"type": "ReLU"},
+        {"type": "Linear", "name": "fc2", "in_features": 12, "out_features": 4},
+    ]
+    spec = JobSpec.model_validate({**job({"epochs": 2}).model_dump(), "model": {
+        "layers": layers, "freeze": ["fc1.*", "bn.*"]}})  # fmt: skip
+    cb = Recorder()
+    fit(spec, callbacks=[cb])
+    from shared.tensors import bytes_to_state_dict
+
+    final = bytes_to_state_dict(cb.blobs[-1].model_state)
+    assert torch.equal(final["bn.running_mean"], torch.zeros(12))
+    assert int(final["bn.num_batches_tracked"]) == 0

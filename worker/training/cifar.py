@@ -37,6 +37,13 @@ def _numpy_attr(submodule: str, attr: str) -> Any:
 _reconstruct = _numpy_attr("multiarray", "_reconstruct")
 _frombuffer = _numpy_attr("numeric", "_frombuffer")
 
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    # Protocol 2 rebuilds bytes as _codecs.encode(text, "latin1"); no other codec may run.
+    if encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"codec {encoding!r} is not allowed in a CIFAR-10 batch")
+    return codecs.encode(text, "latin1")
+
+
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
@@ -44,7 +51,7 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy._core.numeric", "_frombuffer"): _frombuffer,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): codecs.encode,  # how protocol 2 spells bytes under Python 3
+    ("_codecs", "encode"): _latin1_encode,  # how protocol 2 spells bytes under Python 3
 }
 
 

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from shared.dataset_files import check_data_available
 from shared.errors import SpecError
 from shared.spec import DataSpec, class_count
-from shared.spec.data import IMAGE_DATASETS
+from shared.spec.data import IMAGE_DATASETS, split_counts
 from shared.spec.train import CLASS_INDEX_LOSSES
 from worker.training import sources
 from worker.training.transforms import Transform, apply_seeded, eval_transform, has_random
@@ -129,9 +129,7 @@ def split_rows(
     n: int, val_fraction: float, test_fraction: float, seed: int
 ) -> tuple[list[int], list[int] | None, list[int] | None]:
     """(train, val, test) rows of one seeded permutation; val / test None at fraction 0."""
-    # At least one sample in every split asked for, however small the fraction or data.
-    n_val = min(_at_least_one(n, val_fraction), n - 1)
-    n_test = min(_at_least_one(n, test_fraction), n - 1 - n_val)
+    n_val, n_test = split_counts(n, val_fraction, test_fraction)
     if test_fraction > 0.0 and n_test == 0:
         problem = f"{n} samples are too few for training, validation and test splits"
         raise SpecError(
@@ -144,7 +142,3 @@ def split_rows(
     val = order[:n_val] if n_val else None
     test = order[n_val : n_val + n_test] if n_test else None
     return order[n_val + n_test :], val, test
-
-
-def _at_least_one(n: int, fraction: float) -> int:
-    return 0 if fraction == 0.0 else max(1, round(n * fraction))

@@ -21,7 +21,12 @@ from torch.utils.data import DataLoader
 from shared.errors import SpecError
 from shared.netspec import DEFAULT_MAX_PARAMS, build_model, dry_run
 from shared.spec import JobSpec, TrainSpec
-from worker.training.checkpoint import CheckpointBlob, capture, load_initial_weights
+from worker.training.checkpoint import (
+    CheckpointBlob,
+    capture,
+    load_initial_weights,
+    restore_model,
+)
 from worker.training.data import make_datasets, make_loader
 from worker.training.optim import current_lr, make_criterion, make_optimizer, make_schedule
 from worker.training.probes import HookRecorder, TraceRow
@@ -166,11 +171,12 @@ def fit(
     metrics: dict[str, float] = {}
     stopped = stopped_early = False
     last_blob: CheckpointBlob | None = None
+    best_blob: CheckpointBlob | None = None
     logged_lr = math.nan
     started = time.perf_counter()
     recorder.attach()
     try:
-        model.train()
+        train_mode(model)
         while step < n_steps and not (stopped or stopped_early):
             epoch += 1
             epoch_losses: list[float] = []
@@ -191,12 +197,18 @@ def fit(
                         loss = criterion(model(x), y) / len(micro_batches)
                     scaler.scale(loss).backward()
                     step_loss += loss.detach()
-                scaler.unscale_(optimizer)  # traces and clipping see true gradients
-                traces = recorder.collect()
+                scaler.unscale_(optimizer)  # param_grad traces and clipping see true gradients
+                # Output gradients were recorded during the scaled backward: unscale them.
+                traces = recorder.collect(scale=scaler.get_scale() if scaler.is_enabled() else 1.0)
                 _clip(model, train)
+                lr = current_lr(optimizer)  # the rate this step uses
+                scale = scaler.get_scale() if scaler.is_enabled() else 1.0
                 scaler.step(optimizer)
                 scaler.update()
-                schedule.after_step()
+                # fp16: a step with inf/NaN gradients is skipped (the scale drops); the
+                # schedule must not advance for a step that did not happen.
+                if not scaler.is_enabled() or scaler.get_scale() >= scale:
+                    schedule.after_step()
 
                 loss_value = step_loss.item()  # the step's one host sync
                 if not math.isfinite(loss_value):
@@ -207,7 +219,6 @@ def fit(
                 epoch_losses.append(loss_value)
                 for cb in callbacks:
                     cb.on_step_end(step=step, epoch=epoch, loss=loss_value, traces=traces)
-                lr = current_lr(optimizer)
                 if lr != logged_lr:
                     logged_lr = lr
                     for cb in callbacks:
@@ -228,7 +239,8 @@ def fit(
             blobs = [last_blob]
             if early is not None:
                 if early.update(epoch, metrics):
-                    blobs.append(dataclasses.replace(last_blob, tag="best"))
+                    best_blob = dataclasses.replace(last_blob, tag="best")
+                    blobs.append(best_blob)
                 stopped_early = early.should_stop
             for blob in blobs:
                 for cb in callbacks:
@@ -245,6 +257,8 @@ def fit(
         recorder.detach()
 
     if test_loader is not None and not stopped:
+        if best_blob is not None:  # early stopping: report the test score of the best epoch
+            restore_model(model, best_blob.model_state)
         test = evaluate(model, test_loader, criterion, dev, classification, "test")
         metrics = {**metrics, **test}
         for cb in callbacks:
@@ -268,6 +282,20 @@ def fit(
     for cb in callbacks:
         cb.on_fit_end(result=result)
     return result
+
+
+def train_mode(model: nn.Module) -> None:
+    """model.train(), except normalisation layers whose parameters are all frozen.
+
+    A frozen BatchNorm must not keep updating its running statistics either, or a
+    "frozen" body would still change under fine-tuning.
+    """
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            own = list(module.parameters(recurse=False))
+            if own and not any(p.requires_grad for p in own):
+                module.eval()
 
 
 def _steps(
@@ -322,7 +350,7 @@ def evaluate(
             labels = y.argmax(dim=1) if y.is_floating_point() else y  # one-hot targets
             correct += (output.argmax(dim=1) == labels).sum()
         seen += x.shape[0]
-    model.train()
+    train_mode(model)
     metrics = {f"{split}_loss": total_loss.item() / seen}
     if classification:
         metrics[f"{split}_accuracy"] = correct.item() / seen

@@ -15,12 +15,9 @@ from shared.spec import OptimizerSpec, SchedulerSpec, TrainSpec
 def make_optimizer(params: Iterable[nn.Parameter], spec: OptimizerSpec) -> torch.optim.Optimizer:
     """SGD / Adam / AdamW / RMSprop over `params` (the caller leaves frozen ones out)."""
     params = list(params)
-    if spec.name == "Adam":
-        return torch.optim.Adam(
-            params, lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay
-        )
-    if spec.name == "AdamW":
-        return torch.optim.AdamW(
+    if spec.name in ("Adam", "AdamW"):
+        adam = torch.optim.Adam if spec.name == "Adam" else torch.optim.AdamW
+        return adam(
             params, lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay
         )
     if spec.name == "RMSprop":
@@ -100,7 +97,7 @@ def make_schedule(
         )
         return Schedule(one, per_step=True, monitor=None)
     plateau = lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode=spec.mode, factor=spec.factor, patience=spec.patience
+        optimizer, mode=spec.mode or "min", factor=spec.factor, patience=spec.patience
     )
     return Schedule(plateau, per_step=False, monitor=spec.monitor)
 

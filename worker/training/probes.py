@@ -121,8 +121,13 @@ class HookRecorder:
         self._pending.clear()
         self._armed = False
 
-    def collect(self) -> list[TraceRow]:
-        """After backward: this step's rows (empty when the step is not logged)."""
+    def collect(self, scale: float = 1.0) -> list[TraceRow]:
+        """After backward: this step's rows (empty when the step is not logged).
+
+        `scale` is the loss scale of a GradScaler: `backward` rows were recorded during
+        the scaled backward pass and are divided by it (param_grad rows are taken after
+        unscaling). Zero and non-finite counts do not change with the scale.
+        """
         if not self._armed:
             return []
         self._armed = False
@@ -133,7 +138,11 @@ class HookRecorder:
             return []
         pending.sort(key=lambda p: (p.kind, p.order))
         # The one device-to-host copy of the step.
-        table = torch.stack([p.stats for p in pending]).cpu().tolist()
+        stats = torch.stack([p.stats for p in pending])
+        if scale != 1.0:
+            scaled = torch.tensor([p.kind == "backward" for p in pending], device=stats.device)
+            stats[scaled, :5] /= scale  # norm, mean, std, min, max; counts stay
+        table = stats.cpu().tolist()
         return [
             TraceRow(
                 step=self._step,

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
-from torchvision.datasets import MNIST, FakeData, FashionMNIST
+from torchvision.datasets import FakeData
+from torchvision.datasets.mnist import read_image_file, read_label_file
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from shared.dataset_files import dataset_folder
@@ -30,7 +31,6 @@ _TOKEN_TABLE_SEED = _TEACHER_SEED + 1
 _TOKEN_FEATURES = 8
 _REGRESSION_NOISE = 0.1
 
-_TORCHVISION = {"mnist": MNIST, "fashion_mnist": FashionMNIST}
 
 
 def generated(data: DataSpec, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,10 +50,15 @@ def stored(dataset: str, data_dir: Path, *, train: bool) -> tuple[torch.Tensor, 
     try:
         if dataset == "cifar10":
             return load_cifar10(folder, train=train)
-        ds = _TORCHVISION[dataset](root=str(data_dir), train=train, download=False)
-        return ds.data.unsqueeze(1).contiguous(), ds.targets.to(torch.int64)
+        # The raw idx files, parsed directly: torchvision's MNIST class would prefer a
+        # processed/*.pt file when one exists, and we read no pickled formats.
+        prefix = "train" if train else "t10k"
+        images = read_image_file(str(folder / f"{prefix}-images-idx3-ubyte"))
+        labels = read_label_file(str(folder / f"{prefix}-labels-idx1-ubyte"))
+        return images.unsqueeze(1).contiguous(), labels.to(torch.int64)
     except Exception as exc:
-        problem = f"cannot read the files under {folder}: {exc}"
+        reason = str(exc) or "not in the expected format"
+        problem = f"cannot read the {dataset} files ({type(exc).__name__}: {reason})"
         raise SpecError(
             f"data.dataset '{dataset}': {problem}",
             details=[{"loc": "data.dataset", "msg": problem}],
