@@ -10,7 +10,9 @@ from flask import url_for
 from shared.jsonvalues import json_float
 from shared.models import Checkpoint, Job, JobEvent, LayerTrace
 
-TRACE_STATS = ("numel", "norm", "mean", "std", "min", "max", "zero_frac", "nonfinite")
+TRACE_STATS = (
+    "numel", "norm", "mean", "std", "min", "max", "zero_frac", "nonfinite", "update_ratio",
+)  # fmt: skip
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -55,12 +57,14 @@ def job_json(job: Job, *, with_spec: bool = True) -> dict[str, Any]:
     return body
 
 
-def trace_json(row: LayerTrace) -> dict[str, Any]:
-    """One trace row."""
+def trace_json(row: LayerTrace, only: str | None = None) -> dict[str, Any]:
+    """One trace row (or only one of its statistics); statistics not recorded are null."""
     body: dict[str, Any] = {"step": row.step, "layer": row.layer, "kind": row.kind}
-    for stat in TRACE_STATS:
+    for stat in (only,) if only else TRACE_STATS:
         value = getattr(row, stat)
-        body[stat] = value if isinstance(value, int) else json_float(value)
+        body[stat] = value if value is None or isinstance(value, int) else json_float(value)
+    if row.histogram is not None and not only:
+        body["histogram"] = row.histogram
     return body
 
 

@@ -163,12 +163,14 @@ class LayerTrace(Base):
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)
     numel: Mapped[int] = mapped_column(BigInteger)
     norm: Mapped[float] = mapped_column(Double)
-    mean: Mapped[float] = mapped_column(Double)
-    std: Mapped[float] = mapped_column(Double)
-    min: Mapped[float] = mapped_column(Double)
-    max: Mapped[float] = mapped_column(Double)
-    zero_frac: Mapped[float] = mapped_column(Double)
+    # NULL: the statistic was not selected in the job's hooks.stats.
+    mean: Mapped[float | None] = mapped_column(Double)
+    std: Mapped[float | None] = mapped_column(Double)
+    min: Mapped[float | None] = mapped_column(Double)
+    max: Mapped[float | None] = mapped_column(Double)
+    zero_frac: Mapped[float | None] = mapped_column(Double)
     nonfinite: Mapped[int] = mapped_column(BigInteger, default=0)
+    update_ratio: Mapped[float | None] = mapped_column(Double)  # param_grad: ||dw|| / ||w||
     histogram: Mapped[list[float] | None] = mapped_column(JSONType)
 
 

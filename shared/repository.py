@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Table, and_, func, or_, select, update
+from psycopg import sql
+from sqlalchemy import Connection, Table, and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -234,9 +236,11 @@ def _insert_ignoring_duplicates(
     """Multi-row INSERT ... ON CONFLICT DO NOTHING, so a retried write is a no-op."""
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    # A multi-row VALUES takes its columns from the first row: give every row all keys.
+    keys = {key for row in rows for key in row}
     for start in range(0, len(rows), _CHUNK):
-        chunk = rows[start : start + _CHUNK]
-        session.execute(insert(table).values(list(chunk)).on_conflict_do_nothing())
+        chunk = [{key: row.get(key) for key in keys} for row in rows[start : start + _CHUNK]]
+        session.execute(insert(table).values(chunk).on_conflict_do_nothing())
 
 
 def record_metrics(*, session: Session, job_id: uuid.UUID, rows: Iterable[dict[str, Any]]) -> None:
@@ -251,6 +255,71 @@ def record_traces(*, session: Session, job_id: uuid.UUID, rows: Iterable[dict[st
     batch = [{**row, "job_id": job_id} for row in rows]
     if batch:
         _insert_ignoring_duplicates(session, LayerTrace.__table__, batch)  # type: ignore[arg-type]
+
+
+def copy_ignoring_duplicates(
+    *, session: Session, table: Table, job_id: uuid.UUID, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """PostgreSQL bulk write of `table` rows for one job: binary COPY, duplicates ignored.
+
+    COPY itself cannot skip rows that already exist, and a retried job re-writes the
+    steps it had written before. So the rows are COPYed into a per-connection temporary
+    staging table (emptied at commit) and moved with one INSERT ... SELECT ... ON CONFLICT
+    DO NOTHING, which keeps the write idempotent like record_metrics / record_traces.
+    Call it once per table per transaction: a second call also re-offers the first
+    call's rows (harmless, they are skipped, but wasted work).
+    """
+    if not rows:
+        return
+    known = [col.name for col in table.columns if col.name != "job_id"]
+    present: set[str] = set().union(*rows)
+    if unknown := present.difference(known):
+        raise ValueError(f"{table.name} has no column(s) {', '.join(sorted(unknown))}")
+    columns = [name for name in known if name in present]
+    if len(columns) > 1 and all(len(row) == len(columns) for row in rows):
+        pick = itemgetter(*columns)  # every row has every column: the fast path
+        values: Iterable[tuple[Any, ...]] = ((job_id, *pick(row)) for row in rows)
+    else:
+        values = ((job_id, *(row.get(name) for name in columns)) for row in rows)
+
+    conn = session.connection()
+    oids = _column_oids(conn, table.name)
+    names = sql.SQL(", ").join(sql.Identifier(name) for name in ["job_id", *columns])
+    target, stage = sql.Identifier(table.name), sql.Identifier(f"_stage_{table.name}")
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    with driver.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "CREATE TEMPORARY TABLE IF NOT EXISTS {} (LIKE {}) ON COMMIT DELETE ROWS"
+            ).format(stage, target)
+        )
+        copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(stage, names)
+        with cur.copy(copy_sql) as copy:
+            copy.set_types([oids[name] for name in ["job_id", *columns]])
+            for value in values:
+                copy.write_row(value)
+        cur.execute(
+            sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
+                target, names, names, stage
+            )
+        )
+
+
+def _column_oids(conn: Connection, table: str) -> dict[str, int]:
+    """Column name -> type OID (binary COPY needs them), cached on the pooled connection."""
+    cache: dict[str, dict[str, int]] = conn.info.setdefault("trainyard_column_oids", {})
+    if table not in cache:
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        with driver.cursor() as cur:
+            cur.execute(
+                "SELECT attname, atttypid::int FROM pg_attribute"
+                " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+                (table,),
+            )
+            cache[table] = {name: oid for name, oid in cur.fetchall()}
+    return cache[table]
 
 
 def list_metrics(
@@ -290,7 +359,7 @@ def list_traces(
     """Trace rows ordered by step then layer; step bounds are inclusive."""
     query = select(LayerTrace).where(LayerTrace.job_id == job_id)
     if layer:
-        query = query.where(LayerTrace.layer == layer)
+        query = query.where(LayerTrace.layer.like(glob_to_like(layer), escape="\\"))
     if kind:
         query = query.where(LayerTrace.kind == kind)
     if from_step is not None:
@@ -299,6 +368,12 @@ def list_traces(
         query = query.where(LayerTrace.step <= to_step)
     query = query.order_by(LayerTrace.step, LayerTrace.kind, LayerTrace.layer).limit(limit)
     return list(session.scalars(query))
+
+
+def glob_to_like(glob: str) -> str:
+    """A shell glob (* and ?) as an SQL LIKE pattern, with LIKE's own wildcards escaped."""
+    escaped = glob.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
 
 
 def save_checkpoint(

@@ -14,17 +14,27 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import repository
 from shared.config import Settings
 from shared.db import session_scope
+from shared.errors import LeaseLost
+from shared.jsonvalues import json_safe
+from shared.models import LayerTrace
 from worker.training.checkpoint import CheckpointBlob
+from worker.training.diagnose import Event
 from worker.training.loop import Callback, FitResult
 from worker.training.probes import TraceRow
+from worker.writer import RowWriter
 
 
 class DatabaseSink(Callback):
-    """Buffers metrics and trace rows and writes them in multi-row batches.
+    """Buffers metrics and trace rows and hands them to a background RowWriter.
 
-    Writes happen at most every `flush_seconds` (and at epoch ends, checkpoints and the
-    end), so a step costs a list append, not a commit. The heartbeat that extends the
-    job's lease also reads its cancel flag, which `should_stop` reports to the loop.
+    Every `flush_seconds` (and at epoch ends, checkpoints and the end) the step's buffer
+    goes to the writer, which commits it off the training thread; a step costs a list
+    append, and a hand-off waits only when the writer's bounded buffer is full. Epoch
+    ends, checkpoints and close wait until the rows are committed, so what the API shows
+    at an epoch boundary is complete. The heartbeat that extends the job's lease (on
+    the training thread, every `heartbeat_seconds`) also reads its cancel flag, which
+    `should_stop` reports to the loop; a lost lease raises LeaseLost and drops the rows
+    not yet written (another worker owns the job now).
     """
 
     def __init__(
@@ -35,12 +45,14 @@ class DatabaseSink(Callback):
         worker: str,
         settings: Settings,
         clock: Callable[[], float] = time.monotonic,
+        writer: RowWriter | None = None,
     ) -> None:
         self._sessions = sessions
         self._job_id = job_id
         self._worker = worker
         self._settings = settings
         self._clock = clock
+        self._writer = writer or RowWriter(sessions=sessions, job_id=job_id)
         self._metrics: list[dict[str, Any]] = []
         self._traces: list[dict[str, Any]] = []
         self._last_flush = self._last_beat = clock()
@@ -60,11 +72,10 @@ class DatabaseSink(Callback):
         self._metrics.append(
             {"split": "train", "name": "loss", "step": step, "epoch": epoch, "value": loss}
         )
-        for row in traces:
-            self._traces.append(dataclasses.asdict(row))
+        self._traces.extend(map(_row_dict, traces))
         now = self._clock()
         if now - self._last_flush >= self._settings.flush_seconds:
-            self.flush()
+            self._hand_off()
         if now - self._last_beat >= self._settings.heartbeat_seconds:
             self._heartbeat()
 
@@ -100,35 +111,76 @@ class DatabaseSink(Callback):
     def should_stop(self) -> bool:
         return self._cancel
 
+    def on_event(self, *, event: Event) -> None:
+        # Alerts and skipped steps are rare: written at once, where the API lists events.
+        with session_scope(self._sessions) as session:
+            repository.add_event(
+                session=session,
+                job_id=self._job_id,
+                kind=event.kind,
+                message=event.message,
+                data=json_safe(event.data),
+            )
+
     def on_fit_end(self, *, result: FitResult) -> None:
         self.close()
 
     def close(self) -> None:
-        """Write what is buffered and the last progress (also after a failure)."""
-        self.flush()
+        """Write what is buffered, stop the writer, store the last progress (also after a failure).
+
+        Raises RowWriteError when the writer failed: the job must not succeed with rows missing.
+        """
+        try:
+            self._hand_off()
+        finally:
+            self._writer.close()  # joins the writer thread even when the hand-off raised
         self._heartbeat()
 
     def flush(self) -> None:
-        """Write buffered rows in one transaction (idempotent: duplicates are ignored)."""
-        if not self._metrics and not self._traces:
-            self._last_flush = self._clock()
-            return
+        """Hand buffered rows to the writer and wait until everything is committed."""
+        self._hand_off()
+        self._writer.flush()
+
+    def _hand_off(self) -> None:
+        """Give the buffered rows to the writer (idempotent writes: duplicates are ignored)."""
         metrics, traces = self._metrics, self._traces
         self._metrics, self._traces = [], []
-        with session_scope(self._sessions) as session:
-            repository.record_metrics(session=session, job_id=self._job_id, rows=metrics)
-            repository.record_traces(session=session, job_id=self._job_id, rows=traces)
+        if metrics:
+            self._writer.put("metrics", metrics)
+        if traces:
+            self._writer.put("layer_traces", traces)
         self._last_flush = self._clock()
 
     def _heartbeat(self) -> None:
-        with session_scope(self._sessions) as session:
-            self._cancel = repository.heartbeat(
-                session=session,
-                job_id=self._job_id,
-                worker=self._worker,
-                lease_seconds=self._settings.lease_seconds,
-                step=self._step,
-                total=self._total,
-                epoch=self._epoch,
-            )
+        try:
+            with session_scope(self._sessions) as session:
+                self._cancel = repository.heartbeat(
+                    session=session,
+                    job_id=self._job_id,
+                    worker=self._worker,
+                    lease_seconds=self._settings.lease_seconds,
+                    step=self._step,
+                    total=self._total,
+                    epoch=self._epoch,
+                )
+        except LeaseLost:
+            self._writer.abort()  # the job is another worker's now; stop writing for it
+            raise
         self._last_beat = self._clock()
+
+
+_TRACE_COLUMNS = frozenset(LayerTrace.__table__.columns.keys())
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _row_dict(row: TraceRow) -> dict[str, Any]:
+    """A trace row's stored fields as {column: value}, cheaper than dataclasses.asdict.
+
+    Fields that are not layer_traces columns (such as the in-step capture order) stay
+    in memory only.
+    """
+    names = _FIELDS.get(type(row))
+    if names is None:
+        fields = (field.name for field in dataclasses.fields(row))
+        names = _FIELDS[type(row)] = tuple(name for name in fields if name in _TRACE_COLUMNS)
+    return {name: getattr(row, name) for name in names}

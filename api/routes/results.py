@@ -9,9 +9,10 @@ from flask import Blueprint, Response, jsonify, request
 
 from api.auth import current_owner
 from api.context import db, services
+from api.downsample import downsample
 from api.params import choice_arg, int_arg
 from api.routes.jobs import parse_job_id
-from api.serialize import trace_json
+from api.serialize import TRACE_STATS, trace_json
 from shared import repository
 from shared.jsonvalues import json_float
 
@@ -52,18 +53,35 @@ def metrics(job_id: str) -> Response:
 
 @bp.get("/jobs/<job_id>/traces")
 def traces(job_id: str) -> Response:
-    """Layer trace rows filtered by layer, kind and an inclusive step range."""
+    """Trace rows by layer glob, kind and inclusive step range (or one step: `at_step`).
+
+    `stat` keeps one statistic per row; `max_points` thins each (layer, kind) series,
+    keeping every bucket's first, lowest and highest value of `stat` (default norm).
+    """
     session = db()
     job = repository.get_job(session=session, job_id=parse_job_id(job_id), owner=current_owner())
     limit = _limit()
+    at_step = int_arg("at_step", default=None)
+    stat = choice_arg("stat", TRACE_STATS)
+    max_points = int_arg("max_points", default=None, lo=1, hi=100_000)
     rows = repository.list_traces(
         session=session,
         job_id=job.id,
         layer=request.args.get("layer") or None,
         kind=choice_arg("kind", TRACE_KINDS),
-        from_step=int_arg("from_step", default=None),
-        to_step=int_arg("to_step", default=None),
+        from_step=at_step if at_step is not None else int_arg("from_step", default=None),
+        to_step=at_step if at_step is not None else int_arg("to_step", default=None),
         limit=limit,
     )
-    body = [trace_json(r) for r in rows]
-    return jsonify({"job_id": str(job.id), "traces": body, "truncated": len(rows) == limit})
+    truncated = len(rows) == limit
+    if max_points is not None:
+        column = stat or "norm"
+        rows = downsample(
+            rows,
+            max_points=max_points,
+            step=lambda r: r.step,
+            series=lambda r: (r.layer, r.kind),
+            value=lambda r: getattr(r, column),
+        )
+    body = [trace_json(r, only=stat) for r in rows]
+    return jsonify({"job_id": str(job.id), "traces": body, "truncated": truncated})

@@ -6,12 +6,11 @@ Shapes and parameter counts are checked separately by a dry run on the meta devi
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field, model_validator
 
 from shared.spec.base import Strict
 from shared.spec.data import DataSpec, TransformSpec, class_count, sample_shape
+from shared.spec.hooks import AlertSpec, HookSpec
 from shared.spec.model import MAX_DEPTH, MAX_LAYERS, InitFrom, InitRule, LayerSpec, ModelSpec
 from shared.spec.train import (
     REGRESSION_LOSSES,
@@ -25,6 +24,7 @@ from shared.spec.train import (
 __all__ = [
     "MAX_DEPTH",
     "MAX_LAYERS",
+    "AlertSpec",
     "DataSpec",
     "EarlyStoppingSpec",
     "GradClipSpec",
@@ -42,23 +42,6 @@ __all__ = [
     "output_width",
     "sample_shape",
 ]
-
-HookKind = Literal["backward", "param_grad"]
-
-
-def _all_hook_kinds() -> list[HookKind]:
-    return ["backward", "param_grad"]
-
-
-class HookSpec(Strict):
-    """Which module hooks record statistics, and how often.
-
-    `backward`: gradient w.r.t. the output of every module that owns parameters.
-    `param_grad`: gradient of every parameter after backward.
-    """
-
-    every_n_steps: int = Field(default=1, ge=1, le=1_000_000)
-    kinds: list[HookKind] = Field(default_factory=_all_hook_kinds)
 
 
 class JobSpec(Strict):

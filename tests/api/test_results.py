@@ -135,3 +135,33 @@ def test_metrics_step_range_and_limit(
     body = client.get(f"{url}?limit=10&to_step=50", headers=alice).get_json()
     assert [p["step"] for p in body["series"][0]["points"]] == list(range(1, 11))
     assert body["truncated"] is True
+
+
+def test_trace_filters_glob_at_step_stat_and_downsampling(
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+) -> None:
+    job_id = submit(client, alice).get_json()["id"]
+    rows = []
+    for s in range(1, 101):
+        for layer in ("conv1", "conv2", "fc1", "fc_1"):
+            row = _trace(s, layer, "backward", 50.0 if (layer == "fc1" and s == 37) else 1.0)
+            rows.append(row)
+    rows.append({**_trace(5, "fc1.weight", "param_grad", 2.0), "update_ratio": 0.01,
+                 "mean": None, "histogram": [1.0, 3.0]})  # fmt: skip
+    with session_scope(sessions) as session:
+        repository.record_traces(session=session, job_id=uuid.UUID(job_id), rows=rows)
+    url = f"/api/v1/jobs/{job_id}/traces"
+    conv = client.get(f"{url}?layer=conv*&at_step=7", headers=alice).get_json()["traces"]
+    assert [(t["layer"], t["step"]) for t in conv] == [("conv1", 7), ("conv2", 7)]
+    # '_' is literal in a glob, not LIKE's any-character.
+    assert {t["layer"] for t in client.get(f"{url}?layer=fc_1", headers=alice).get_json()[
+        "traces"]} == {"fc_1"}  # fmt: skip
+    only = client.get(f"{url}?at_step=7&stat=norm", headers=alice).get_json()["traces"][0]
+    assert set(only) == {"step", "layer", "kind", "norm"}
+    thin = client.get(f"{url}?layer=fc1&kind=backward&max_points=10", headers=alice).get_json()
+    steps = [t["step"] for t in thin["traces"]]
+    assert 10 <= len(steps) <= 30 and 37 in steps  # the spike survives thinning
+    grad = client.get(f"{url}?kind=param_grad", headers=alice).get_json()["traces"][0]
+    assert grad["update_ratio"] == 0.01 and grad["mean"] is None and grad["histogram"] == [1, 3]
+    assert client.get(f"{url}?stat=bogus", headers=alice).status_code == 400
+    assert client.get(f"{url}?max_points=0", headers=alice).status_code == 400

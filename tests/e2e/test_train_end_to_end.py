@@ -122,7 +122,11 @@ def test_failures_end_as_failed_with_a_message(live: LiveService) -> None:
     }
     job = live.wait(live.post_job(diverging)["id"])
     assert job["status"] == "failed"
-    assert "loss became" in job["error"] and "\n" not in job["error"]
+    assert "first seen in" in job["error"] and "\n" not in job["error"]
+    # The rows of the step where it went wrong are kept, with the bad values counted.
+    step = int(job["error"].split(" at step ")[1].split()[0])
+    bad = live.get(f"/api/v1/jobs/{job['id']}/traces", at_step=step).json()["traces"]
+    assert any(t["nonfinite"] > 0 for t in bad)
     # The points logged before the failure are kept.
     assert _series(live, job["id"])[("loss", "train")]
 
@@ -156,3 +160,29 @@ def test_cancel_running_job(live: LiveService) -> None:
     done = live.wait(job["id"], timeout=60)
     assert done["status"] == "cancelled"
     assert 0 < done["summary"]["steps"] < 1000 * 52
+
+
+def test_probe_kinds_and_alerts_through_the_service(live: LiveService) -> None:
+    spec = {
+        "model": {"preset": "my_model"},
+        "data": {"dataset": "synthetic", "task": "regression", "input_shape": [10], "size": 64},
+        "train": {"max_steps": 6, "loss": "MSELoss", "batch_size": 8},
+        "hooks": {
+            "kinds": ["forward_pre", "forward", "backward", "param_grad", "weights"],
+            "histogram_bins": 4,
+            "alerts": {"exploding_above": 1e-9},
+        },
+    }
+    job = live.wait(live.post_job(spec)["id"])
+    assert job["status"] == "succeeded", job["error"]
+    rows = live.get(f"/api/v1/jobs/{job['id']}/traces", at_step=3).json()["traces"]
+    kinds = {t["kind"] for t in rows}
+    assert kinds == {"forward_pre", "forward", "backward", "param_grad", "weights"}
+    # 3 leaf modules x 2 forward kinds + 2 parameter owners (backward) + 4 parameters x
+    # (param_grad, weights): 16 rows a step.
+    assert len(rows) == 16
+    assert all(t["update_ratio"] > 0 for t in rows if t["kind"] == "param_grad")
+    assert all(len(t["histogram"]) == 4 for t in rows)
+    events = live.get(f"/api/v1/jobs/{job['id']}/events").json()["events"]
+    alerts = [e for e in events if e["kind"] == "exploding_gradient"]
+    assert len(alerts) == 6 and alerts[0]["data"]["threshold"] == 1e-9

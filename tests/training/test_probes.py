@@ -6,9 +6,13 @@ import math
 
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 
-from worker.training.probes import HookRecorder, TraceRow, gradient_stats
+from shared.spec import HookSpec
+from shared.spec.hooks import ALL_STATS
+from worker.training.probes import HookRecorder, TraceRow
+from worker.training.stats import SOME_NONFINITE, tensor_stats
 
 
 def tiny_model(inplace: bool) -> nn.Sequential:
@@ -51,7 +55,9 @@ def test_rows_match_autograd_through_an_inplace_relu() -> None:
     x = torch.randn(6, 4)
     x[0] = -10.0  # makes some ReLU outputs exactly zero, so zero_frac is exercised
 
-    with HookRecorder(model, kinds=["backward", "param_grad"], every_n_steps=1) as recorder:
+    with HookRecorder(
+        model, HookSpec(kinds=["backward", "param_grad"], every_n_steps=1)
+    ) as recorder:
         recorder.begin_step(1)
         model(x).pow(2).sum().backward()
         rows = recorder.collect()
@@ -76,7 +82,9 @@ def test_layer_names_are_qualified_module_names() -> None:
     model.add_module("features", nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()))
     model.add_module("flatten", nn.Flatten())
     model.add_module("fc", nn.Linear(2 * 6 * 6, 3))
-    with HookRecorder(model, kinds=["backward", "param_grad"], every_n_steps=1) as recorder:
+    with HookRecorder(
+        model, HookSpec(kinds=["backward", "param_grad"], every_n_steps=1)
+    ) as recorder:
         recorder.begin_step(1)
         model(torch.randn(2, 1, 8, 8)).sum().backward()
         rows = recorder.collect()
@@ -90,22 +98,32 @@ def test_layer_names_are_qualified_module_names() -> None:
     ]
 
 
-def test_nonfinite_gradients_are_counted() -> None:
-    grad = torch.tensor([1.0, float("nan"), float("inf"), 0.0])
-    stats = gradient_stats(grad).tolist()
-    assert stats[5:] == [1.0, 2.0]  # zeros, nonfinite
+def test_nonfinite_values_are_counted_exactly() -> None:
+    values = torch.tensor([1.0, float("nan"), float("inf"), 0.0])
+    stats = tensor_stats([values], ALL_STATS)[0].tolist()
+    assert stats[5] == 1.0 and stats[6] == SOME_NONFINITE  # zeros; "some" until counted
     assert math.isnan(stats[1])  # the mean, explicitly NaN
+    layer = nn.Linear(2, 2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, float("nan")], [float("inf"), 0.0]]))
+    model = nn.Sequential(layer)
+    with HookRecorder(model, HookSpec(kinds=["weights"])) as recorder:
+        recorder.begin_step(1)
+        (row, _bias) = recorder.collect()
+    assert row.layer == "0.weight" and row.nonfinite == 2 and row.zero_frac == 0.25
 
 
 def test_single_element_has_zero_std() -> None:
-    stats = gradient_stats(torch.tensor([3.0])).tolist()
+    stats = tensor_stats([torch.tensor([3.0])], ALL_STATS)[0].tolist()
     assert stats[:5] == [3.0, 3.0, 0.0, 3.0, 3.0]
 
 
 def test_only_every_nth_step_and_the_first_are_recorded() -> None:
     model = tiny_model(inplace=False)
     logged = []
-    with HookRecorder(model, kinds=["backward", "param_grad"], every_n_steps=3) as recorder:
+    with HookRecorder(
+        model, HookSpec(kinds=["backward", "param_grad"], every_n_steps=3)
+    ) as recorder:
         for step in range(1, 8):
             model.zero_grad()
             recorder.begin_step(step)
@@ -119,7 +137,7 @@ def test_only_every_nth_step_and_the_first_are_recorded() -> None:
 
 def test_unarmed_hooks_capture_nothing() -> None:
     model = tiny_model(inplace=False)
-    recorder = HookRecorder(model, kinds=["backward"], every_n_steps=2).attach()
+    recorder = HookRecorder(model, HookSpec(kinds=["backward"], every_n_steps=2)).attach()
     recorder.begin_step(2)
     with torch.no_grad():  # an evaluation pass inside a logged step adds no rows
         model(torch.randn(2, 4))
@@ -135,7 +153,7 @@ def test_unarmed_hooks_capture_nothing() -> None:
 
 def test_kinds_select_rows() -> None:
     model = tiny_model(inplace=False)
-    with HookRecorder(model, kinds=["param_grad"], every_n_steps=1) as recorder:
+    with HookRecorder(model, HookSpec(kinds=["param_grad"], every_n_steps=1)) as recorder:
         recorder.begin_step(1)
         model(torch.randn(2, 4)).sum().backward()
         assert {row.kind for row in recorder.collect()} == {"param_grad"}
@@ -144,7 +162,7 @@ def test_kinds_select_rows() -> None:
 
 def test_detach_removes_every_hook() -> None:
     model = tiny_model(inplace=True)
-    recorder = HookRecorder(model, kinds=["backward", "param_grad"], every_n_steps=1)
+    recorder = HookRecorder(model, HookSpec(kinds=["backward", "param_grad"], every_n_steps=1))
     recorder.attach()
     recorder.attach()  # attaching twice must not register twice
     assert sum(len(m._forward_hooks) for m in model.modules()) == 2
@@ -155,25 +173,28 @@ def test_detach_removes_every_hook() -> None:
 
 def test_context_manager_detaches_on_error() -> None:
     model = tiny_model(inplace=False)
-    with pytest.raises(RuntimeError), HookRecorder(model, kinds=["backward"], every_n_steps=1):
+    with (
+        pytest.raises(RuntimeError),
+        HookRecorder(model, HookSpec(kinds=["backward"], every_n_steps=1)),
+    ):
         raise RuntimeError("boom")
     assert all(not m._forward_hooks for m in model.modules())
 
 
 def test_unknown_kind_is_refused() -> None:
-    with pytest.raises(ValueError, match="unknown hook kinds"):
-        HookRecorder(tiny_model(inplace=False), kinds=["forward_pre"], every_n_steps=1)
+    with pytest.raises(ValidationError, match="kinds"):
+        HookSpec.model_validate({"kinds": ["sideways"]})
 
 
 def test_loss_scale_is_divided_out_of_output_gradients() -> None:
     model = tiny_model(inplace=False)
     x = torch.randn(3, 4)
-    plain = HookRecorder(model, kinds=["backward"], every_n_steps=1).attach()
+    plain = HookRecorder(model, HookSpec(kinds=["backward"], every_n_steps=1)).attach()
     plain.begin_step(1)
     model(x).sum().backward()
     expected = plain.collect()
     plain.detach()
-    scaled = HookRecorder(model, kinds=["backward"], every_n_steps=1).attach()
+    scaled = HookRecorder(model, HookSpec(kinds=["backward"], every_n_steps=1)).attach()
     scaled.begin_step(1)
     (model(x).sum() * 1024.0).backward()  # what GradScaler does to the loss
     rows = scaled.collect(scale=1024.0)

@@ -16,6 +16,7 @@ from shared.models import Checkpoint, Job, LayerTrace, Metric
 from worker.sinks import DatabaseSink
 from worker.tasks import execute_train
 from worker.training.probes import TraceRow
+from worker.writer import RowWriter
 
 TINY = {
     "model": {"preset": "my_model"},
@@ -49,8 +50,14 @@ def test_sink_buffers_rows_until_the_flush_period(
             session=session, job_id=job_id, worker="w", lease_seconds=60, max_attempts=3
         )
     now = [0.0]
+    writer = RowWriter(sessions=sessions, job_id=job_id)
     sink = DatabaseSink(
-        sessions=sessions, job_id=job_id, worker="w", settings=settings, clock=lambda: now[0]
+        sessions=sessions,
+        job_id=job_id,
+        worker="w",
+        settings=settings,
+        clock=lambda: now[0],
+        writer=writer,
     )
     row = TraceRow(
         step=1,
@@ -72,11 +79,14 @@ def test_sink_buffers_rows_until_the_flush_period(
             loss=1.0 / step,
             traces=[TraceRow(**{**_as_dict(row), "step": step})],
         )
-    assert _count(sessions, Metric, job_id) == 0  # ten steps, no write yet
+    writer.flush()  # whatever the writer was given is committed now
+    assert writer.pending == 0 and _count(sessions, Metric, job_id) == 0  # ten steps, no hand-off
     now[0] = settings.flush_seconds
     sink.on_step_end(step=11, epoch=1, loss=0.1, traces=[])
+    writer.flush()
     assert _count(sessions, Metric, job_id) == 11  # one batch with everything buffered
     assert _count(sessions, LayerTrace, job_id) == 10
+    sink.close()
 
 
 def _as_dict(row: TraceRow) -> dict[str, object]:

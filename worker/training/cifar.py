@@ -37,6 +37,7 @@ def _numpy_attr(submodule: str, attr: str) -> Any:
 _reconstruct = _numpy_attr("multiarray", "_reconstruct")
 _frombuffer = _numpy_attr("numeric", "_frombuffer")
 
+
 def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
     # Protocol 2 rebuilds bytes as _codecs.encode(text, "latin1"); no other codec may run.
     if encoding not in ("latin1", "latin-1"):

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from shared.errors import SpecError
 from shared.netspec import DEFAULT_MAX_PARAMS, build_model, dry_run
-from shared.spec import JobSpec, TrainSpec
+from shared.spec import HookSpec, JobSpec, TrainSpec
 from worker.training.checkpoint import (
     CheckpointBlob,
     capture,
@@ -28,13 +28,20 @@ from worker.training.checkpoint import (
     restore_model,
 )
 from worker.training.data import make_datasets, make_loader
+from worker.training.diagnose import AlertWatcher, Event, first_nonfinite, nonfinite_message
 from worker.training.optim import current_lr, make_criterion, make_optimizer, make_schedule
 from worker.training.probes import HookRecorder, TraceRow
 from worker.training.stopping import EarlyStopping
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message says at which step."""
+    """The loss became NaN or infinite; the message says at which step and where."""
+
+
+# What a re-run of a bad step records: every hook, only what locates a NaN / Inf.
+NONFINITE_PROBE = HookSpec(
+    kinds=["forward_pre", "forward", "backward", "param_grad"], stats=["norm", "nonfinite"]
+)
 
 
 @dataclass
@@ -76,6 +83,9 @@ class Callback:
     def should_stop(self) -> bool:
         """Polled once per step; True ends training early (FitResult.stopped)."""
         return False
+
+    def on_event(self, *, event: Event) -> None:
+        """Something a user should see in the job's events: an alert, a skipped step."""
 
     def on_fit_end(self, *, result: FitResult) -> None:
         """Called once after the final checkpoint; not called when fit raises."""
@@ -161,7 +171,45 @@ def fit(
     schedule = make_schedule(optimizer, train.scheduler, total_steps=n_steps, epochs=n_epochs)
     scaler = torch.amp.GradScaler(dev.type, enabled=train.precision == "fp16")
     early = EarlyStopping(train.early_stopping) if train.early_stopping else None
-    recorder = HookRecorder(model, kinds=spec.hooks.kinds, every_n_steps=spec.hooks.every_n_steps)
+    recorder = HookRecorder(model, spec.hooks)
+    alerts = AlertWatcher(spec.hooks.alerts)
+
+    def emit(event: Event) -> None:
+        for cb in callbacks:
+            cb.on_event(event=event)
+
+    def run_batches(
+        batches: list[tuple[torch.Tensor, torch.Tensor]], probe: HookRecorder, step: int
+    ) -> torch.Tensor:
+        """Forward and backward over a step's micro-batches; gradients add up."""
+        total = torch.zeros((), device=dev)
+        for i, (x, y) in enumerate(batches):
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            # Hooks record the last micro-batch's backward and the summed gradients.
+            if probe is recorder and i < len(batches) - 1:
+                probe.pause()
+            elif probe is recorder:
+                probe.begin_step(step)
+            with _autocast(train, dev):
+                loss = criterion(model(x), y) / len(batches)
+            scaler.scale(loss).backward()
+            total += loss.detach()
+        return total
+
+    def diagnose(batches: list[tuple[torch.Tensor, torch.Tensor]], step: int) -> list[TraceRow]:
+        """Re-run the bad step's batches with every hook armed to find where it went wrong."""
+        recorder.pause()
+        probe = HookRecorder(model, NONFINITE_PROBE).attach()
+        try:
+            optimizer.zero_grad()
+            probe.begin_step(step, force=True)
+            run_batches(batches, probe, step)
+            # Gradients stay scaled here (unscale_ runs once per step): only where the
+            # first NaN / Inf shows matters, and that the scale does not change.
+            probe.after_backward()
+            return probe.collect(scale=scaler.get_scale() if scaler.is_enabled() else 1.0)
+        finally:
+            probe.detach()
 
     for cb in callbacks:
         cb.on_fit_start(model=model, total_steps=n_steps, device=dev)
@@ -185,21 +233,23 @@ def fit(
                 # The seed's loop: zero_grad, forward, loss, backward, step. Gradients
                 # of the micro-batches add up until the optimizer step, as in the notes.
                 optimizer.zero_grad()
-                step_loss = torch.zeros((), device=dev)
-                for i, (x, y) in enumerate(micro_batches):
-                    x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-                    # Hooks record the last micro-batch's backward and the summed grads.
-                    if i == len(micro_batches) - 1:
-                        recorder.begin_step(step)
-                    else:
-                        recorder.pause()
-                    with _autocast(train, dev):
-                        loss = criterion(model(x), y) / len(micro_batches)
-                    scaler.scale(loss).backward()
-                    step_loss += loss.detach()
+                step_loss = run_batches(micro_batches, recorder, step)
                 scaler.unscale_(optimizer)  # param_grad traces and clipping see true gradients
-                # Output gradients were recorded during the scaled backward: unscale them.
-                traces = recorder.collect(scale=scaler.get_scale() if scaler.is_enabled() else 1.0)
+                loss_value = step_loss.item()  # the step's one host sync, before the update
+                if not math.isfinite(loss_value):
+                    rows = diagnose(micro_batches, step)
+                    message = nonfinite_message(first_nonfinite(rows), step, loss_value)
+                    for cb in callbacks:  # the rows of the bad step are kept
+                        cb.on_step_end(step=step, epoch=epoch, loss=loss_value, traces=rows)
+                    if spec.hooks.on_nonfinite == "fail":
+                        raise TrainingDiverged(message)
+                    emit(Event("skipped_step", message, {"step": step}))
+                    optimizer.zero_grad()  # no update from this batch
+                    if step >= n_steps or any(cb.should_stop() for cb in callbacks):
+                        stopped = step < n_steps
+                        break
+                    continue
+                recorder.after_backward()
                 _clip(model, train)
                 lr = current_lr(optimizer)  # the rate this step uses
                 scale = scaler.get_scale() if scaler.is_enabled() else 1.0
@@ -209,13 +259,11 @@ def fit(
                 # schedule must not advance for a step that did not happen.
                 if not scaler.is_enabled() or scaler.get_scale() >= scale:
                     schedule.after_step()
+                # Output gradients were recorded during the scaled backward: unscale them.
+                traces = recorder.collect(scale=scale)
+                for event in alerts.check(traces):
+                    emit(event)
 
-                loss_value = step_loss.item()  # the step's one host sync
-                if not math.isfinite(loss_value):
-                    raise TrainingDiverged(
-                        f"loss became {loss_value} at step {step}; lower "
-                        "train.optimizer.lr or check that the data and loss fit the model"
-                    )
                 epoch_losses.append(loss_value)
                 for cb in callbacks:
                     cb.on_step_end(step=step, epoch=epoch, loss=loss_value, traces=traces)
@@ -229,7 +277,9 @@ def fit(
             if stopped:
                 break  # a stopped epoch is not evaluated; the final checkpoint still comes
 
-            metrics = {"train_loss": sum(epoch_losses) / len(epoch_losses)}
+            # Every step of the epoch skipped (hooks.on_nonfinite "skip_step"): no mean.
+            mean_loss = sum(epoch_losses) / len(epoch_losses) if epoch_losses else math.nan
+            metrics = {"train_loss": mean_loss}
             if val_loader is not None:
                 metrics |= evaluate(model, val_loader, criterion, dev, classification, "val")
             for cb in callbacks:

@@ -32,7 +32,6 @@ _TOKEN_FEATURES = 8
 _REGRESSION_NOISE = 0.1
 
 
-
 def generated(data: DataSpec, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """digits, synthetic or fake: every sample, labels int64 (N,) or regression (N, D)."""
     if data.dataset == "digits":

@@ -1,0 +1,69 @@
+"""Which module hooks record statistics, on which layers, how often, and what they watch for."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from shared.spec.base import Strict
+from shared.spec.model import Glob
+
+HookKind = Literal["forward_pre", "forward", "backward", "param_grad", "weights"]
+Stat = Literal["norm", "mean", "std", "min", "max", "zero_frac", "nonfinite"]
+ALL_STATS: tuple[Stat, ...] = ("norm", "mean", "std", "min", "max", "zero_frac", "nonfinite")
+
+
+def _default_kinds() -> list[HookKind]:
+    return ["backward", "param_grad"]
+
+
+def _all_stats() -> list[Stat]:
+    return list(ALL_STATS)
+
+
+class AlertSpec(Strict):
+    """Gradient-norm thresholds per layer; crossing one adds a job event (once per layer)."""
+
+    vanishing_below: float | None = Field(default=None, gt=0.0, le=1e6)
+    exploding_above: float | None = Field(default=None, gt=0.0, le=1e12)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AlertSpec:
+        low, high = self.vanishing_below, self.exploding_above
+        if low is not None and high is not None and low >= high:
+            raise ValueError("vanishing_below must be below exploding_above")
+        return self
+
+
+class HookSpec(Strict):
+    """Module hooks, as the seed notes describe them, recording per-layer statistics.
+
+    `forward_pre`: each leaf module's input (forward pre-hooks). `forward`: each leaf
+    module's output. `backward`: the gradient w.r.t. the output of each module that owns
+    parameters (forward hook + `tensor.register_hook`, so in-place layers work).
+    `param_grad`: each trainable parameter's gradient after backward, plus the update
+    ratio ||dw|| / ||w|| of the optimizer step. `weights`: each parameter (frozen too).
+    """
+
+    every_n_steps: int = Field(default=1, ge=1, le=1_000_000)
+    kinds: list[HookKind] = Field(default_factory=_default_kinds)
+    layers: list[Glob] = Field(
+        default_factory=list, max_length=64, description="module / parameter name globs; all"
+    )
+    stats: list[Stat] = Field(default_factory=_all_stats, min_length=1)
+    histogram_bins: int = Field(default=0, ge=0, le=256, description="0: no histograms")
+    histogram_kinds: list[HookKind] = Field(default_factory=list)
+    on_nonfinite: Literal["fail", "skip_step"] = "fail"
+    alerts: AlertSpec | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HookSpec:
+        if self.histogram_kinds and not self.histogram_bins:
+            raise ValueError("histogram_kinds needs histogram_bins > 0")
+        if self.histogram_bins and not self.histogram_kinds:
+            self.histogram_kinds = list(self.kinds)
+        missing = set(self.histogram_kinds) - set(self.kinds)
+        if missing:
+            raise ValueError(f"histogram_kinds {sorted(missing)} are not in kinds")
+        return self

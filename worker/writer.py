@@ -1,0 +1,268 @@
+"""A bounded background writer: the training thread hands rows over and goes on training.
+
+`RowWriter.put` appends rows to an in-memory buffer and returns at once; a daemon thread
+drains the buffer and writes what has piled up in one transaction per batch. `put`
+waits only while the buffer holds `max_rows` rows (the database is slower than the
+loop produces rows), which bounds the memory a slow database can cost.
+
+On PostgreSQL a batch is a binary COPY into a temporary staging table followed by
+INSERT ... SELECT ... ON CONFLICT DO NOTHING (`repository.copy_ignoring_duplicates`).
+A plain COPY into the table would be a little faster, but it fails on the first row
+that already exists, and a re-delivered job re-writes the steps it had written before;
+staging keeps every write idempotent and still runs at about 0.8x of a raw COPY of
+the same rows (bench/trace_write.py). On SQLite (the embedded default) a batch is the
+multi-row INSERT ... ON CONFLICT DO NOTHING of `record_metrics` / `record_traces`.
+
+A failed batch stops the writer: the rows still buffered are dropped and the error is
+raised in the training thread by the next `put`, `flush` or `close`, so the job fails
+with a message instead of silently losing rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import psycopg
+from sqlalchemy import Table
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import repository
+from shared.db import session_scope
+from shared.errors import TrainyardError
+from shared.models import LayerTrace, Metric
+
+log = logging.getLogger(__name__)
+
+Row = Mapping[str, Any]
+_SqliteWrite = Callable[..., None]
+
+# table name -> (table, the multi-row INSERT used where COPY is not available)
+TABLES: dict[str, tuple[Table, _SqliteWrite]] = {
+    "metrics": (Metric.__table__, repository.record_metrics),  # type: ignore[dict-item]
+    "layer_traces": (LayerTrace.__table__, repository.record_traces),  # type: ignore[dict-item]
+}
+
+
+class RowWriteError(TrainyardError):
+    """The background writer could not store rows; the job fails with this message."""
+
+    status = 500
+    code = "write_failed"
+
+
+class WriterFull(Exception):
+    """`put(..., timeout=...)` gave up: the buffer stayed full for the whole timeout."""
+
+
+class RowWriter:
+    """Writes one job's metric and trace rows from a background thread, in batches.
+
+    put(table, rows)  hand rows over; blocks only while `max_rows` rows are buffered
+    flush()           wait until every row put so far is committed
+    close()           drain everything, stop and join the thread
+    abort()           drop what is buffered, stop and join the thread (the job was lost)
+
+    Rows are mappings of column name to value without job_id (the writer adds it);
+    the writer keeps references, so do not mutate rows after handing them over.
+    Rows that already exist are skipped, so writing the same rows twice is a no-op.
+    """
+
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        job_id: uuid.UUID,
+        max_rows: int = 200_000,
+        batch_rows: int = 20_000,
+    ) -> None:
+        if max_rows < 1 or batch_rows < 1:
+            raise ValueError("max_rows and batch_rows must be positive")
+        self._sessions = sessions
+        self._job_id = job_id
+        self.max_rows = max_rows
+        self.batch_rows = batch_rows
+        self._cond = threading.Condition()
+        self._queue: deque[tuple[str, Sequence[Row]]] = deque()
+        self._pending = 0  # rows put and not yet committed (buffered or being written)
+        self._accepted = 0  # rows put, ever
+        self._done = 0  # rows committed (or dropped after an error / abort), ever
+        self._error: RowWriteError | None = None
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def pending(self) -> int:
+        """Rows handed over that are not committed yet."""
+        with self._cond:
+            return self._pending
+
+    def put(self, table: str, rows: Sequence[Row], *, timeout: float | None = None) -> None:
+        """Queue rows for `table` ("metrics" or "layer_traces").
+
+        Returns at once unless the buffer is full; then waits for room (at most `timeout`
+        seconds, then WriterFull). Raises RowWriteError if an earlier batch failed.
+        """
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}; expected one of {sorted(TABLES)}")
+        for start in range(0, len(rows), self.max_rows):  # a huge put waits chunk by chunk
+            self._put_chunk(table, rows[start : start + self.max_rows], timeout)
+        if not rows:
+            with self._cond:
+                self._raise_if_failed()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every row put so far is committed (TimeoutError after `timeout`)."""
+        with self._cond:
+            target = self._accepted
+            if not self._cond.wait_for(lambda: self._done >= target, timeout):
+                raise TimeoutError(f"row writer: {self._pending} rows still pending")
+            self._raise_if_failed()
+
+    def close(self) -> None:
+        """Write everything buffered, then stop and join the thread; safe to call twice."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        with self._cond:
+            self._raise_if_failed()
+
+    def abort(self) -> None:
+        """Drop the buffered rows and stop (the batch being written, if any, completes)."""
+        with self._cond:
+            self._closing = True
+            self._drop_queue()
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    def __enter__(self) -> RowWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.close()
+        else:
+            self.abort()
+
+    # -- training thread -------------------------------------------------------------
+
+    def _put_chunk(self, table: str, rows: Sequence[Row], timeout: float | None) -> None:
+        with self._cond:
+            self._raise_if_failed()
+            if self._closing:
+                raise RuntimeError("row writer is closed")
+
+            def room() -> bool:
+                return self._error is not None or self._pending + len(rows) <= self.max_rows
+
+            if not self._cond.wait_for(room, timeout):
+                raise WriterFull(f"row writer buffer full ({self._pending} rows pending)")
+            self._raise_if_failed()
+            self._queue.append((table, rows))
+            self._pending += len(rows)
+            self._accepted += len(rows)
+            if self._thread is None:  # started on first use: an unused writer costs nothing
+                self._thread = threading.Thread(
+                    target=self._run, name=f"row-writer-{self._job_id}", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _drop_queue(self) -> None:
+        dropped = sum(len(rows) for _, rows in self._queue)
+        self._queue.clear()
+        self._pending -= dropped
+        self._done += dropped
+
+    # -- writer thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._queue) or self._closing)
+                if not self._queue:
+                    return  # closing and drained
+                batch = self._take_batch()
+            count = sum(len(rows) for _, rows in batch)
+            try:
+                self._write(batch)
+            except BaseException as exc:
+                log.error("job %s: row writer failed on %d rows", self._job_id, count, exc_info=exc)
+                with self._cond:
+                    self._error = _write_error(exc, batch)
+                    self._done += count
+                    self._pending -= count
+                    self._drop_queue()
+                    self._closing = True
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._done += count
+                self._pending -= count
+                self._cond.notify_all()
+
+    def _take_batch(self) -> list[tuple[str, Sequence[Row]]]:
+        """Everything queued, up to about batch_rows rows (always at least one put)."""
+        batch = [self._queue.popleft()]
+        size = len(batch[0][1])
+        while self._queue and size + len(self._queue[0][1]) <= self.batch_rows:
+            table, rows = self._queue.popleft()
+            size += len(rows)
+            batch.append((table, rows))
+        return batch
+
+    def _write(self, batch: list[tuple[str, Sequence[Row]]]) -> None:
+        """One transaction for the whole batch, one statement group per table."""
+        by_table: dict[str, list[Row]] = {}
+        for table, rows in batch:
+            by_table.setdefault(table, []).extend(rows)
+        with session_scope(self._sessions) as session:
+            postgres = session.get_bind().dialect.name == "postgresql"
+            for name, rows in by_table.items():
+                target, insert = TABLES[name]
+                if postgres:
+                    repository.copy_ignoring_duplicates(
+                        session=session, table=target, job_id=self._job_id, rows=rows
+                    )
+                else:
+                    insert(session=session, job_id=self._job_id, rows=rows)
+
+
+def _write_error(exc: BaseException, batch: list[tuple[str, Sequence[Row]]]) -> RowWriteError:
+    """A one-line message a user can read; the driver's text (SQL, hosts) stays in the log."""
+    counts: dict[str, int] = {}
+    for table, rows in batch:
+        counts[table] = counts.get(table, 0) + len(rows)
+    what = " and ".join(f"{n} {table} rows" for table, n in counts.items())
+    if isinstance(exc, SQLAlchemyError | psycopg.Error):
+        cause: Any = getattr(exc, "orig", None) or exc
+        reason = type(cause).__name__
+        constraint = getattr(getattr(cause, "diag", None), "constraint_name", None)
+        if constraint:
+            reason += f" on {constraint}"
+        text = f"could not save {what} to the database ({reason}); see the worker log"
+    else:
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        reason = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+        text = f"could not save {what} to the database ({reason})"
+    error = RowWriteError(text)
+    error.__cause__ = exc
+    return error
