@@ -3,7 +3,9 @@
     .venv/bin/python bench/probe_overhead.py [--steps 200] [--rounds 5] [--device cpu|cuda]
 
 Same model, same batches, same optimizer; the seed's NeuralNetwork MLP and Net (LeNet) at
-batch 64. The service variants run `fit()` with the DatabaseSink, so trace rows are really
+batch 64. Rates are of the steady loop (from step 10 to the last step), so one-off work
+at the start and end of a job (dataset, dry run, final checkpoint) stays out of them.
+The service variants run `fit()` with the DatabaseSink, so trace rows are really
 written to PostgreSQL (TRAINYARD_BENCH_PG, default the local server; a scratch database is
 created and dropped). Variants run interleaved (A B C ... A B C ...) and medians are
 printed, because this machine is noisy. Ratios are against the plain loop of the same run.
@@ -30,7 +32,7 @@ from shared.netspec import build_model
 from shared.spec import JobSpec
 from worker.sinks import DatabaseSink
 from worker.training.data import make_datasets, make_loader
-from worker.training.loop import fit
+from worker.training.loop import Callback, fit
 
 SERVER = os.environ.get("TRAINYARD_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 MODELS = {"mlp": ("neural_network", [1, 28, 28]), "lenet": ("lenet", [1, 32, 32])}
@@ -61,6 +63,24 @@ def job(preset: str, shape: list[int], steps: int, device: str, hooks: dict[str,
     )
 
 
+WARMUP = 10  # steps left out of every rate: allocator and caches settle first
+
+
+def rate(stamps: list[float]) -> float:
+    """Steps/s between the end of step WARMUP and the last step (the steady loop)."""
+    return (len(stamps) - WARMUP) / (stamps[-1] - stamps[WARMUP - 1])
+
+
+class Stamps(Callback):
+    """When each step ended: epoch-end work (evaluation, checkpoints) stays out of the rate."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_step_end(self, *, step: int, epoch: int, loss: float, traces: list[Any]) -> None:
+        self.times.append(time.perf_counter())
+
+
 def plain_loop(spec: JobSpec, device: str) -> float:
     """The seed's loop written out: zero_grad / forward / loss / backward / step."""
     torch.manual_seed(spec.train.seed)
@@ -69,8 +89,7 @@ def plain_loop(spec: JobSpec, device: str) -> float:
     loader = make_loader(train.train, batch_size=64, shuffle=True, seed=spec.train.seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=spec.train.optimizer.lr)
     criterion = nn.CrossEntropyLoss()
-    steps = 0
-    start = time.perf_counter()
+    stamps = []
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         optimizer.zero_grad()
@@ -78,8 +97,8 @@ def plain_loop(spec: JobSpec, device: str) -> float:
         loss.backward()
         optimizer.step()
         loss.item()
-        steps += 1
-    return steps / (time.perf_counter() - start)
+        stamps.append(time.perf_counter())
+    return rate(stamps)
 
 
 class Database:
@@ -117,8 +136,9 @@ class Database:
 
 def service_fit(spec: JobSpec, db: Database) -> float:
     """fit() with the real DatabaseSink; steps/s of the training loop itself."""
-    result = fit(spec, callbacks=[db.sink()])
-    return result.steps_per_s
+    stamps = Stamps()
+    fit(spec, callbacks=[db.sink(), stamps])
+    return rate(stamps.times)
 
 
 def trace_rows(db: Database) -> int:

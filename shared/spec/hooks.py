@@ -10,8 +10,10 @@ from shared.spec.base import Strict
 from shared.spec.model import Glob
 
 HookKind = Literal["forward_pre", "forward", "backward", "param_grad", "weights"]
-Stat = Literal["norm", "mean", "std", "min", "max", "zero_frac", "nonfinite"]
-ALL_STATS: tuple[Stat, ...] = ("norm", "mean", "std", "min", "max", "zero_frac", "nonfinite")
+Stat = Literal["norm", "mean", "std", "min", "max", "zero_frac", "nonfinite", "update_ratio"]
+ALL_STATS: tuple[Stat, ...] = (
+    "norm", "mean", "std", "min", "max", "zero_frac", "nonfinite", "update_ratio",
+)  # fmt: skip
 
 
 def _default_kinds() -> list[HookKind]:

@@ -12,7 +12,7 @@ from torch import nn
 from shared.spec import HookSpec
 from shared.spec.hooks import ALL_STATS
 from worker.training.probes import HookRecorder, TraceRow
-from worker.training.stats import SOME_NONFINITE, tensor_stats
+from worker.training.stats import derive, reduce
 
 
 def tiny_model(inplace: bool) -> nn.Sequential:
@@ -100,9 +100,10 @@ def test_layer_names_are_qualified_module_names() -> None:
 
 def test_nonfinite_values_are_counted_exactly() -> None:
     values = torch.tensor([1.0, float("nan"), float("inf"), 0.0])
-    stats = tensor_stats([values], ALL_STATS)[0].tolist()
-    assert stats[5] == 1.0 and stats[6] == SOME_NONFINITE  # zeros; "some" until counted
-    assert math.isnan(stats[1])  # the mean, explicitly NaN
+    raw = reduce([values], ALL_STATS)[0].tolist()
+    derived = derive(raw, 4, ALL_STATS)
+    assert derived["zero_frac"] == 0.25 and not math.isfinite(raw[0])
+    assert derived["mean"] is not None and math.isnan(derived["mean"])  # explicitly NaN
     layer = nn.Linear(2, 2)
     with torch.no_grad():
         layer.weight.copy_(torch.tensor([[1.0, float("nan")], [float("inf"), 0.0]]))
@@ -114,8 +115,9 @@ def test_nonfinite_values_are_counted_exactly() -> None:
 
 
 def test_single_element_has_zero_std() -> None:
-    stats = tensor_stats([torch.tensor([3.0])], ALL_STATS)[0].tolist()
-    assert stats[:5] == [3.0, 3.0, 0.0, 3.0, 3.0]
+    raw = reduce([torch.tensor([3.0])], ALL_STATS)[0].tolist()
+    assert derive(raw, 1, ALL_STATS) == {"mean": 3.0, "std": 0.0, "min": 3.0, "max": 3.0,
+                                         "zero_frac": 0.0}  # fmt: skip
 
 
 def test_only_every_nth_step_and_the_first_are_recorded() -> None:

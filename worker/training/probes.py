@@ -8,6 +8,7 @@ statistics, update ratios and histograms back together.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -19,7 +20,14 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from shared.spec import HookSpec
-from worker.training.stats import SOME_NONFINITE, count_nonfinite, histograms, tensor_stats
+from worker.training.stats import (
+    RAW,
+    count_nonfinite,
+    derive,
+    histograms,
+    reduce,
+    squared_norms,
+)
 
 KINDS = ("forward_pre", "forward", "backward", "param_grad", "weights")
 # The order a non-finite value propagates in: inputs, outputs, then gradients.
@@ -56,10 +64,9 @@ class _Pending:
     seq: int
     layer: str
     kind: str
-    numel: int
-    stats: torch.Tensor  # one row of tensor_stats
-    hist: torch.Tensor | None
-    tensor: torch.Tensor | None  # kept only while its count of non-finite values is unknown
+    tensor: torch.Tensor  # detached; reduced later unless `raw` is already set
+    raw: torch.Tensor | None = None  # one row of stats.reduce()
+    hist: torch.Tensor | None = None
 
 
 def _matches(name: str, globs: Sequence[str]) -> bool:
@@ -162,8 +169,9 @@ class HookRecorder:
         return self._armed
 
     def after_backward(self) -> None:
-        """After backward, before clipping and the optimizer step: parameter gradients,
-        and a copy of the weights so the step's update ratio can be measured."""
+        """After backward, before clipping and the optimizer step: reduce the captured
+        gradients (a few batched launches, no sync), and copy the weights if the step's
+        update ratio is wanted."""
         self._take_grads(snapshot=True)
 
     def _take_grads(self, *, snapshot: bool) -> None:
@@ -171,16 +179,14 @@ class HookRecorder:
             return
         self._grads_taken = True
         if "param_grad" in self.kinds:
-            named = [(n, p.grad) for n, p in self._params if p.requires_grad and p.grad is not None]
-            self._add_batch(
-                "param_grad", [n for n, _ in named], [g for _, g in named if g is not None]
-            )
-            tracked = [
-                p.detach() for _, p in self._params if p.requires_grad and p.grad is not None
-            ]
-            # A copy of the weights (one pass) to measure the step's update against.
-            if snapshot and tracked:
-                self._before = list(torch._foreach_mul(tracked, 1.0))
+            named = [(n, p) for n, p in self._params if p.requires_grad and p.grad is not None]
+            for name, p in named:
+                assert p.grad is not None
+                self._capture("param_grad", name, p.grad)
+            if snapshot and named and "update_ratio" in self.stats:
+                # A copy of the weights (one pass) to measure the step's update against.
+                self._before = list(torch._foreach_mul([p.detach() for _, p in named], 1.0))
+        self._reduce_deferred()
 
     def collect(self, scale: float = 1.0) -> list[TraceRow]:
         """After the optimizer step: this step's rows (empty when the step is not logged).
@@ -193,21 +199,23 @@ class HookRecorder:
         self._take_grads(snapshot=False)  # no optimizer step was taken: no update ratio
         self._armed = False
         if "weights" in self.kinds:
-            self._add_batch("weights", [n for n, _ in self._params], [p for _, p in self._params])
+            for name, p in self._params:
+                self._capture("weights", name, p)
+            self._reduce_deferred()
         pending, self._pending = self._pending, []
         if not pending:
             return []
-        stats = torch.stack([p.stats for p in pending])
+        raw = torch.stack([p.raw for p in pending if p.raw is not None])
         if scale != 1.0:
-            scaled = torch.tensor([p.kind == "backward" for p in pending], device=stats.device)
-            stats[scaled, :5] /= scale  # norm, mean, std, min, max
-        parts = [stats.reshape(-1)]
+            scaled = torch.tensor([p.kind == "backward" for p in pending], device=raw.device)
+            raw[scaled, :4] /= scale  # norm, sum, min, max
+        parts = [raw.reshape(-1)]
         ratios = self._update_ratios()
         if ratios is not None:
-            parts.append(ratios.to(stats.device))
+            parts.append(ratios.to(raw.device))
         hists = [p.hist for p in pending if p.hist is not None]
         if hists:
-            parts.append(torch.stack(hists).reshape(-1).to(stats.device))
+            parts.append(torch.stack(hists).reshape(-1).to(raw.device))
         flat = torch.cat(parts).cpu()  # the one device-to-host copy of the step
         rows = self._rows(pending, flat, with_ratios=ratios is not None)
         return sorted(rows, key=lambda r: (KIND_ORDER[r.kind], self._position.get(r.layer, 0)))
@@ -217,89 +225,89 @@ class HookRecorder:
     def _update_ratios(self) -> torch.Tensor | None:
         if self._before is None:
             return None
-        after = [p.detach() for n, p in self._params if p.requires_grad and p.grad is not None]
-        deltas = torch._foreach_sub(after, self._before)
-        ratio = torch.stack(torch._foreach_norm(deltas)) / torch.stack(
-            torch._foreach_norm(self._before)
-        ).clamp_min(1e-30)
+        after = [
+            p.detach().reshape(-1)
+            for _, p in self._params
+            if p.requires_grad and p.grad is not None
+        ]
+        before = [b.reshape(-1) for b in self._before]
+        deltas = torch._foreach_sub(after, before)
+        ratio = squared_norms(deltas).sqrt() / squared_norms(before).sqrt().clamp_min(1e-30)
         self._before = None
-        return ratio.double()
+        return ratio
 
     def _rows(
         self, pending: list[_Pending], flat: torch.Tensor, *, with_ratios: bool
     ) -> list[TraceRow]:
         n = len(pending)
-        table = flat[: n * 7].reshape(n, 7).tolist()
-        offset = n * 7
+        width = len(RAW)
+        table = flat[: n * width].reshape(n, width).tolist()
+        offset = n * width
         ratio_of: dict[int, float] = {}
         if with_ratios:
             grads = [i for i, p in enumerate(pending) if p.kind == "param_grad"]
             ratio_of = dict(zip(grads, flat[offset : offset + len(grads)].tolist(), strict=True))
             offset += len(grads)
-        hist_rows = flat[offset:].reshape(-1, self.bins).tolist() if self.bins else []
-        hist_iter = iter(hist_rows)
+        hist_rows = iter(flat[offset:].reshape(-1, self.bins).tolist() if self.bins else [])
         rows = []
-        for i, (p, (norm, mean, std, low, high, zeros, nonfinite)) in enumerate(
-            zip(pending, table, strict=True)
-        ):
-            if nonfinite == SOME_NONFINITE and p.tensor is not None:
-                nonfinite = count_nonfinite(p.tensor)  # rare: something overflowed
+        for i, (p, raw) in enumerate(zip(pending, table, strict=True)):
+            norm = raw[0]
+            # A non-finite norm means some values are NaN / inf: count them (rare path).
+            nonfinite = 0 if math.isfinite(norm) else count_nonfinite(p.tensor)
             rows.append(
                 TraceRow(
                     step=self._step,
                     layer=p.layer,
                     kind=p.kind,
-                    numel=p.numel,
+                    numel=p.tensor.numel(),
                     norm=norm,
-                    mean=mean if "mean" in self.stats else None,
-                    std=std if "std" in self.stats else None,
-                    min=low if "min" in self.stats else None,
-                    max=high if "max" in self.stats else None,
-                    zero_frac=zeros / p.numel if "zero_frac" in self.stats else None,
-                    nonfinite=max(int(nonfinite), 0),
+                    **derive(raw, p.tensor.numel(), self.stats),
+                    nonfinite=nonfinite,
                     update_ratio=ratio_of.get(i),
-                    histogram=next(hist_iter) if p.hist is not None else None,
+                    histogram=next(hist_rows) if p.hist is not None else None,
                     seq=p.seq,
                 )
             )
         return rows
 
-    def _add(self, kind: str, name: str, tensor: torch.Tensor) -> None:
-        self._add_batch(kind, [name], [tensor])
+    def _capture(self, kind: str, name: str, tensor: torch.Tensor, *, now: bool = False) -> None:
+        """Queue a tensor; `now` reduces it at once (it may change in place afterwards)."""
+        self._seq += 1
+        item = _Pending(seq=self._seq, layer=name, kind=kind, tensor=tensor.detach())
+        if now:
+            item.raw = reduce([item.tensor], self.stats)[0]
+            if kind in self.hist_kinds and self.bins:
+                item.hist = histograms([item.tensor], self.bins)[0]
+        self._pending.append(item)
 
-    def _add_batch(self, kind: str, names: Sequence[str], tensors: Sequence[torch.Tensor]) -> None:
-        if not tensors:
+    def _reduce_deferred(self) -> None:
+        """Reduce every queued tensor not yet reduced, in one batched call per kind."""
+        waiting = [p for p in self._pending if p.raw is None]
+        if not waiting:
             return
-        stats = tensor_stats(tensors, self.stats)
-        hists = histograms(tensors, self.bins) if kind in self.hist_kinds and self.bins else None
-        for i, (name, tensor) in enumerate(zip(names, tensors, strict=True)):
-            self._seq += 1
-            self._pending.append(
-                _Pending(
-                    seq=self._seq,
-                    layer=name,
-                    kind=kind,
-                    numel=tensor.numel(),
-                    stats=stats[i],
-                    hist=hists[i] if hists is not None else None,
-                    # Held so a non-finite count can be taken exactly on the rare bad step.
-                    tensor=tensor.detach(),
-                )
-            )
+        raw = reduce([p.tensor for p in waiting], self.stats)
+        for i, item in enumerate(waiting):
+            item.raw = raw[i]
+        for kind in {p.kind for p in waiting} & self.hist_kinds if self.bins else ():
+            same = [p for p in waiting if p.kind == kind]
+            for item, hist in zip(
+                same, histograms([p.tensor for p in same], self.bins), strict=True
+            ):
+                item.hist = hist
 
     def _input_hook(self, name: str) -> Callable[[nn.Module, Any], None]:
         def on_input(module: nn.Module, args: Any) -> None:
             x = args[0] if args else None
             # Token ids (an Embedding's input) are not statistics material.
             if self._armed and isinstance(x, torch.Tensor) and x.numel() and x.is_floating_point():
-                self._add("forward_pre", name, x)
+                self._capture("forward_pre", name, x, now=True)
 
         return on_input
 
     def _output_hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
         def on_output(module: nn.Module, args: Any, output: Any) -> None:
             if self._armed and isinstance(output, torch.Tensor) and output.numel():
-                self._add("forward", name, output)
+                self._capture("forward", name, output, now=True)
 
         return on_output
 
@@ -314,7 +322,7 @@ class HookRecorder:
             # after this one, and sees the gradient of the value this module produced.
             def on_grad(grad: torch.Tensor) -> None:
                 if self._armed:
-                    self._add("backward", name, grad)
+                    self._capture("backward", name, grad)  # reduced with the rest, batched
 
             output.register_hook(on_grad)
 
