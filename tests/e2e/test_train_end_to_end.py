@@ -77,7 +77,9 @@ def test_lenet_on_digits_round_trip(live: LiveService) -> None:
     assert logged == [1, *range(5, steps + 1, 5)]
     at_5 = {(t["kind"], t["layer"]) for t in traces if t["step"] == 5}
     layers = {"conv1", "conv2", "fc1", "fc2", "fc3"}
-    assert {name for kind, name in at_5 if kind == "backward"} == layers
+    # Output gradients of every layer; input gradients of all but conv1 (its input is data).
+    inputs = {f"{name}:input" for name in layers - {"conv1"}}
+    assert {name for kind, name in at_5 if kind == "backward"} == layers | inputs
     assert {name for kind, name in at_5 if kind == "param_grad"} == {
         f"{layer}.{p}" for layer in layers for p in ("weight", "bias")
     }
@@ -178,11 +180,11 @@ def test_probe_kinds_and_alerts_through_the_service(live: LiveService) -> None:
     rows = live.get(f"/api/v1/jobs/{job['id']}/traces", at_step=3).json()["traces"]
     kinds = {t["kind"] for t in rows}
     assert kinds == {"forward_pre", "forward", "backward", "param_grad", "weights"}
-    # 3 leaf modules x 2 forward kinds + 2 parameter owners (backward) + 4 parameters x
-    # (param_grad, weights): 16 rows a step.
-    assert len(rows) == 16
+    # 3 leaf modules x 2 forward kinds + 2 parameter owners' outputs and fc2's input
+    # (backward) + 4 parameters x (param_grad, weights): 17 rows a step.
+    assert len(rows) == 17
     assert all(t["update_ratio"] > 0 for t in rows if t["kind"] == "param_grad")
     assert all(len(t["histogram"]) == 4 for t in rows)
     events = live.get(f"/api/v1/jobs/{job['id']}/events").json()["events"]
     alerts = [e for e in events if e["kind"] == "exploding_gradient"]
-    assert len(alerts) == 6 and alerts[0]["data"]["threshold"] == 1e-9
+    assert len(alerts) == 7 and alerts[0]["data"]["threshold"] == 1e-9

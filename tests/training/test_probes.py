@@ -65,13 +65,17 @@ def test_rows_match_autograd_through_an_inplace_relu() -> None:
     # Direct: retain_grad on the (not in-place) outputs of the modules that own parameters.
     hidden = reference[0](x)
     hidden.retain_grad()
-    out = reference[2](reference[1](hidden))
+    relu = reference[1](hidden)
+    relu.retain_grad()
+    out = reference[2](relu)
     out.retain_grad()
     out.pow(2).sum().backward()
 
+    # Layer "0" gets the data (no gradient); layer "2"'s input is the ReLU's output.
     expected = [
         expected_row(1, "0", "backward", hidden.grad),
         expected_row(1, "2", "backward", out.grad),
+        expected_row(1, "2:input", "backward", relu.grad),
     ] + [expected_row(1, name, "param_grad", p.grad) for name, p in reference.named_parameters()]
     assert_rows_match(rows, expected)
     assert any(row.zero_frac > 0 for row in rows)
@@ -91,6 +95,7 @@ def test_layer_names_are_qualified_module_names() -> None:
     assert [(r.kind, r.layer) for r in rows] == [
         ("backward", "features.0"),
         ("backward", "fc"),
+        ("backward", "fc:input"),
         ("param_grad", "features.0.weight"),
         ("param_grad", "features.0.bias"),
         ("param_grad", "fc.weight"),
@@ -147,9 +152,9 @@ def test_unarmed_hooks_capture_nothing() -> None:
     recorder.begin_step(3)  # not a logged step: the backward pass records nothing
     model(torch.randn(2, 4)).sum().backward()
     assert recorder.collect() == []
-    recorder.begin_step(4)  # a logged step again: one row per Linear
+    recorder.begin_step(4)  # a logged step again: each Linear's output, and "2"'s input
     model(torch.randn(2, 4)).sum().backward()
-    assert len(recorder.collect()) == 2
+    assert [r.layer for r in recorder.collect()] == ["0", "2", "2:input"]
     recorder.detach()
 
 

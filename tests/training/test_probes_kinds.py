@@ -83,6 +83,7 @@ def test_layer_globs_stats_and_histograms() -> None:
     rows = run_step(model, spec, torch.randn(5, 4))
     assert {(r.kind, r.layer) for r in rows} == {
         ("backward", "2"),
+        ("backward", "2:input"),
         ("param_grad", "2.weight"),
         ("param_grad", "2.bias"),
     }
@@ -209,5 +210,5 @@ def test_alerts_reach_callbacks_as_events() -> None:
     cb = Events()
     fit(JobSpec.model_validate(raw), callbacks=[cb])
     kinds = [kind for kind, _ in cb.events]
-    # Once per layer and kind: fc1, fc2 outputs; four parameters.
-    assert kinds == ["exploding_gradient"] * 6
+    # Once per layer and kind: fc1, fc2 outputs, fc2's input; four parameters.
+    assert kinds == ["exploding_gradient"] * 7

@@ -282,8 +282,11 @@ def test_a_job_with_probes_on_every_step_writes_every_row_once(
     }
     model = build_model(JobSpec.model_validate(spec).model)
     owners = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
-    per_step = len(owners) + sum(1 for p in model.parameters() if p.requires_grad)
-    assert per_step == 2 + 4  # fc1, fc2 backward; their weights and biases' param_grad
+    # Each owner's output gradient, plus its input gradient where the input needs one
+    # (not fc1's: that is the data), plus every trainable parameter's gradient.
+    inputs = len(owners) - 1
+    per_step = len(owners) + inputs + sum(1 for p in model.parameters() if p.requires_grad)
+    assert per_step == 2 + 1 + 4
     job_id = _new_job(sessions, spec)
     eager = settings.model_copy(update={"flush_seconds": 0.0})  # a hand-off every step
     assert execute_train(job_id, worker="w", sessions=sessions, settings=eager) == "succeeded"

@@ -127,6 +127,8 @@ class HookRecorder:
             for name, module in _owners(self.model):
                 if _matches(name, self.globs):
                     self._handles.append(module.register_forward_hook(self._grad_hook(name)))
+                    pre = module.register_forward_pre_hook(self._input_grad_hook(name))
+                    self._handles.append(pre)
         return self
 
     def detach(self) -> None:
@@ -218,7 +220,11 @@ class HookRecorder:
             parts.append(torch.stack(hists).reshape(-1).to(raw.device))
         flat = torch.cat(parts).cpu()  # the one device-to-host copy of the step
         rows = self._rows(pending, flat, with_ratios=ratios is not None)
-        return sorted(rows, key=lambda r: (KIND_ORDER[r.kind], self._position.get(r.layer, 0)))
+        return sorted(rows, key=self._row_order)
+
+    def _row_order(self, row: TraceRow) -> tuple[int, int, int]:
+        module, _, port = row.layer.partition(":")  # "fc2:input" follows "fc2"
+        return KIND_ORDER[row.kind], self._position.get(module, 0), 1 if port else 0
 
     # --- internals -------------------------------------------------------------------
 
@@ -310,6 +316,25 @@ class HookRecorder:
                 self._capture("forward", name, output, now=True)
 
         return on_output
+
+    def _input_grad_hook(self, name: str) -> Callable[[nn.Module, Any], Any]:
+        def on_input(module: nn.Module, args: Any) -> Any:
+            x = args[0] if args else None
+            if not self._armed or not isinstance(x, torch.Tensor) or not x.requires_grad:
+                return None
+            # The module gets a view of its input, so the hook sees only the gradient that
+            # flows back through this module (what grad_input means), not the sum over
+            # every use of the tensor (a residual connection adds another).
+            view = x.view_as(x)
+
+            def on_grad(grad: torch.Tensor) -> None:
+                if self._armed:
+                    self._capture("backward", f"{name}:input", grad)
+
+            view.register_hook(on_grad)
+            return (view, *args[1:])
+
+        return on_input
 
     def _grad_hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
         def on_output(module: nn.Module, args: Any, output: Any) -> None:
