@@ -20,8 +20,20 @@ def _default_kinds() -> list[HookKind]:
     return ["backward", "param_grad"]
 
 
-def _all_stats() -> list[Stat]:
-    return list(ALL_STATS)
+# Without `stats`, each kind records what tells most about it, and no more: every extra
+# statistic is another pass over the tensor on every logged step.
+DEFAULT_STATS: dict[str, frozenset[str]] = {
+    "forward_pre": frozenset({"norm", "mean", "std", "min", "max", "zero_frac", "nonfinite"}),
+    "forward": frozenset({"norm", "mean", "std", "min", "max", "zero_frac", "nonfinite"}),
+    "backward": frozenset({"norm", "mean", "std", "max", "nonfinite"}),
+    "param_grad": frozenset({"norm", "mean", "std", "max", "nonfinite", "update_ratio"}),
+    "weights": frozenset({"norm", "mean", "std", "min", "max", "nonfinite"}),
+}
+
+
+def stats_for(kind: str, chosen: list[Stat] | None) -> frozenset[str]:
+    """The statistics recorded for `kind`: the spec's choice, or the kind's default."""
+    return frozenset(chosen) if chosen else DEFAULT_STATS[kind]
 
 
 class AlertSpec(Strict):
@@ -53,7 +65,9 @@ class HookSpec(Strict):
     layers: list[Glob] = Field(
         default_factory=list, max_length=64, description="module / parameter name globs; all"
     )
-    stats: list[Stat] = Field(default_factory=_all_stats, min_length=1)
+    stats: list[Stat] | None = Field(
+        default=None, min_length=1, description="the same statistics for every kind"
+    )
     histogram_bins: int = Field(default=0, ge=0, le=256, description="0: no histograms")
     histogram_kinds: list[HookKind] = Field(default_factory=list)
     on_nonfinite: Literal["fail", "skip_step"] = "fail"

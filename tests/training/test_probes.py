@@ -56,7 +56,7 @@ def test_rows_match_autograd_through_an_inplace_relu() -> None:
     x[0] = -10.0  # makes some ReLU outputs exactly zero, so zero_frac is exercised
 
     with HookRecorder(
-        model, HookSpec(kinds=["backward", "param_grad"], every_n_steps=1)
+        model, HookSpec(kinds=["backward", "param_grad"], every_n_steps=1, stats=list(ALL_STATS))
     ) as recorder:
         recorder.begin_step(1)
         model(x).pow(2).sum().backward()
@@ -113,7 +113,7 @@ def test_nonfinite_values_are_counted_exactly() -> None:
     with torch.no_grad():
         layer.weight.copy_(torch.tensor([[1.0, float("nan")], [float("inf"), 0.0]]))
     model = nn.Sequential(layer)
-    with HookRecorder(model, HookSpec(kinds=["weights"])) as recorder:
+    with HookRecorder(model, HookSpec(kinds=["weights"], stats=list(ALL_STATS))) as recorder:
         recorder.begin_step(1)
         (row, _bias) = recorder.collect()
     assert row.layer == "0.weight" and row.nonfinite == 2 and row.zero_frac == 0.25

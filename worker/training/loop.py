@@ -40,7 +40,8 @@ class TrainingDiverged(RuntimeError):
 
 # What a re-run of a bad step records: every hook, only what locates a NaN / Inf.
 NONFINITE_PROBE = HookSpec(
-    kinds=["forward_pre", "forward", "backward", "param_grad"], stats=["norm", "nonfinite"]
+    kinds=["forward_pre", "forward", "backward", "param_grad"],
+    stats=["norm", "nonfinite"],
 )
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from shared.spec import HookSpec
+from shared.spec.hooks import stats_for
 from worker.training.stats import (
     RAW,
     count_nonfinite,
@@ -90,7 +91,7 @@ class HookRecorder:
         self.model = model
         self.kinds = frozenset(spec.kinds)
         self.every_n_steps = spec.every_n_steps
-        self.stats = frozenset(spec.stats)
+        self.stats = {kind: stats_for(kind, spec.stats) for kind in KINDS}
         self.bins = spec.histogram_bins
         self.hist_kinds = frozenset(spec.histogram_kinds)
         self.globs = list(spec.layers)
@@ -185,7 +186,7 @@ class HookRecorder:
             for name, p in named:
                 assert p.grad is not None
                 self._capture("param_grad", name, p.grad)
-            if snapshot and named and "update_ratio" in self.stats:
+            if snapshot and named and "update_ratio" in self.stats["param_grad"]:
                 # A copy of the weights (one pass) to measure the step's update against.
                 self._before = list(torch._foreach_mul([p.detach() for _, p in named], 1.0))
         self._reduce_deferred()
@@ -267,7 +268,7 @@ class HookRecorder:
                     kind=p.kind,
                     numel=p.tensor.numel(),
                     norm=norm,
-                    **derive(raw, p.tensor.numel(), self.stats),
+                    **derive(raw, p.tensor.numel(), self.stats[p.kind]),
                     nonfinite=nonfinite,
                     update_ratio=ratio_of.get(i),
                     histogram=next(hist_rows) if p.hist is not None else None,
@@ -281,7 +282,7 @@ class HookRecorder:
         self._seq += 1
         item = _Pending(seq=self._seq, layer=name, kind=kind, tensor=tensor.detach())
         if now:
-            item.raw = reduce([item.tensor], self.stats)[0]
+            item.raw = reduce([item.tensor], self.stats[kind])[0]
             if kind in self.hist_kinds and self.bins:
                 item.hist = histograms([item.tensor], self.bins)[0]
         self._pending.append(item)
@@ -291,9 +292,11 @@ class HookRecorder:
         waiting = [p for p in self._pending if p.raw is None]
         if not waiting:
             return
-        raw = reduce([p.tensor for p in waiting], self.stats)
-        for i, item in enumerate(waiting):
-            item.raw = raw[i]
+        for kind in {p.kind for p in waiting}:
+            same = [p for p in waiting if p.kind == kind]
+            raw = reduce([p.tensor for p in same], self.stats[kind])
+            for i, item in enumerate(same):
+                item.raw = raw[i]
         for kind in {p.kind for p in waiting} & self.hist_kinds if self.bins else ():
             same = [p for p in waiting if p.kind == kind]
             for item, hist in zip(
