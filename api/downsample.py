@@ -34,8 +34,14 @@ def downsample(
             buckets[int((step(rows[i]) - first) / width)].append(i)
         for members in buckets.values():
             keep.add(members[0])
-            scored = [i for i in members if value(rows[i]) is not None]
+            # NaN compares false with everything: keep such points outright.
+            keep.update(i for i in members if _nan(value(rows[i])))
+            scored = [i for i in members if value(rows[i]) is not None and not _nan(value(rows[i]))]
             if scored:
                 keep.add(min(scored, key=lambda i: value(rows[i]) or 0.0))
                 keep.add(max(scored, key=lambda i: value(rows[i]) or 0.0))
     return [rows[i] for i in sorted(keep)]
+
+
+def _nan(value: float | None) -> bool:
+    return value is not None and value != value

@@ -40,6 +40,10 @@ ALL_KINDS = ["forward_pre", "forward", "backward", "param_grad", "weights"]
 VARIANTS: dict[str, dict[str, Any]] = {
     "fit, no probes": {"kinds": []},
     "backward+param_grad every step": {"kinds": ["backward", "param_grad"]},
+    "  same, no update_ratio": {
+        "kinds": ["backward", "param_grad"],
+        "stats": ["norm", "mean", "std", "max", "nonfinite"],
+    },
     "  same, stats: norm only": {"kinds": ["backward", "param_grad"], "stats": ["norm"]},
     "all kinds every step": {"kinds": ALL_KINDS},
     "all kinds every 10 steps": {"kinds": ALL_KINDS, "every_n_steps": 10},

@@ -169,7 +169,7 @@ class LayerTrace(Base):
     min: Mapped[float | None] = mapped_column(Double)
     max: Mapped[float | None] = mapped_column(Double)
     zero_frac: Mapped[float | None] = mapped_column(Double)
-    nonfinite: Mapped[int] = mapped_column(BigInteger, default=0)
+    nonfinite: Mapped[int | None] = mapped_column(BigInteger)  # NULL: not counted
     update_ratio: Mapped[float | None] = mapped_column(Double)  # param_grad: ||dw|| / ||w||
     histogram: Mapped[list[float] | None] = mapped_column(JSONType)
 

@@ -358,8 +358,10 @@ def list_traces(
 ) -> list[LayerTrace]:
     """Trace rows ordered by step then layer; step bounds are inclusive."""
     query = select(LayerTrace).where(LayerTrace.job_id == job_id)
-    if layer:
+    if layer and any(c in layer for c in "*?"):
         query = query.where(LayerTrace.layer.like(glob_to_like(layer), escape="\\"))
+    elif layer:  # no wildcard: an exact (case-sensitive everywhere) match
+        query = query.where(LayerTrace.layer == layer)
     if kind:
         query = query.where(LayerTrace.kind == kind)
     if from_step is not None:

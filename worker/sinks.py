@@ -136,6 +136,10 @@ class DatabaseSink(Callback):
             self._writer.close()  # joins the writer thread even when the hand-off raised
         self._heartbeat()
 
+    def abort(self) -> None:
+        """Stop the writer thread without writing more (the job ended some other way)."""
+        self._writer.abort()
+
     def flush(self) -> None:
         """Hand buffered rows to the writer and wait until everything is committed."""
         self._hand_off()

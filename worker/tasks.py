@@ -100,6 +100,11 @@ def execute_train(
             sink.close()  # keep the points and progress logged before the failure
         except Exception:
             log.exception("job %s: could not write buffered rows", job_id)
+    except BaseException:
+        # KeyboardInterrupt / SystemExit in the long-lived worker: no writer thread may
+        # outlive the job; the lease runs out and the sweeper re-sends it.
+        sink.abort()
+        raise
     try:
         with session_scope(sessions) as session:
             repository.finish_job(

@@ -14,6 +14,7 @@ from api.params import choice_arg, int_arg
 from api.routes.jobs import parse_job_id
 from api.serialize import TRACE_STATS, trace_json
 from shared import repository
+from shared.errors import BadParameter
 from shared.jsonvalues import json_float
 
 bp = Blueprint("results", __name__)
@@ -62,6 +63,11 @@ def traces(job_id: str) -> Response:
     job = repository.get_job(session=session, job_id=parse_job_id(job_id), owner=current_owner())
     limit = _limit()
     at_step = int_arg("at_step", default=None)
+    if at_step is not None and (request.args.get("from_step") or request.args.get("to_step")):
+        raise BadParameter(
+            "give at_step or a from_step / to_step range, not both",
+            details=[{"loc": "at_step"}],
+        )
     stat = choice_arg("stat", TRACE_STATS)
     max_points = int_arg("max_points", default=None, lo=1, hi=100_000)
     rows = repository.list_traces(

@@ -25,9 +25,10 @@ def _default_kinds() -> list[HookKind]:
 DEFAULT_STATS: dict[str, frozenset[str]] = {
     "forward_pre": frozenset({"norm", "mean", "std", "min", "max", "zero_frac", "nonfinite"}),
     "forward": frozenset({"norm", "mean", "std", "min", "max", "zero_frac", "nonfinite"}),
-    "backward": frozenset({"norm", "mean", "std", "max", "nonfinite"}),
-    "param_grad": frozenset({"norm", "mean", "std", "max", "nonfinite", "update_ratio"}),
-    "weights": frozenset({"norm", "mean", "std", "min", "max", "nonfinite"}),
+    # A NaN / inf in a gradient or weight already shows in its norm; counting is a pass.
+    "backward": frozenset({"norm", "mean", "std", "max"}),
+    "param_grad": frozenset({"norm", "mean", "std", "max", "update_ratio"}),
+    "weights": frozenset({"norm", "mean", "std", "min", "max"}),
 }
 
 

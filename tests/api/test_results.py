@@ -165,3 +165,16 @@ def test_trace_filters_glob_at_step_stat_and_downsampling(
     assert grad["update_ratio"] == 0.01 and grad["mean"] is None and grad["histogram"] == [1, 3]
     assert client.get(f"{url}?stat=bogus", headers=alice).status_code == 400
     assert client.get(f"{url}?max_points=0", headers=alice).status_code == 400
+
+
+def test_downsampling_keeps_nan_spikes_and_at_step_excludes_a_range(
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+) -> None:
+    job_id = submit(client, alice).get_json()["id"]
+    rows = [_trace(s, "fc1", "backward", math.nan if s == 37 else 1.0) for s in range(1, 101)]
+    with session_scope(sessions) as session:
+        repository.record_traces(session=session, job_id=uuid.UUID(job_id), rows=rows)
+    url = f"/api/v1/jobs/{job_id}/traces"
+    thin = client.get(f"{url}?max_points=5", headers=alice).get_json()["traces"]
+    assert any(t["step"] == 37 and t["norm"] == "NaN" for t in thin)
+    assert client.get(f"{url}?at_step=3&from_step=1", headers=alice).status_code == 400

@@ -13,6 +13,7 @@ from tests.training.test_probes import assert_rows_match, expected_row, tiny_mod
 from worker.training.diagnose import AlertWatcher, first_nonfinite, nonfinite_message
 from worker.training.loop import Callback, TrainingDiverged, fit
 from worker.training.probes import KINDS, HookRecorder, TraceRow
+from worker.training.stats import derive, reduce
 
 
 def run_step(model: nn.Module, spec: HookSpec, x: torch.Tensor, lr: float = 0.1) -> list[TraceRow]:
@@ -151,7 +152,10 @@ def _poisoned_job(on_nonfinite: str) -> tuple[JobSpec, bytes]:
 def test_a_nan_is_traced_to_the_layer_and_step_where_it_appeared() -> None:
     cb = Events()
     spec, weights = _poisoned_job("fail")
-    with pytest.raises(TrainingDiverged, match=r"non-finite output first seen in forward of 'fc2'"):
+    # The weights feed everything, so a NaN weight is where it starts.
+    with pytest.raises(
+        TrainingDiverged, match=r"non-finite weight first seen in weights of 'fc2.bias' at step 1"
+    ):
         fit(spec, callbacks=[cb], initial_state=weights)
     assert cb.rows[1]  # the bad step's rows are handed on, although step 1 was not logged
 
@@ -212,3 +216,29 @@ def test_alerts_reach_callbacks_as_events() -> None:
     kinds = [kind for kind, _ in cb.events]
     # Once per layer and kind: fc1, fc2 outputs, fc2's input; four parameters.
     assert kinds == ["exploding_gradient"] * 7
+
+
+def test_std_is_accurate_for_large_means_and_histograms_carry_their_range() -> None:
+    x = 1.0 + 1e-3 * torch.randn(10_000)
+    raw = reduce([x], ["std"])[0].tolist()
+    assert derive(raw, x.numel(), ["std"])["std"] == pytest.approx(x.std(unbiased=False).item(),
+                                                                     rel=1e-3)  # fmt: skip
+    model = tiny_model(inplace=False)
+    spec = HookSpec(kinds=["weights"], stats=["norm"], histogram_bins=5)
+    (row, *_rest) = run_step(model, spec, torch.randn(3, 4))
+    assert row.histogram is not None and sum(row.histogram) == row.numel
+
+
+def test_skip_step_puts_batchnorm_statistics_back() -> None:
+    spec, _ = _poisoned_job("skip_step")
+    raw = spec.model_dump()
+    layers = raw["model"]["layers"]
+    raw["model"]["layers"] = [layers[0], {"type": "BatchNorm1d", "name": "bn",
+                                          "num_features": 8}, *layers[1:]]  # fmt: skip
+    state = build_model(JobSpec.model_validate(raw).model).state_dict()
+    state["fc2.bias"] = torch.tensor([float("nan")])
+    cb = Grab()
+    fit(JobSpec.model_validate(raw), callbacks=[cb], initial_state=state_dict_to_bytes(state))
+    bn = dict(cb.model.named_buffers())
+    assert int(bn["bn.num_batches_tracked"]) == 0 and torch.equal(bn["bn.running_mean"],
+                                                                   torch.zeros(8))  # fmt: skip

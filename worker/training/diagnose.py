@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from shared.spec import AlertSpec
-from worker.training.probes import KIND_ORDER, TraceRow
+from worker.training.probes import TraceRow
 
 _WHAT = {
     "forward_pre": "input",
@@ -17,12 +18,23 @@ _WHAT = {
 }
 
 
+# Weights first (they feed everything), then inputs and outputs in the order the forward
+# pass met them, then gradients in the order the backward pass produced them.
+_PHASE = {"weights": 0, "forward_pre": 1, "forward": 1, "backward": 2, "param_grad": 3}
+
+
 def first_nonfinite(rows: Sequence[TraceRow]) -> TraceRow | None:
     """The row where a non-finite value shows first: forward order, then backward order."""
-    bad = [r for r in rows if r.nonfinite > 0]
+    # A counted row is bad when it holds NaN / inf; an uncounted one when its norm is not
+    # finite (which can also mean finite values whose squares overflow float32).
+    bad = [
+        r
+        for r in rows
+        if (r.nonfinite > 0 if r.nonfinite is not None else not math.isfinite(r.norm))
+    ]
     if not bad:
         return None
-    return min(bad, key=lambda r: (KIND_ORDER[r.kind] if r.kind != "weights" else -1, r.seq))
+    return min(bad, key=lambda r: (_PHASE[r.kind], r.seq))
 
 
 def nonfinite_message(row: TraceRow | None, step: int, loss: float) -> str:
@@ -32,9 +44,10 @@ def nonfinite_message(row: TraceRow | None, step: int, loss: float) -> str:
             f"loss became {loss} at step {step} with every recorded input, output and gradient "
             "finite; check the loss and its targets, or lower train.optimizer.lr"
         )
+    count = row.nonfinite if row.nonfinite is not None else "some"
     return (
         f"non-finite {_WHAT[row.kind]} first seen in {row.kind} of '{row.layer}' at step {step} "
-        f"({row.nonfinite} of {row.numel} values); lower train.optimizer.lr, add "
+        f"({count} of {row.numel} values); lower train.optimizer.lr, add "
         "train.grad_clip, or check that layer"
     )
 
@@ -61,7 +74,9 @@ class AlertWatcher:
             return []
         events = []
         for row in rows:
-            if row.kind not in ("backward", "param_grad"):
+            # A non-finite norm is the non-finite check's business (and, under fp16, the
+            # GradScaler's): an alert here would use up the layer's one alert.
+            if row.kind not in ("backward", "param_grad") or not math.isfinite(row.norm):
                 continue
             for name, limit, crossed in (
                 ("vanishing_gradient", self.spec.vanishing_below, lambda n, x: n < x),

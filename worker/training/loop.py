@@ -40,9 +40,44 @@ class TrainingDiverged(RuntimeError):
 
 # What a re-run of a bad step records: every hook, only what locates a NaN / Inf.
 NONFINITE_PROBE = HookSpec(
-    kinds=["forward_pre", "forward", "backward", "param_grad"],
+    kinds=["forward_pre", "forward", "backward", "param_grad", "weights"],
     stats=["norm", "nonfinite"],
 )
+# hooks.on_nonfinite "skip_step" gives up after this many bad steps in a row: the model
+# itself is broken then (NaN weights), not one batch.
+MAX_SKIPPED_IN_A_ROW = 10
+
+
+@dataclass
+class RandomState:
+    """The generators' state at a step's start, so a diagnostic re-run draws the same."""
+
+    cpu: torch.Tensor
+    cuda: list[torch.Tensor] | None
+
+    @classmethod
+    def capture(cls, device: torch.device) -> RandomState:
+        cuda = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
+        return cls(torch.get_rng_state(), cuda)
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+
+
+def buffer_copies(model: nn.Module) -> list[torch.Tensor]:
+    """Copies of the model's buffers (BatchNorm statistics), to undo a skipped step."""
+    return [b.detach().clone() for b in model.buffers()]
+
+
+def restore_buffers(model: nn.Module, saved: list[torch.Tensor] | None) -> None:
+    """Put buffers back as buffer_copies() found them."""
+    if saved is None:
+        return
+    with torch.no_grad():
+        for buffer, copy in zip(model.buffers(), saved, strict=True):
+            buffer.copy_(copy)
 
 
 @dataclass
@@ -197,25 +232,36 @@ def fit(
             total += loss.detach()
         return total
 
-    def diagnose(batches: list[tuple[torch.Tensor, torch.Tensor]], step: int) -> list[TraceRow]:
-        """Re-run the bad step's batches with every hook armed to find where it went wrong."""
+    def diagnose(
+        batches: list[tuple[torch.Tensor, torch.Tensor]], step: int, rng: RandomState
+    ) -> list[TraceRow]:
+        """Re-run the bad step's batches, one at a time with every hook armed, to find
+        where it went wrong; random draws (dropout) replay and buffers are put back."""
         recorder.pause()
+        buffers = buffer_copies(model)
+        rng.restore()
+        scale = scaler.get_scale() if scaler.is_enabled() else 1.0
         probe = HookRecorder(model, NONFINITE_PROBE).attach()
+        rows: list[TraceRow] = []
         try:
-            optimizer.zero_grad()
-            probe.begin_step(step, force=True)
-            run_batches(batches, probe, step)
-            # Gradients stay scaled here (unscale_ runs once per step): only where the
-            # first NaN / Inf shows matters, and that the scale does not change.
-            probe.after_backward()
-            return probe.collect(scale=scaler.get_scale() if scaler.is_enabled() else 1.0)
+            for batch in batches:
+                optimizer.zero_grad()
+                probe.begin_step(step, force=True)
+                run_batches([batch], probe, step)
+                rows = probe.collect(scale=scale, scaled=("backward", "param_grad"))
+                if first_nonfinite(rows) is not None:
+                    break  # the micro-batch where it happens, not a later finite one
+            return rows
         finally:
             probe.detach()
+            restore_buffers(model, buffers)
 
     for cb in callbacks:
         cb.on_fit_start(model=model, total_steps=n_steps, device=dev)
 
     step = epoch = 0
+    skip_bad_steps = spec.hooks.on_nonfinite == "skip_step"
+    skipped_in_a_row = 0
     loss_value = math.nan
     metrics: dict[str, float] = {}
     stopped = stopped_early = False
@@ -234,11 +280,13 @@ def fit(
                 # The seed's loop: zero_grad, forward, loss, backward, step. Gradients
                 # of the micro-batches add up until the optimizer step, as in the notes.
                 optimizer.zero_grad()
+                rng = RandomState.capture(dev)
+                saved = buffer_copies(model) if skip_bad_steps else None
                 step_loss = run_batches(micro_batches, recorder, step)
                 scaler.unscale_(optimizer)  # param_grad traces and clipping see true gradients
                 loss_value = step_loss.item()  # the step's one host sync, before the update
                 if not math.isfinite(loss_value):
-                    rows = diagnose(micro_batches, step)
+                    rows = diagnose(micro_batches, step, rng)
                     message = nonfinite_message(first_nonfinite(rows), step, loss_value)
                     for cb in callbacks:  # the rows of the bad step are kept
                         cb.on_step_end(step=step, epoch=epoch, loss=loss_value, traces=rows)
@@ -246,10 +294,19 @@ def fit(
                         raise TrainingDiverged(message)
                     emit(Event("skipped_step", message, {"step": step}))
                     optimizer.zero_grad()  # no update from this batch
+                    restore_buffers(model, saved)  # nor BatchNorm statistics from it
+                    scaler.update()  # a GradScaler must close its step (and lowers the scale)
+                    skipped_in_a_row += 1
+                    if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                        raise TrainingDiverged(
+                            f"{skipped_in_a_row} steps in a row skipped as non-finite; last: "
+                            + message
+                        )
                     if step >= n_steps or any(cb.should_stop() for cb in callbacks):
                         stopped = step < n_steps
                         break
                     continue
+                skipped_in_a_row = 0
                 recorder.after_backward()
                 _clip(model, train)
                 lr = current_lr(optimizer)  # the rate this step uses

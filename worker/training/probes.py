@@ -8,7 +8,6 @@ statistics, update ratios and histograms back together.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -23,7 +22,6 @@ from shared.spec import HookSpec
 from shared.spec.hooks import stats_for
 from worker.training.stats import (
     RAW,
-    count_nonfinite,
     derive,
     histograms,
     reduce,
@@ -54,7 +52,7 @@ class TraceRow:
     min: float | None
     max: float | None
     zero_frac: float | None
-    nonfinite: int
+    nonfinite: int | None  # None: not selected (a non-finite norm still shows there are some)
     update_ratio: float | None = None
     histogram: list[float] | None = None
     seq: int = 0  # capture order within the step: forward order, then backward order
@@ -65,7 +63,8 @@ class _Pending:
     seq: int
     layer: str
     kind: str
-    tensor: torch.Tensor  # detached; reduced later unless `raw` is already set
+    numel: int
+    tensor: torch.Tensor | None  # held only until reduced (capture or after backward)
     raw: torch.Tensor | None = None  # one row of stats.reduce()
     hist: torch.Tensor | None = None
 
@@ -191,11 +190,13 @@ class HookRecorder:
                 self._before = list(torch._foreach_mul([p.detach() for _, p in named], 1.0))
         self._reduce_deferred()
 
-    def collect(self, scale: float = 1.0) -> list[TraceRow]:
+    def collect(
+        self, scale: float = 1.0, scaled: tuple[str, ...] = ("backward",)
+    ) -> list[TraceRow]:
         """After the optimizer step: this step's rows (empty when the step is not logged).
 
-        `scale` is a GradScaler's loss scale: `backward` rows were recorded during the
-        scaled backward pass and are divided by it; counts do not change with it.
+        `scale` is a GradScaler's loss scale: rows of the `scaled` kinds were recorded
+        from scaled gradients and are divided by it on the host; counts do not change.
         """
         if not self._armed:
             return []
@@ -208,10 +209,9 @@ class HookRecorder:
         pending, self._pending = self._pending, []
         if not pending:
             return []
-        raw = torch.stack([p.raw for p in pending if p.raw is not None])
-        if scale != 1.0:
-            scaled = torch.tensor([p.kind == "backward" for p in pending], device=raw.device)
-            raw[scaled, :4] /= scale  # norm, sum, min, max
+        raws = [p.raw for p in pending]
+        assert all(r is not None for r in raws), "every captured tensor is reduced"
+        raw = torch.stack(raws)  # type: ignore[arg-type]
         parts = [raw.reshape(-1)]
         ratios = self._update_ratios()
         if ratios is not None:
@@ -220,14 +220,13 @@ class HookRecorder:
         if hists:
             parts.append(torch.stack(hists).reshape(-1).to(raw.device))
         flat = torch.cat(parts).cpu()  # the one device-to-host copy of the step
-        rows = self._rows(pending, flat, with_ratios=ratios is not None)
+        rows = self._rows(pending, flat, with_ratios=ratios is not None, scale=scale,
+                          scaled=scaled)  # fmt: skip
         return sorted(rows, key=self._row_order)
 
     def _row_order(self, row: TraceRow) -> tuple[int, int, int]:
         module, _, port = row.layer.partition(":")  # "fc2:input" follows "fc2"
         return KIND_ORDER[row.kind], self._position.get(module, 0), 1 if port else 0
-
-    # --- internals -------------------------------------------------------------------
 
     def _update_ratios(self) -> torch.Tensor | None:
         if self._before is None:
@@ -244,7 +243,13 @@ class HookRecorder:
         return ratio
 
     def _rows(
-        self, pending: list[_Pending], flat: torch.Tensor, *, with_ratios: bool
+        self,
+        pending: list[_Pending],
+        flat: torch.Tensor,
+        *,
+        with_ratios: bool,
+        scale: float,
+        scaled: tuple[str, ...],
     ) -> list[TraceRow]:
         n = len(pending)
         width = len(RAW)
@@ -258,18 +263,20 @@ class HookRecorder:
         hist_rows = iter(flat[offset:].reshape(-1, self.bins).tolist() if self.bins else [])
         rows = []
         for i, (p, raw) in enumerate(zip(pending, table, strict=True)):
-            norm = raw[0]
-            # A non-finite norm means some values are NaN / inf: count them (rare path).
-            nonfinite = 0 if math.isfinite(norm) else count_nonfinite(p.tensor)
+            if scale != 1.0 and p.kind in scaled:
+                norm, mean, var, low, high, *counts = raw
+                raw = [norm / scale, mean / scale, var / scale**2, low / scale, high / scale]
+                raw += counts
+            stats = self.stats[p.kind]
             rows.append(
                 TraceRow(
                     step=self._step,
                     layer=p.layer,
                     kind=p.kind,
-                    numel=p.tensor.numel(),
-                    norm=norm,
-                    **derive(raw, p.tensor.numel(), self.stats[p.kind]),
-                    nonfinite=nonfinite,
+                    numel=p.numel,
+                    norm=raw[0],
+                    **derive(raw, p.numel, stats),
+                    nonfinite=int(raw[6]) if "nonfinite" in stats else None,
                     update_ratio=ratio_of.get(i),
                     histogram=next(hist_rows) if p.hist is not None else None,
                     seq=p.seq,
@@ -280,29 +287,29 @@ class HookRecorder:
     def _capture(self, kind: str, name: str, tensor: torch.Tensor, *, now: bool = False) -> None:
         """Queue a tensor; `now` reduces it at once (it may change in place afterwards)."""
         self._seq += 1
-        item = _Pending(seq=self._seq, layer=name, kind=kind, tensor=tensor.detach())
-        if now:
-            item.raw = reduce([item.tensor], self.stats[kind])[0]
-            if kind in self.hist_kinds and self.bins:
-                item.hist = histograms([item.tensor], self.bins)[0]
+        item = _Pending(
+            seq=self._seq, layer=name, kind=kind, numel=tensor.numel(), tensor=tensor.detach()
+        )
         self._pending.append(item)
+        if now:
+            self._reduce([item])
 
     def _reduce_deferred(self) -> None:
         """Reduce every queued tensor not yet reduced, in one batched call per kind."""
         waiting = [p for p in self._pending if p.raw is None]
-        if not waiting:
-            return
         for kind in {p.kind for p in waiting}:
-            same = [p for p in waiting if p.kind == kind]
-            raw = reduce([p.tensor for p in same], self.stats[kind])
-            for i, item in enumerate(same):
-                item.raw = raw[i]
-        for kind in {p.kind for p in waiting} & self.hist_kinds if self.bins else ():
-            same = [p for p in waiting if p.kind == kind]
-            for item, hist in zip(
-                same, histograms([p.tensor for p in same], self.bins), strict=True
-            ):
-                item.hist = hist
+            self._reduce([p for p in waiting if p.kind == kind])
+
+    def _reduce(self, items: list[_Pending]) -> None:
+        kind = items[0].kind
+        histogram = bool(self.bins) and kind in self.hist_kinds
+        tensors = [p.tensor for p in items if p.tensor is not None]
+        raw = reduce(tensors, self.stats[kind], bounds=histogram)
+        hists = histograms(tensors, raw, self.bins) if histogram else None
+        for i, item in enumerate(items):
+            item.raw = raw[i]
+            item.hist = hists[i] if hists is not None else None
+            item.tensor = None  # reduced: no need to keep the activation or gradient alive
 
     def _input_hook(self, name: str) -> Callable[[nn.Module, Any], None]:
         def on_input(module: nn.Module, args: Any) -> None:

@@ -1,11 +1,10 @@
 """Statistics of many tensors at once, reduced on their device without a host sync.
 
-The device does only the reductions: L2 norm (always: it is the cheapest and tells
-whether anything is non-finite; a dot product per tensor), sum, min / max and the
-nonzero count when selected.
-Everything derived from them (mean, population std, zero fraction) is computed on the
-host after the step's single copy, so a logged step costs a handful of kernel launches
-for all its tensors together rather than a dozen per tensor.
+The device does only the reductions: L2 norm (always: one BLAS dot per tensor, and a NaN
+or inf anywhere shows in it), mean and population variance in one `var_mean` pass, min /
+max in one `aminmax` pass, and nonzero / non-finite counts, each only when selected.
+The zero fraction is derived on the host after the step's single copy, so a logged step
+costs a handful of kernel launches per tensor and no synchronisation.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from collections.abc import Collection, Sequence
 import torch
 
 # Device columns of reduce(): what the host needs to derive every statistic.
-RAW = ("norm", "sum", "min", "max", "nonzero")
+RAW = ("norm", "mean", "var", "min", "max", "nonzero", "nonfinite")
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -24,21 +23,32 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return x.float() if x.element_size() < 4 else x  # half-precision sums lose too much
 
 
-def reduce(tensors: Sequence[torch.Tensor], stats: Collection[str]) -> torch.Tensor:
-    """(len(tensors), 5) float64 on the tensors' device; see RAW. Unneeded columns are NaN."""
+def reduce(
+    tensors: Sequence[torch.Tensor], stats: Collection[str], *, bounds: bool = False
+) -> torch.Tensor:
+    """(len(tensors), 7) float64 on the tensors' device; see RAW. Unneeded columns are NaN.
+
+    `bounds` forces min / max (a histogram's range) even when they are not selected.
+    """
     xs = [_flat(t) for t in tensors]
     norm = squared_norms(xs).sqrt()
     nan = torch.full_like(norm, math.nan)
-    total = low = high = nonzero = nan
+    mean = var = low = high = nonzero = nonfinite = nan
     if "mean" in stats or "std" in stats:
-        total = torch.stack([x.sum() for x in xs]).double()
-    if "min" in stats or "max" in stats:
-        pairs = [torch.aminmax(x) for x in xs]
-        low = torch.stack([p.min for p in pairs]).double()
-        high = torch.stack([p.max for p in pairs]).double()
+        # var_mean is one numerically stable pass; E[x^2] - E[x]^2 from the norm is not.
+        pairs = [torch.var_mean(x, correction=0) for x in xs]
+        var = torch.stack([v for v, _ in pairs]).double()
+        mean = torch.stack([m for _, m in pairs]).double()
+    if bounds or "min" in stats or "max" in stats:
+        extremes = [torch.aminmax(x) for x in xs]
+        low = torch.stack([e.min for e in extremes]).double()
+        high = torch.stack([e.max for e in extremes]).double()
     if "zero_frac" in stats:
         nonzero = torch.stack([torch.count_nonzero(x) for x in xs]).double()
-    return torch.stack([norm, total, low, high, nonzero], dim=1)
+    if "nonfinite" in stats:
+        # Counted now: clipping or an in-place layer may change the tensor later.
+        nonfinite = torch.stack([(~torch.isfinite(x)).sum() for x in xs]).double()
+    return torch.stack([norm, mean, var, low, high, nonzero, nonfinite], dim=1)
 
 
 def squared_norms(xs: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -49,13 +59,10 @@ def squared_norms(xs: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def derive(raw: Sequence[float], numel: int, stats: Collection[str]) -> dict[str, float | None]:
     """Host side: the selected statistics from one row of reduce()."""
-    norm, total, low, high, nonzero = raw
-    mean = total / numel
-    # E[x^2] - E[x]^2 with E[x^2] from the norm; clamped against rounding below zero.
-    std = math.sqrt(max(norm * norm / numel - mean * mean, 0.0)) if math.isfinite(norm) else norm
+    _norm, mean, var, low, high, nonzero, _nonfinite = raw
     values = {
         "mean": mean,
-        "std": std,
+        "std": math.sqrt(var) if var >= 0 else var,  # NaN stays NaN
         "min": low,
         "max": high,
         "zero_frac": (numel - nonzero) / numel,
@@ -63,14 +70,20 @@ def derive(raw: Sequence[float], numel: int, stats: Collection[str]) -> dict[str
     return {name: (v if name in stats else None) for name, v in values.items()}
 
 
-def count_nonfinite(t: torch.Tensor) -> int:
-    """Exact count of NaN / inf values (the rare path: one sync)."""
-    return int((~torch.isfinite(t.detach())).sum().item())
+def histograms(tensors: Sequence[torch.Tensor], raw: torch.Tensor, bins: int) -> torch.Tensor:
+    """(len(tensors), bins) counts over each tensor's [min, max] from `raw` (sync-free).
 
-
-def histograms(tensors: Sequence[torch.Tensor], bins: int) -> torch.Tensor:
-    """(len(tensors), bins) counts over each tensor's own [min, max] (torch.histc)."""
-    # histc with min = max = 0 takes the range from the data on the device (no sync);
-    # non-finite values would make that range infinite, so they are counted as 0 here.
-    rows = [torch.histc(torch.nan_to_num(_flat(t).float(), 0.0, 0.0, 0.0), bins) for t in tensors]
-    return torch.stack(rows).double()
+    torch.histc would read its range back to the host on CUDA; bucketing against the
+    min / max already reduced on the device and scatter-adding keeps the step sync-free.
+    Non-finite values are left out.
+    """
+    rows = []
+    for x, (low, high) in zip(tensors, raw[:, 3:5], strict=True):
+        flat = _flat(x)
+        width = (high - low).clamp_min(torch.finfo(torch.float32).tiny).to(flat.dtype)
+        index = ((flat - low.to(flat.dtype)) / width * bins).floor().clamp(0, bins - 1)
+        finite = torch.isfinite(flat)
+        counts = torch.zeros(bins, dtype=torch.float64, device=flat.device)
+        counts.scatter_add_(0, torch.where(finite, index, 0).long(), finite.double())
+        rows.append(counts)
+    return torch.stack(rows)
