@@ -42,7 +42,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "backward+param_grad every step": {"kinds": ["backward", "param_grad"]},
     "  same, no update_ratio": {
         "kinds": ["backward", "param_grad"],
-        "stats": ["norm", "mean", "std", "max", "nonfinite"],
+        "stats": ["norm", "mean", "std", "max"],
     },
     "  same, stats: norm only": {"kinds": ["backward", "param_grad"], "stats": ["norm"]},
     "all kinds every step": {"kinds": ALL_KINDS},
