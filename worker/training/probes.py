@@ -304,7 +304,7 @@ class HookRecorder:
         kind = items[0].kind
         histogram = bool(self.bins) and kind in self.hist_kinds
         tensors = [p.tensor for p in items if p.tensor is not None]
-        raw = reduce(tensors, self.stats[kind], bounds=histogram, precise=kind == "weights")
+        raw = reduce(tensors, self.stats[kind], bounds=histogram)
         hists = histograms(tensors, raw, self.bins) if histogram else None
         for i, item in enumerate(items):
             item.raw = raw[i]
