@@ -9,12 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.errors import SpecError
 from shared.layers import Residual
 from shared.netspec import LAYERS, build_model, dry_run
-from shared.spec import JobSpec, sample_shape
+from shared.spec import sample_shape
+from tests.training.test_netspec import SYNTHETIC_10, job, linear, spec_error
 
-SYNTHETIC_10 = {"dataset": "synthetic", "input_shape": [10], "num_classes": 3}
 DIGITS = {"dataset": "digits"}
 TOKENS = {
     "dataset": "synthetic",
@@ -23,20 +22,6 @@ TOKENS = {
     "vocab_size": 20,
     "num_classes": 3,
 }
-
-
-def job(layers: list[dict[str, Any]], data: dict[str, Any] | None = None) -> JobSpec:
-    return JobSpec.model_validate({"model": {"layers": layers}, "data": data or SYNTHETIC_10})
-
-
-def spec_error(layers: list[dict[str, Any]], data: dict[str, Any] | None = None) -> SpecError:
-    with pytest.raises(SpecError) as info:
-        dry_run(job(layers, data))
-    return info.value
-
-
-def linear(i: int, o: int, name: str | None = None) -> dict[str, Any]:
-    return {"type": "Linear", "in_features": i, "out_features": o, "name": name}
 
 
 def conv(i: int, o: int, k: int, name: str | None = None, **kw: Any) -> dict[str, Any]:

@@ -41,10 +41,10 @@ def _count(sessions: sessionmaker[Session], model: type, job_id: uuid.UUID) -> i
         )
 
 
-def test_sink_buffers_rows_until_the_flush_period(
-    sessions: sessionmaker[Session], clean_db: None, settings: Settings
-) -> None:
-    job_id = _job(sessions, TINY)
+def claimed_sink(
+    sessions: sessionmaker[Session], settings: Settings, job_id: uuid.UUID
+) -> tuple[DatabaseSink, RowWriter, list[float]]:
+    """Claim the job for worker "w" and build its sink on a clock the test moves (now[0])."""
     with session_scope(sessions) as session:
         repository.claim_job(
             session=session, job_id=job_id, worker="w", lease_seconds=60, max_attempts=3
@@ -59,6 +59,14 @@ def test_sink_buffers_rows_until_the_flush_period(
         clock=lambda: now[0],
         writer=writer,
     )
+    return sink, writer, now
+
+
+def test_sink_buffers_rows_until_the_flush_period(
+    sessions: sessionmaker[Session], clean_db: None, settings: Settings
+) -> None:
+    job_id = _job(sessions, TINY)
+    sink, writer, now = claimed_sink(sessions, settings, job_id)
     row = TraceRow(
         step=1,
         layer="fc1",

@@ -22,7 +22,7 @@ from shared.errors import LeaseLost
 from shared.models import Job, LayerTrace, Metric
 from shared.netspec import build_model
 from shared.spec import JobSpec
-from tests.worker.test_tasks import TINY
+from tests.worker.test_tasks import TINY, claimed_sink
 from worker.sinks import DatabaseSink
 from worker.tasks import execute_train, user_message
 from worker.training.probes import TraceRow
@@ -222,20 +222,7 @@ def test_a_sink_step_hands_rows_over_without_waiting_for_the_database(
     engine: Engine, sessions: sessionmaker[Session], clean_db: None, settings: Settings
 ) -> None:
     job_id = _new_job(sessions)
-    with session_scope(sessions) as session:
-        repository.claim_job(
-            session=session, job_id=job_id, worker="w", lease_seconds=60, max_attempts=3
-        )
-    now = [0.0]
-    writer = RowWriter(sessions=sessions, job_id=job_id)
-    sink = DatabaseSink(
-        sessions=sessions,
-        job_id=job_id,
-        worker="w",
-        settings=settings,
-        clock=lambda: now[0],
-        writer=writer,
-    )
+    sink, writer, now = claimed_sink(sessions, settings, job_id)
     rows = [TraceRow(**row) for row in _trace_rows(range(1, 4))]
     with _table_locked(engine):
         for step in (1, 2, 3):
