@@ -220,7 +220,7 @@ def test_alerts_reach_callbacks_as_events() -> None:
 
 def test_std_is_accurate_for_large_means_and_histograms_carry_their_range() -> None:
     x = 1.0 + 1e-3 * torch.randn(10_000)
-    raw = reduce([x], ["std"])[0].tolist()
+    raw = reduce([x], ["std"], shifted=True)[0].tolist()
     assert derive(raw, x.numel(), ["std"])["std"] == pytest.approx(x.std(unbiased=False).item(),
                                                                      rel=1e-3)  # fmt: skip
     model = tiny_model(inplace=False)

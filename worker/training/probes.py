@@ -104,7 +104,11 @@ class HookRecorder:
         self._position = {name: i for i, name in enumerate(names)}
         self._handles: list[RemovableHandle] = []
         self._pending: list[_Pending] = []
+        # Weights as they were before the optimizer step (update ratio): a buffer kept
+        # across steps, so a logged step copies into it instead of allocating a model's worth.
         self._before: list[torch.Tensor] | None = None
+        self._before_buffer: list[torch.Tensor] = []
+        self._before_sq: torch.Tensor | None = None
         self._armed = False
         self._grads_taken = False
         self._step = 0
@@ -187,7 +191,12 @@ class HookRecorder:
                 self._capture("param_grad", name, p.grad)
             if snapshot and named and "update_ratio" in self.stats["param_grad"]:
                 # A copy of the weights (one pass) to measure the step's update against.
-                self._before = list(torch._foreach_mul([p.detach() for _, p in named], 1.0))
+                weights = [p.detach().reshape(-1) for _, p in named]
+                if [b.shape for b in self._before_buffer] != [w.shape for w in weights]:
+                    self._before_buffer = [torch.empty_like(w) for w in weights]
+                torch._foreach_copy_(self._before_buffer, weights)
+                self._before = self._before_buffer
+                self._before_sq = squared_norms(weights)
         self._reduce_deferred()
 
     def collect(
@@ -236,10 +245,10 @@ class HookRecorder:
             for _, p in self._params
             if p.requires_grad and p.grad is not None
         ]
-        before = [b.reshape(-1) for b in self._before]
-        deltas = torch._foreach_sub(after, before)
-        ratio = squared_norms(deltas).sqrt() / squared_norms(before).sqrt().clamp_min(1e-30)
-        self._before = None
+        assert self._before_sq is not None
+        torch._foreach_sub_(self._before, after)  # in place: before - after = -update
+        ratio = squared_norms(self._before).sqrt() / self._before_sq.sqrt().clamp_min(1e-30)
+        self._before = self._before_sq = None
         return ratio
 
     def _rows(
@@ -304,7 +313,7 @@ class HookRecorder:
         kind = items[0].kind
         histogram = bool(self.bins) and kind in self.hist_kinds
         tensors = [p.tensor for p in items if p.tensor is not None]
-        raw = reduce(tensors, self.stats[kind], bounds=histogram)
+        raw = reduce(tensors, self.stats[kind], bounds=histogram, shifted=kind == "weights")
         hists = histograms(tensors, raw, self.bins) if histogram else None
         for i, item in enumerate(items):
             item.raw = raw[i]

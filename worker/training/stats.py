@@ -1,7 +1,7 @@
 """Statistics of many tensors at once, reduced on their device without a host sync.
 
 The device does only the reductions: L2 norm (always: one BLAS dot per tensor, and a NaN
-or inf anywhere shows in it), mean and a shifted variance (a sum and a dot), min /
+or inf anywhere shows in it), mean and variance (a sum, and the norm or a shifted dot), min /
 max in one `aminmax` pass, and nonzero / non-finite counts, each only when selected.
 The zero fraction is derived on the host after the step's single copy, so a logged step
 costs a handful of kernel launches per tensor and no synchronisation.
@@ -24,26 +24,35 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 
 
 def reduce(
-    tensors: Sequence[torch.Tensor], stats: Collection[str], *, bounds: bool = False
+    tensors: Sequence[torch.Tensor],
+    stats: Collection[str],
+    *,
+    bounds: bool = False,
+    shifted: bool = False,
 ) -> torch.Tensor:
     """(len(tensors), 7) float64 on the tensors' device; see RAW. Unneeded columns are NaN.
 
     `bounds` forces min / max (a histogram's range) even when they are not selected.
+    `shifted` takes the variance about a value of the tensor itself (see below): needed
+    where the mean may dwarf the spread (weights: a LayerNorm gain near 1); gradients and
+    activations spread around a small mean, and get it from the norm for free.
     """
     xs = [_flat(t) for t in tensors]
     norm = squared_norms(xs).sqrt()
     nan = torch.full_like(norm, math.nan)
     mean = var = low = high = nonzero = nonfinite = nan
     if "mean" in stats or "std" in stats:
-        # Variance about a shift c taken from the tensor itself (its first value):
-        # E[(x - c)^2] - (E[x] - c)^2 does not cancel catastrophically when the mean is
-        # far larger than the spread (a LayerNorm gain near 1), unlike E[x^2] - E[x]^2,
-        # and costs a subtraction and a dot where torch.var_mean is ~25x slower on CPU.
         numel = torch.tensor([x.numel() for x in xs], dtype=torch.float64, device=norm.device)
-        shift = torch.stack([x[0] for x in xs]).double()
         mean = torch.stack([x.sum() for x in xs]).double() / numel
-        shifted = squared_norms([x - x[0] for x in xs])
-        var = (shifted / numel - (mean - shift).square()).clamp_min(0.0)
+        if shifted:
+            # E[(x - c)^2] - (E[x] - c)^2 with c = x[0] does not cancel catastrophically
+            # when the mean dwarfs the spread, unlike E[x^2] - E[x]^2; it costs a temporary
+            # and a dot, where torch.var_mean is ~25x slower on the CPU.
+            shift = torch.stack([x[0] for x in xs]).double()
+            var = squared_norms([x - x[0] for x in xs]) / numel - (mean - shift).square()
+        else:
+            var = norm.square() / numel - mean.square()
+        var = var.clamp_min(0.0)
     if bounds or "min" in stats or "max" in stats:
         extremes = [torch.aminmax(x) for x in xs]
         low = torch.stack([e.min for e in extremes]).double()
