@@ -6,10 +6,10 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from operator import itemgetter
-from typing import Any
+from typing import Any, TypeVar
 
 from psycopg import sql
-from sqlalchemy import Connection, Table, and_, func, or_, select, update
+from sqlalchemy import Connection, Select, Table, and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -25,6 +25,8 @@ from shared.models import (
     Metric,
     utcnow,
 )
+
+T = TypeVar("T")  # the row type of a select()
 
 # Rows per INSERT statement: large enough to amortise round trips, small enough for
 # SQLite's bound-parameter limit (13 columns x 2000 < 32766).
@@ -322,6 +324,15 @@ def _column_oids(conn: Connection, table: str) -> dict[str, int]:
     return cache[table]
 
 
+def _step_range(query: Select[T], column: Any, low: int | None, high: int | None) -> Select[T]:
+    """Restrict `query` to low <= column <= high (either bound may be open)."""
+    if low is not None:
+        query = query.where(column >= low)
+    if high is not None:
+        query = query.where(column <= high)
+    return query
+
+
 def list_metrics(
     *,
     session: Session,
@@ -338,10 +349,7 @@ def list_metrics(
         query = query.where(Metric.name == name)
     if split:
         query = query.where(Metric.split == split)
-    if from_step is not None:
-        query = query.where(Metric.step >= from_step)
-    if to_step is not None:
-        query = query.where(Metric.step <= to_step)
+    query = _step_range(query, Metric.step, from_step, to_step)
     query = query.order_by(Metric.name, Metric.split, Metric.step).limit(limit)
     return list(session.scalars(query))
 
@@ -364,10 +372,7 @@ def list_traces(
         query = query.where(LayerTrace.layer == layer)
     if kind:
         query = query.where(LayerTrace.kind == kind)
-    if from_step is not None:
-        query = query.where(LayerTrace.step >= from_step)
-    if to_step is not None:
-        query = query.where(LayerTrace.step <= to_step)
+    query = _step_range(query, LayerTrace.step, from_step, to_step)
     query = query.order_by(LayerTrace.step, LayerTrace.kind, LayerTrace.layer).limit(limit)
     return list(session.scalars(query))
 

@@ -16,10 +16,9 @@ from api.serialize import TRACE_STATS, trace_json
 from shared import repository
 from shared.errors import BadParameter
 from shared.jsonvalues import json_float
+from shared.spec.hooks import HOOK_KINDS
 
 bp = Blueprint("results", __name__)
-
-TRACE_KINDS = ("forward_pre", "forward", "backward", "param_grad", "weights")
 
 
 def _limit() -> int:
@@ -74,7 +73,7 @@ def traces(job_id: str) -> Response:
         session=session,
         job_id=job.id,
         layer=request.args.get("layer") or None,
-        kind=choice_arg("kind", TRACE_KINDS),
+        kind=choice_arg("kind", HOOK_KINDS),
         from_step=at_step if at_step is not None else int_arg("from_step", default=None),
         to_step=at_step if at_step is not None else int_arg("to_step", default=None),
         limit=limit,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, model_validator
 
@@ -10,6 +10,8 @@ from shared.spec.base import Strict
 from shared.spec.model import Glob
 
 HookKind = Literal["forward_pre", "forward", "backward", "param_grad", "weights"]
+# In hook order; also the values of layer_traces.kind (its CHECK constraint lists them).
+HOOK_KINDS: tuple[str, ...] = get_args(HookKind)
 Stat = Literal["norm", "mean", "std", "min", "max", "zero_frac", "nonfinite", "update_ratio"]
 ALL_STATS: tuple[Stat, ...] = (
     "norm", "mean", "std", "min", "max", "zero_frac", "nonfinite", "update_ratio",

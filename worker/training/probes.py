@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from shared.spec import HookSpec
-from shared.spec.hooks import stats_for
+from shared.spec.hooks import HOOK_KINDS, stats_for
 from worker.training.stats import (
     RAW,
     derive,
@@ -28,7 +28,7 @@ from worker.training.stats import (
     squared_norms,
 )
 
-KINDS = ("forward_pre", "forward", "backward", "param_grad", "weights")
+KINDS = HOOK_KINDS
 # The order a non-finite value propagates in: inputs, outputs, then gradients.
 KIND_ORDER = {kind: i for i, kind in enumerate(KINDS)}
 
