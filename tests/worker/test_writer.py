@@ -69,10 +69,10 @@ def _count(sessions: sessionmaker[Session], model: Any, job_id: uuid.UUID) -> in
 
 
 @contextmanager
-def _table_locked(engine: Engine, table: str = "layer_traces") -> Iterator[None]:
+def _table_locked(engine: Engine, *tables: str) -> Iterator[None]:
     """Hold an EXCLUSIVE lock: reads go on, the writer's INSERT waits until the block ends."""
     with engine.connect() as conn:
-        conn.execute(text(f"LOCK TABLE {table} IN EXCLUSIVE MODE"))
+        conn.execute(text(f"LOCK TABLE {', '.join(tables or ('layer_traces',))} IN EXCLUSIVE MODE"))
         yield
         conn.rollback()
 
@@ -224,14 +224,18 @@ def test_a_sink_step_hands_rows_over_without_waiting_for_the_database(
     job_id = _new_job(sessions)
     sink, writer, now = claimed_sink(sessions, settings, job_id)
     rows = [TraceRow(**row) for row in _trace_rows(range(1, 4))]
-    with _table_locked(engine):
-        for step in (1, 2, 3):
-            now[0] = step * settings.flush_seconds  # every step hands its rows over
-            sink.on_step_end(
-                step=step, epoch=1, loss=1.0, traces=[r for r in rows if r.step == step]
-            )
-        assert writer.pending == 3 + len(rows) and _count(sessions, Metric, job_id) == 0
-    sink.close()  # drains the writer
+    try:
+        # both tables: a hand-off puts metrics and traces separately, and the writer may
+        # take the metrics alone before the traces arrive
+        with _table_locked(engine, "metrics", "layer_traces"):
+            for step in (1, 2, 3):
+                now[0] = step * settings.flush_seconds  # every step hands its rows over
+                sink.on_step_end(
+                    step=step, epoch=1, loss=1.0, traces=[r for r in rows if r.step == step]
+                )
+            assert writer.pending == 3 + len(rows) and _count(sessions, Metric, job_id) == 0
+    finally:
+        sink.close()  # drains the writer
     assert writer.pending == 0 and not _writer_threads(job_id)
     assert _count(sessions, LayerTrace, job_id) == len(rows)
     assert _count(sessions, Metric, job_id) == 3
