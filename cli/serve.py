@@ -22,7 +22,7 @@ from cli.client import ApiClient
 from cli.render import summary_text, watch
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
-from shared.queues import ALL_TRAIN_QUEUES, QUEUE_CPU, QUEUE_DEFAULT, make_celery
+from shared.queues import ALL_TRAIN_QUEUES, QUEUE_CPU, QUEUE_DEFAULT, QUEUE_INFER, make_celery
 from shared.sweeper import run_forever
 from shared.tokens import create_token, find_token
 
@@ -53,7 +53,8 @@ def worker_command(
     return [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
         "-Q", ",".join(queues), "-P", pool, "--concurrency", str(concurrency), "-l", loglevel,
-        "-n", f"trainyard-{os.getpid()}@%h", "--without-gossip", "--without-mingle",
+        "-n", f"trainyard-{'-'.join(queues)}-{os.getpid()}@%h",
+        "--without-gossip", "--without-mingle",
     ]  # fmt: skip
 
 
@@ -133,6 +134,8 @@ def run_serve(settings: Settings, *, demo: bool, exit_after_demo: bool, api_work
     logs.mkdir(parents=True, exist_ok=True)
     commands = {
         "worker": worker_command(default_queues()),
+        # Its own process: a prediction never waits for a training job to finish.
+        "worker-infer": worker_command([QUEUE_INFER]),
         "api": api_command(settings.api_host, settings.api_port, api_workers),
     }
     children = []
@@ -154,8 +157,9 @@ def run_serve(settings: Settings, *, demo: bool, exit_after_demo: bool, api_work
     code = 0
     try:
         wait_healthy(base)
-        click.echo(f"API: {base}  (worker queues: {', '.join(default_queues())})")
-        click.echo(f"logs: {logs}/api.log, {logs}/worker.log")
+        queues = ", ".join(default_queues())
+        click.echo(f"API: {base}  (training worker: {queues}; inference worker: {QUEUE_INFER})")
+        click.echo(f"logs: {logs}/api.log, {logs}/worker.log, {logs}/worker-infer.log")
         if demo:
             code = _run_demo(settings, sessions, base)
             if exit_after_demo:

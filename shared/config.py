@@ -38,6 +38,19 @@ class Settings(BaseSettings):
         default=50_000, description="Most metric points or trace rows one request returns"
     )
 
+    max_infer_samples: int = Field(
+        default=256, description="Most samples one inference request holds"
+    )
+    max_image_pixels: int = Field(
+        default=4096 * 4096, description="Largest image (width x height) an inference input may be"
+    )
+    predict_wait_seconds: float = Field(
+        default=10.0, description="How long POST .../predict waits before answering 202"
+    )
+    model_cache_mb: int = Field(
+        default=1024, description="Memory an inference worker keeps loaded models in (LRU)"
+    )
+
     lease_seconds: int = Field(default=120, description="A running job's claim without heartbeat")
     heartbeat_seconds: float = Field(default=2.0, description="Progress / lease update period")
     flush_seconds: float = Field(default=1.0, description="Metric and trace batch write period")

@@ -47,6 +47,19 @@ class JobNotFound(NotFound):
     """No job with that id belongs to the caller."""
 
 
+class InferenceFailed(TrainyardError):
+    """An accepted inference job ended without predictions; the message says why."""
+
+    status = 422
+    code = "inference_failed"
+
+
+class NoData(NotFound):
+    """A view of a job (a plot) has no rows to show; the message says how to get them."""
+
+    code = "no_data"
+
+
 class InvalidTransition(TrainyardError):
     """A job status change that the state machine does not allow (e.g. succeeded -> running)."""
 

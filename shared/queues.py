@@ -13,11 +13,15 @@ from celery import Celery
 from shared.config import Settings
 
 TRAIN_TASK = "trainyard.train"
+INFER_TASK = "trainyard.infer"
 
 QUEUE_DEFAULT = "train"  # device "auto": any worker
 QUEUE_GPU = "train.gpu"  # device "cuda": workers that have one
 QUEUE_CPU = "train.cpu"  # device "cpu"
 ALL_TRAIN_QUEUES = (QUEUE_DEFAULT, QUEUE_GPU, QUEUE_CPU)
+# Predictions have their own queue and worker, so they never wait behind training.
+QUEUE_INFER = "infer"
+TASK_FOR_KIND = {"train": TRAIN_TASK, "infer": INFER_TASK}
 
 
 def queue_for_device(device: str) -> str:
@@ -64,6 +68,7 @@ def make_celery(settings: Settings, *, include: list[str] | None = None) -> Cele
     return app
 
 
-def send_train(app: Celery, *, job_id: str, queue: str) -> None:
-    """Queue "train job X"; raises if the broker is unreachable (the sweeper re-sends later)."""
-    app.send_task(TRAIN_TASK, args=[job_id], queue=queue, retry=False)
+def send_job(app: Celery, *, job_id: str, kind: str, queue: str) -> None:
+    """Queue "work on job X" (train or infer by kind); raises if the broker is unreachable
+    (the sweeper re-sends later)."""
+    app.send_task(TASK_FOR_KIND[kind], args=[job_id], queue=queue, retry=False)

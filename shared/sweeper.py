@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import repository
 from shared.config import Settings
 from shared.db import session_scope
-from shared.queues import send_train
+from shared.queues import send_job
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def sweep_once(
         )
         for job in jobs:
             try:
-                send_train(celery, job_id=str(job.id), queue=job.queue)
+                send_job(celery, job_id=str(job.id), kind=job.kind, queue=job.queue)
             except Exception:
                 log.warning("broker unreachable; will retry job %s next sweep", job.id)
                 break

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cli.serve import api_command, wait_healthy, worker_command
 from shared.models import FINAL_STATUSES
-from shared.queues import ALL_TRAIN_QUEUES
+from shared.queues import ALL_TRAIN_QUEUES, QUEUE_INFER
 from tests.conftest import LIVE_REDIS_URL, make_token
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,6 +91,7 @@ def live_url(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     procs = []
     for name, cmd in (
         ("worker", worker_command(list(ALL_TRAIN_QUEUES))),
+        ("worker-infer", worker_command([QUEUE_INFER])),
         ("api", api_command("127.0.0.1", port, 2)),
     ):
         out = (logs / f"{name}.log").open("w")

@@ -9,6 +9,7 @@ import uuid
 from functools import cache
 from typing import Any
 
+import torch
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -16,11 +17,13 @@ from shared import repository
 from shared.config import Settings, get_settings
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.errors import InvalidTransition, LeaseLost, TrainyardError
+from shared.infer_inputs import InputLimits, inputs_tensor
 from shared.jsonvalues import json_safe
 from shared.models import JobStatus
-from shared.queues import TRAIN_TASK
-from shared.spec import JobSpec
+from shared.queues import INFER_TASK, TRAIN_TASK
+from shared.spec import InferSpec, JobSpec
 from worker.celery_app import app
+from worker.inference import LoadedModel, ModelCache, load_model, predict
 from worker.sinks import DatabaseSink
 from worker.training.loop import FitResult, TrainingDiverged, fit
 
@@ -39,6 +42,24 @@ def train(job_id: str) -> str:
     worker = f"{socket.gethostname()}:{os.getpid()}"
     return execute_train(
         uuid.UUID(job_id), worker=worker, sessions=_sessions(), settings=get_settings()
+    )
+
+
+@cache
+def _model_cache() -> ModelCache:
+    return ModelCache(get_settings().model_cache_mb * 2**20)
+
+
+@app.task(name=INFER_TASK)
+def infer(job_id: str) -> str:
+    """Predict with a trained job's checkpoint; the outputs land in the job's summary."""
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    return execute_infer(
+        uuid.UUID(job_id),
+        worker=worker,
+        sessions=_sessions(),
+        settings=get_settings(),
+        cache=_model_cache(),
     )
 
 
@@ -149,3 +170,71 @@ def _summary(result: FitResult) -> dict[str, Any]:
             "stopped": result.stopped,
         }
     )
+
+
+def execute_infer(
+    job_id: uuid.UUID,
+    *,
+    worker: str,
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    cache: ModelCache,
+) -> str:
+    """queued -> running -> succeeded | failed, with the predictions as the summary."""
+    with session_scope(sessions) as session:
+        job = repository.claim_job(
+            session=session,
+            job_id=job_id,
+            worker=worker,
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.max_attempts,
+        )
+        if job is None:
+            return "skipped"
+        raw_spec = job.spec
+    status, summary, error = JobStatus.FAILED, None, None
+    try:
+        request = InferSpec.model_validate(raw_spec)
+        assert request.checkpoint_id is not None, "the API pins the checkpoint"
+        loaded = cache.get(request.checkpoint_id)
+        warm = loaded is not None
+        if loaded is None:
+            loaded = _load(sessions, request)
+            cache.put(request.checkpoint_id, loaded)
+        inputs = inputs_tensor(request.inputs, loaded.spec.data, InputLimits.of(settings))
+        summary = {
+            "model_job_id": str(request.model_job_id),
+            "checkpoint_id": str(request.checkpoint_id),
+            "cached_model": warm,
+            **predict(loaded, inputs),
+        }
+        status = JobStatus.SUCCEEDED
+    except Exception as exc:
+        log.exception("inference job %s failed", job_id)
+        error = user_message(exc)
+    try:
+        with session_scope(sessions) as session:
+            repository.finish_job(
+                session=session,
+                job_id=job_id,
+                worker=worker,
+                status=status,
+                summary=summary,
+                error=error,
+            )
+    except InvalidTransition:
+        log.warning("job %s: lost the claim before finishing; result dropped", job_id)
+        return "lost"
+    return str(status)
+
+
+def _load(sessions: sessionmaker[Session], request: InferSpec) -> LoadedModel:
+    """The training job's model with the pinned checkpoint's weights, on this worker's device."""
+    with sessions() as session:
+        source = repository.get_job(session=session, job_id=request.model_job_id)
+        ckpt = repository.get_checkpoint(
+            session=session, job_id=source.id, ref=str(request.checkpoint_id)
+        )
+        spec, state = JobSpec.model_validate(source.spec), ckpt.model_state
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return load_model(spec, state, device)

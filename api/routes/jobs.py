@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import logging
 import uuid
 from datetime import datetime
 from typing import Any
@@ -13,19 +12,19 @@ from flask import Blueprint, Response, jsonify, request, url_for
 
 from api.auth import current_owner
 from api.context import db, services
+from api.inference import validate_infer
 from api.params import choice_arg, int_arg
 from api.serialize import event_json, job_json
+from api.submit import enqueue
 from api.validation import validate_train_spec
 from shared import repository
 from shared.errors import BadParameter, SpecError
-from shared.models import JobStatus
-from shared.queues import queue_for_device, send_train
+from shared.models import Job, JobStatus
+from shared.queues import QUEUE_INFER, queue_for_device
 
 bp = Blueprint("jobs", __name__)
-log = logging.getLogger(__name__)
 
 JOB_KINDS = ("train", "infer")
-SUBMITTABLE_KINDS = ("train",)  # inference jobs come with the inference issue
 
 
 def parse_job_id(raw: str) -> uuid.UUID:
@@ -55,42 +54,60 @@ def submit() -> tuple[Response, int, dict[str, str]]:
     """Validate, store as queued, then send the message (the row exists before the message)."""
     body = _json_body()
     kind = body.get("kind", "train")
-    if kind not in SUBMITTABLE_KINDS:
+    if kind not in JOB_KINDS:
         raise SpecError(
-            f"kind must be one of {list(SUBMITTABLE_KINDS)}, got {kind!r}",
+            f"kind must be one of {list(JOB_KINDS)}, got {kind!r}",
             details=[{"loc": "kind", "msg": "unsupported job kind"}],
         )
+    job = submit_infer(body) if kind == "infer" else submit_train(body)
+    location = url_for("api_v1.jobs.get_job", job_id=str(job.id))
+    return jsonify(job_json(job)), 202, {"Location": location}
+
+
+def _refuse_unknown(body: dict[str, Any], allowed: set[str], shape: str) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise SpecError(
+            f"unknown field {unknown[0]!r}; {shape}",
+            details=[{"loc": name, "msg": "unknown field"} for name in unknown],
+        )
+
+
+def submit_train(body: dict[str, Any]) -> Job:
+    """A training job from {"kind": "train", "spec": {...}}."""
     spec, _report = validate_train_spec(
         body.get("spec"), settings=services().settings, session=db(), owner=current_owner()
     )
-    unknown = sorted(set(body) - {"kind", "spec"})
-    if unknown:
-        raise SpecError(
-            f"unknown field {unknown[0]!r}; a job is {{'kind', 'spec'}}",
-            details=[{"loc": name, "msg": "unknown field"} for name in unknown],
-        )
-    session = db()
-    queue = queue_for_device(spec.train.device)
-    job = repository.create_job(
-        session=session,
+    _refuse_unknown(body, {"kind", "spec"}, "a training job is {'kind', 'spec'}")
+    return enqueue(
+        session=db(),
         owner=current_owner(),
-        kind=kind,
+        kind="train",
         spec=spec.model_dump(mode="json"),
-        queue=queue,
+        queue=queue_for_device(spec.train.device),
         source_job_id=spec.model.init_from.job_id if spec.model.init_from else None,
     )
-    session.commit()
-    try:
-        send_train(services().celery, job_id=str(job.id), queue=queue)
-        repository.mark_enqueued(session=session, job_id=job.id)
-        session.commit()
-    except Exception:
-        # The row is the truth: the sweeper re-sends queued jobs whose message never left.
-        log.exception("could not send job %s to the broker; the sweeper will retry", job.id)
-        session.rollback()
-    session.refresh(job)
-    location = url_for("api_v1.jobs.get_job", job_id=str(job.id))
-    return jsonify(job_json(job)), 202, {"Location": location}
+
+
+def submit_infer(body: dict[str, Any]) -> Job:
+    """An inference job from {"kind": "infer", "model_job_id", "checkpoint", "inputs"}."""
+    fields = {k: v for k, v in body.items() if k != "kind"}
+    _refuse_unknown(
+        body,
+        {"kind", "model_job_id", "checkpoint", "inputs"},
+        "an inference job is {'kind', 'model_job_id', 'checkpoint', 'inputs'}",
+    )
+    request = validate_infer(
+        fields, session=db(), owner=current_owner(), settings=services().settings
+    )
+    return enqueue(
+        session=db(),
+        owner=current_owner(),
+        kind="infer",
+        spec=request.model_dump(mode="json"),
+        queue=QUEUE_INFER,
+        source_job_id=request.model_job_id,
+    )
 
 
 def _decode_cursor(raw: str) -> tuple[datetime, uuid.UUID]:

@@ -1,14 +1,20 @@
-"""Models without jobs: what a spec builds, checked and described, nothing stored."""
+"""Models: what a spec builds (checked and described, nothing stored), and predictions
+from a trained job's model."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify, request, url_for
 
 from api.auth import current_owner
 from api.context import db, services
+from api.inference import validate_infer, wait_final
+from api.routes.jobs import parse_job_id
+from api.serialize import job_json
+from api.submit import enqueue
 from api.validation import validate_train_spec
-from shared.errors import SpecError
+from shared.errors import InferenceFailed, SpecError
 from shared.netspec import model_summary
+from shared.queues import QUEUE_INFER
 
 bp = Blueprint("models", __name__)
 
@@ -25,3 +31,57 @@ def summary() -> Response:
     )
     result = model_summary(spec, max_params=settings.max_params)
     return jsonify(result.to_json())
+
+
+@bp.post("/models/<job_id>/predict")
+def predict(job_id: str) -> tuple[Response, int, dict[str, str]]:
+    """Queue an inference job on the `infer` queue and wait (bounded) for its answer.
+
+    200 with the predictions; 202 with the job to poll when `wait_seconds` (at most
+    TRAINYARD_PREDICT_WAIT_SECONDS) pass first; 422 when the inference job failed.
+    """
+    body = request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise SpecError(
+            'the body must be a JSON object such as {"inputs": [...]}',
+            details=[{"loc": "body", "msg": "not a JSON object"}],
+        )
+    settings = services().settings
+    wait = body.pop("wait_seconds", settings.predict_wait_seconds)
+    if not isinstance(wait, int | float) or isinstance(wait, bool) or not 0 <= wait <= 600:
+        raise SpecError(
+            "wait_seconds must be a number of seconds between 0 and 600",
+            details=[{"loc": "wait_seconds", "msg": "invalid"}],
+        )
+    unknown = sorted(set(body) - {"checkpoint", "inputs"})
+    if unknown:
+        raise SpecError(
+            f"unknown field {unknown[0]!r}; a prediction is {{'inputs', 'checkpoint', "
+            "'wait_seconds'}",
+            details=[{"loc": name, "msg": "unknown field"} for name in unknown],
+        )
+    session = db()
+    infer = validate_infer(
+        {**body, "model_job_id": parse_job_id(job_id)},
+        session=session,
+        owner=current_owner(),
+        settings=settings,
+    )
+    job = enqueue(
+        session=session,
+        owner=current_owner(),
+        kind="infer",
+        spec=infer.model_dump(mode="json"),
+        queue=QUEUE_INFER,
+        source_job_id=infer.model_job_id,
+    )
+    location = url_for("api_v1.jobs.get_job", job_id=str(job.id))
+    headers = {"Location": location}
+    if not wait_final(session, job, min(float(wait), settings.predict_wait_seconds)):
+        return jsonify(job_json(job, with_spec=False)), 202, headers
+    if job.status != "succeeded":
+        raise InferenceFailed(
+            f"inference job {job.id} {job.status}: {job.error or 'no message'}",
+            details=[{"loc": "job", "msg": str(job.id)}],
+        )
+    return jsonify({"job_id": str(job.id), **(job.summary or {})}), 200, headers

@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from shared.spec.base import Strict
 from shared.spec.data import DataSpec, TransformSpec, class_count, sample_shape
 from shared.spec.hooks import AlertSpec, HookSpec
+from shared.spec.infer import CHECKPOINT_TAGS, InferSpec
 from shared.spec.model import MAX_DEPTH, MAX_LAYERS, InitFrom, InitRule, LayerSpec, ModelSpec
 from shared.spec.train import (
     REGRESSION_LOSSES,
@@ -22,6 +23,7 @@ from shared.spec.train import (
 )
 
 __all__ = [
+    "CHECKPOINT_TAGS",
     "MAX_DEPTH",
     "MAX_LAYERS",
     "AlertSpec",
@@ -29,6 +31,7 @@ __all__ = [
     "EarlyStoppingSpec",
     "GradClipSpec",
     "HookSpec",
+    "InferSpec",
     "InitFrom",
     "InitRule",
     "JobSpec",

@@ -1,0 +1,242 @@
+"""Inference over HTTP on the real PostgreSQL and Redis: submit-time checks and predict.
+
+The answering side is the worker's own task body, fed by the message the API put in
+Redis (tests/e2e runs it under a real Celery worker).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+import torch
+from flask.testing import FlaskClient
+from PIL import Image
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import repository
+from shared.config import Settings
+from shared.db import session_scope
+from shared.models import Job
+from shared.netspec import build_model
+from shared.spec import JobSpec
+from shared.tensors import sha256_hex, state_dict_to_bytes
+from worker.inference import ModelCache
+from worker.tasks import execute_infer
+
+SPEC = {
+    "model": {
+        "layers": [
+            {"type": "Flatten"},
+            {"type": "Linear", "name": "fc", "in_features": 64, "out_features": 10},
+        ]
+    },
+    "data": {"dataset": "digits"},
+    "train": {"epochs": 1},
+}
+
+
+def _trained_job(sessions: sessionmaker[Session], owner: str = "alice") -> uuid.UUID:
+    """A succeeded training job with a 'final' checkpoint (weights as built)."""
+    spec = JobSpec.model_validate(SPEC)
+    torch.manual_seed(0)
+    blob = state_dict_to_bytes(build_model(spec.model).state_dict())
+    with session_scope(sessions) as session:
+        job = repository.create_job(
+            session=session, owner=owner, kind="train",
+            spec=spec.model_dump(mode="json"), queue="train",
+        )  # fmt: skip
+        job.status = "succeeded"
+        repository.save_checkpoint(
+            session=session, job_id=job.id, step=1, epoch=1, tag="final",
+            model_state=blob, optimizer_state=None, sha256=sha256_hex(blob),
+        )  # fmt: skip
+        return job.id
+
+
+@pytest.fixture()
+def infer_worker(
+    redis_client: redis.Redis, sessions: sessionmaker[Session], settings: Settings
+) -> Iterator[ModelCache]:
+    """Runs the infer task body for every message the API sends to the 'infer' queue."""
+    stop = threading.Event()
+    cache = ModelCache(2**24)
+
+    def loop() -> None:
+        while not stop.is_set():
+            item = redis_client.brpop(["infer"], timeout=0.2)
+            if item is None:
+                continue
+            message = json.loads(item[1])
+            assert message["headers"]["task"] == "trainyard.infer"
+            job_id = uuid.UUID(json.loads(base64.b64decode(message["body"]))[0][0])
+            execute_infer(job_id, worker="t", sessions=sessions, settings=settings, cache=cache)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    yield cache
+    stop.set()
+    thread.join(5)
+
+
+def _digit_png(value: int) -> str:
+    out = io.BytesIO()
+    Image.fromarray(np.full((8, 8), value, dtype=np.uint8)).save(out, format="PNG")
+    return base64.b64encode(out.getvalue()).decode()
+
+
+def test_an_infer_job_goes_to_the_infer_queue_with_its_checkpoint_pinned(
+    client: FlaskClient,
+    alice: dict[str, str],
+    sessions: sessionmaker[Session],
+    redis_client: redis.Redis,
+) -> None:
+    model_job = _trained_job(sessions)
+    body = {"kind": "infer", "model_job_id": str(model_job), "inputs": [[[0.5] * 8] * 8]}
+    resp = client.post("/api/v1/jobs", json=body, headers=alice)
+    assert resp.status_code == 202, resp.get_json()
+    job = resp.get_json()
+    assert job["kind"] == "infer" and job["queue"] == "infer" and job["status"] == "queued"
+    with sessions() as session:
+        ckpt = repository.get_checkpoint(session=session, job_id=model_job, ref="final")
+        row = session.get(Job, uuid.UUID(job["id"]))
+        assert row is not None and row.source_job_id == model_job
+    assert job["spec"]["checkpoint"] == "final" and job["spec"]["checkpoint_id"] == str(ckpt.id)
+    assert redis_client.llen("infer") == 1 and redis_client.llen("train") == 0
+
+
+def _post(client: FlaskClient, headers: dict[str, str], **body: Any) -> Any:
+    return client.post("/api/v1/jobs", json={"kind": "infer", **body}, headers=headers)
+
+
+def test_bad_inference_requests_name_the_field(
+    client: FlaskClient,
+    alice: dict[str, str],
+    bob: dict[str, str],
+    sessions: sessionmaker[Session],
+    redis_client: redis.Redis,
+) -> None:
+    model_job = str(_trained_job(sessions))
+    sample = [[[0.5] * 8] * 8]
+    cases: list[tuple[dict[str, str], dict[str, Any], int, str, str]] = [
+        (alice, {"model_job_id": model_job, "inputs": [[0.5] * 8]}, 400, "inputs",
+         "inputs: shape [1, 8] does not fit the model: expected one sample of shape [1, 8, 8]"),
+        (alice, {"model_job_id": model_job}, 400, "inputs", "inputs: Field required"),
+        (alice, {"model_job_id": "nope", "inputs": sample}, 400, "model_job_id", "UUID"),
+        (alice, {"model_job_id": model_job, "inputs": sample, "checkpoint": "bestest"}, 400,
+         "checkpoint", "must be one of ['final', 'best', 'latest', 'epoch'] or a checkpoint id"),
+        (alice, {"model_job_id": model_job, "inputs": sample, "checkpoint": "best"}, 404,
+         "checkpoint", f"job {model_job} has no 'best' checkpoint"),
+        (alice, {"model_job_id": str(uuid.uuid4()), "inputs": sample}, 404, "", "not found"),
+        (bob, {"model_job_id": model_job, "inputs": sample}, 404, "", "not found"),
+        (alice, {"model_job_id": model_job, "inputs": sample, "spec": {}}, 400, "spec",
+         "unknown field 'spec'"),
+        (alice, {"model_job_id": model_job, "inputs": [sample] * 300}, 413, "inputs",
+         "300 samples; at most 256"),
+        (alice, {"model_job_id": model_job, "inputs": ["AAAA"]}, 400, "inputs[0]",
+         "not a PNG or JPEG image"),
+    ]  # fmt: skip
+    for headers, body, status, loc, message in cases:
+        resp = _post(client, headers, **body)
+        err = resp.get_json()["error"]
+        assert resp.status_code == status, (body, err)
+        assert message in err["message"], (body, err)
+        if loc:
+            assert err["details"][0]["loc"] == loc, (body, err)
+    assert redis_client.llen("infer") == 0  # nothing was queued
+
+
+def test_an_inference_job_cannot_be_the_model(
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+) -> None:
+    model_job = str(_trained_job(sessions))
+    first = _post(client, alice, model_job_id=model_job, inputs=[[[0.0] * 8] * 8]).get_json()
+    resp = _post(client, alice, model_job_id=first["id"], inputs=[[[0.0] * 8] * 8])
+    assert resp.status_code == 400
+    assert resp.get_json()["error"]["details"][0]["loc"] == "model_job_id"
+
+
+def test_predict_answers_with_the_predictions(
+    client: FlaskClient,
+    alice: dict[str, str],
+    sessions: sessionmaker[Session],
+    infer_worker: ModelCache,
+) -> None:
+    model_job = _trained_job(sessions)
+    images = [_digit_png(0), _digit_png(255)]
+    resp = client.post(
+        f"/api/v1/models/{model_job}/predict", json={"inputs": images}, headers=alice
+    )
+    assert resp.status_code == 200, resp.get_json()
+    body = resp.get_json()
+    assert body["samples"] == 2 and body["task"] == "classification"
+    model = build_model(JobSpec.model_validate(SPEC).model)
+    torch.manual_seed(0)
+    model = build_model(JobSpec.model_validate(SPEC).model).eval()
+    with torch.no_grad():
+        logits = model(torch.stack([torch.zeros(1, 8, 8), torch.ones(1, 8, 8)]))
+    assert [o["predicted_class"] for o in body["outputs"]] == logits.argmax(1).tolist()
+    torch.testing.assert_close(torch.tensor([o["logits"] for o in body["outputs"]]), logits)
+    job = client.get(resp.headers["Location"], headers=alice).get_json()
+    assert job["status"] == "succeeded" and job["summary"]["outputs"] == body["outputs"]
+    again = client.post(
+        f"/api/v1/models/{model_job}/predict", json={"inputs": images[:1]}, headers=alice
+    ).get_json()
+    assert again["cached_model"] is True and infer_worker.hits == 1
+
+
+def test_predict_past_its_wait_answers_202_with_the_job(
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+) -> None:
+    model_job = _trained_job(sessions)  # no worker runs: the job stays queued
+    resp = client.post(
+        f"/api/v1/models/{model_job}/predict",
+        json={"inputs": [[[0.5] * 8] * 8], "wait_seconds": 0.05},
+        headers=alice,
+    )
+    assert resp.status_code == 202
+    assert resp.get_json()["status"] == "queued" and "/api/v1/jobs/" in resp.headers["Location"]
+
+
+def test_predict_refuses_bad_bodies(
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+) -> None:
+    model_job = _trained_job(sessions)
+    url = f"/api/v1/models/{model_job}/predict"
+    for body, loc in (
+        ({"inputs": [[[0.5] * 8] * 8], "wait_seconds": -1}, "wait_seconds"),
+        ({"inputs": [[[0.5] * 8] * 8], "model_job_id": str(model_job)}, "model_job_id"),
+        ([1, 2], "body"),
+    ):
+        resp = client.post(url, json=body, headers=alice)
+        assert resp.status_code == 400 and resp.get_json()["error"]["details"][0]["loc"] == loc
+    resp = client.post(
+        f"/api/v1/models/{uuid.uuid4()}/predict", json={"inputs": [1]}, headers=alice
+    )
+    assert resp.status_code == 404
+
+
+def test_a_failed_prediction_is_422_with_the_reason(
+    client: FlaskClient,
+    alice: dict[str, str],
+    sessions: sessionmaker[Session],
+    infer_worker: ModelCache,
+) -> None:
+    model_job = _trained_job(sessions)
+    with session_scope(sessions) as session:  # weights that no longer fit the model
+        ckpt = repository.get_checkpoint(session=session, job_id=model_job, ref="final")
+        ckpt.model_state = state_dict_to_bytes({"fc.weight": torch.zeros(3, 3)})
+    resp = client.post(
+        f"/api/v1/models/{model_job}/predict", json={"inputs": [[[0.5] * 8] * 8]}, headers=alice
+    )
+    assert resp.status_code == 422
+    err = resp.get_json()["error"]
+    assert err["code"] == "inference_failed" and "failed: RuntimeError" in err["message"]
