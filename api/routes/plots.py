@@ -1,0 +1,141 @@
+"""PNG plots of a job, cached per job state: a finished job's plots render once, a running
+job's again only after its state (status, progress step) moved on."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import torch
+from flask import Blueprint, Response, current_app, request
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from api import plots
+from api.auth import current_owner
+from api.context import db, services
+from api.routes.jobs import parse_job_id
+from shared import repository
+from shared.errors import NotFound, SpecError
+from shared.models import Job, LayerTrace, Metric
+from shared.netbuild import build_tree
+from shared.spec import ModelSpec
+
+bp = Blueprint("plots", __name__)
+
+CACHE_ENTRIES = 64  # rendered PNGs kept per process (tens of KB each)
+# The (split, name) series each metric plot reads; None: every split.
+METRICS: dict[str, tuple[tuple[str | None, str], ...]] = {
+    "loss": (("train", "loss"), ("train", "epoch_loss"), ("val", "loss")),
+    "accuracy": ((None, "accuracy"),),
+    "lr": (("train", "lr"),),
+}
+# The trace kinds each trace plot reads, in preference order: the first kind with rows wins.
+TRACE_KINDS: dict[str, tuple[str, ...]] = {
+    "grad_flow": ("param_grad", "backward"),
+    "zero_frac": ("forward",),
+}
+
+
+class PngCache:
+    """A small thread-safe LRU of rendered PNG bytes (gunicorn runs request threads)."""
+
+    def __init__(self, entries: int) -> None:
+        self._entries = entries
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            png = self._items.get(key)
+            if png is not None:
+                self._items.move_to_end(key)
+            return png
+
+    def put(self, key: str, png: bytes) -> None:
+        with self._lock:
+            self._items[key] = png
+            self._items.move_to_end(key)
+            while len(self._items) > self._entries:
+                self._items.popitem(last=False)
+
+
+@bp.get("/jobs/<job_id>/plots/<name>.png")
+def plot(job_id: str, name: str) -> Response:
+    """One plot of the job as PNG; ETag / If-None-Match answer 304 while the job stands still."""
+    if name not in plots.PLOTS:
+        raise NotFound(
+            f"no plot named {name!r}; the plots are {', '.join(plots.PLOTS)}",
+            details=[{"loc": "name", "msg": f"one of {list(plots.PLOTS)}"}],
+        )
+    session = db()
+    job = repository.get_job(session=session, job_id=parse_job_id(job_id), owner=current_owner())
+    key = state_key(job, name)
+    # no-cache: clients keep the image but ask each time; a 304 costs one job-row read.
+    headers = {"ETag": f'"{key}"', "Cache-Control": "private, no-cache"}
+    if request.if_none_match.contains_weak(key):
+        return Response(status=304, headers=headers)
+    cache = _cache()
+    png = cache.get(key)
+    if png is None:
+        png = plots.render(name, _plot_data(session, job, name))
+        cache.put(key, png)
+    return Response(png, mimetype="image/png", headers=headers)
+
+
+def state_key(job: Job, name: str) -> str:
+    """What a plot depends on: new rows always come with a new progress step or status."""
+    finished = job.finished_at.isoformat() if job.finished_at else ""
+    parts = (plots.VERSION, job.id, job.status, job.attempt, job.progress_step, finished, name)
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:32]
+
+
+def _cache() -> PngCache:
+    # Per app, not per module: two apps in one process (tests) never share images.
+    cache: PngCache = current_app.extensions.setdefault("trainyard.plots", PngCache(CACHE_ENTRIES))
+    return cache
+
+
+def _plot_data(session: Session, job: Job, name: str) -> plots.PlotData:
+    limit = services().settings.max_result_rows
+    truncated = False  # a query that returns `limit` rows may have left some out
+    metrics: list[Metric] = []
+    for split, metric in METRICS.get(name, ()):
+        rows = repository.list_metrics(
+            session=session, job_id=job.id, split=split, name=metric, limit=limit
+        )
+        truncated |= len(rows) >= limit
+        metrics += rows
+    traces: list[LayerTrace] = []
+    for kind in TRACE_KINDS.get(name, ()):
+        traces = repository.list_traces(session=session, job_id=job.id, kind=kind, limit=limit)
+        if traces:
+            truncated |= len(traces) >= limit
+            break
+    return plots.PlotData(
+        job=str(job.id),
+        metrics=metrics,
+        traces=traces,
+        layer_order=model_order(job.spec) if traces else (),
+        last_step=job.progress_step,
+        truncated=truncated,
+    )
+
+
+def model_order(spec: dict[str, Any]) -> list[str]:
+    """Module names, then parameter names, in the model's own order; [] if it cannot be built.
+
+    The database returns trace rows sorted by name ("conv1.bias" before "conv1.weight",
+    "layers.10" before "layers.2"), so the spec is the only record of the model's order.
+    Built on the meta device: no memory, no weights, milliseconds.
+    """
+    try:
+        model_spec = ModelSpec.model_validate(spec.get("model"))
+        with torch.device("meta"):
+            model, _ = build_tree(model_spec)
+    except (ValidationError, SpecError):
+        return []  # e.g. an operator layer since removed: fall back to first appearance
+    names = [n for n, _ in model.named_modules() if n]
+    return names + [n for n, _ in model.named_parameters()]
