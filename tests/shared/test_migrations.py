@@ -1,13 +1,18 @@
-"""Alembic: an empty PostgreSQL database upgraded to head matches the models exactly."""
+"""Alembic: an empty database upgraded to head matches the models exactly, and downgrades.
+
+Both dialects run the same revisions (PostgreSQL for a cluster, SQLite for the embedded
+default), including the result views of 0003, whose SQL differs per dialect.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from cli.migrate import alembic_config, upgrade
 from shared.db import make_engine
@@ -15,6 +20,7 @@ from shared.models import Base
 from tests.conftest import create_database, drop_database
 
 TABLES = {"jobs", "metrics", "layer_traces", "checkpoints", "job_events", "api_tokens"}
+VIEWS = {"job_results", "epoch_metrics"}  # 0003; not in the models' metadata
 
 
 def _drift(url: str) -> list[object]:
@@ -27,27 +33,49 @@ def _drift(url: str) -> list[object]:
         engine.dispose()
 
 
+def _schema(url: str) -> tuple[set[str], set[str]]:
+    """(table names, view names) of the database at `url`."""
+    engine = make_engine(url)
+    try:
+        inspector = inspect(engine)
+        return set(inspector.get_table_names()), set(inspector.get_view_names())
+    finally:
+        engine.dispose()
+
+
+def _views_answer(url: str) -> None:
+    """Each view runs (on an empty database: no rows)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            for view in sorted(VIEWS):
+                assert conn.execute(text(f"SELECT * FROM {view}")).all() == []
+    finally:
+        engine.dispose()
+
+
+def _upgrade_downgrade_round_trip(url: str) -> None:
+    upgrade(url, "head")
+    assert _drift(url) == []  # the views do not count as drift
+    tables, views = _schema(url)
+    assert tables >= TABLES and views == VIEWS
+    _views_answer(url)
+    command.downgrade(alembic_config(url), "0002")
+    assert _schema(url)[1] == set()
+    upgrade(url, "head")
+    assert _schema(url)[1] == VIEWS
+    command.downgrade(alembic_config(url), "base")
+    assert _schema(url) == ({"alembic_version"}, set())
+
+
 def test_postgres_upgrade_matches_models_and_downgrades() -> None:
     name = f"trainyard_migration_check_{os.getpid()}"
     url = create_database(name)
     try:
-        upgrade(url, "head")
-        assert _drift(url) == []
-        engine = make_engine(url)
-        names = set(inspect(engine).get_table_names())
-        engine.dispose()
-        assert names >= TABLES
-        from alembic import command
-
-        command.downgrade(alembic_config(url), "base")
-        engine = make_engine(url)
-        assert set(inspect(engine).get_table_names()) == {"alembic_version"}
-        engine.dispose()
+        _upgrade_downgrade_round_trip(url)
     finally:
         drop_database(name)
 
 
-def test_sqlite_default_upgrades_to_head(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'embedded.db'}"
-    upgrade(url, "head")
-    assert _drift(url) == []
+def test_sqlite_default_upgrades_to_head_and_downgrades(tmp_path: Path) -> None:
+    _upgrade_downgrade_round_trip(f"sqlite:///{tmp_path / 'embedded.db'}")
