@@ -6,7 +6,9 @@ database"): rename them only with a migration and a README change.
 
 from __future__ import annotations
 
+import math
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -61,6 +63,35 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
+
+
+class Float(TypeDecorator[float]):
+    """A double that keeps NaN on SQLite too.
+
+    PostgreSQL's double precision stores NaN and the infinities; SQLite stores infinities
+    but binds NaN as NULL, which a NOT NULL column refuses (a diverging job's last rows
+    were lost). There NaN is stored as the text 'NaN' (a REAL column keeps text that is
+    not a number) and read back as a float; comparisons in SQL skip it, as NaN should be.
+    """
+
+    impl = Double
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        # Replaces the composed processor: Double's own float() would turn "NaN" back.
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        def process(value: Any) -> Any:
+            if value is None:
+                return None
+            value = float(value)
+            return "NaN" if math.isnan(value) else value
+
+        return process
+
+    def process_result_value(self, value: float | str | None, dialect: Dialect) -> float | None:
+        return float(value) if isinstance(value, str) else value
 
 
 # JSONB on PostgreSQL so SQL users get ->> and indexes; plain JSON text elsewhere.
@@ -136,8 +167,8 @@ class Metric(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     step: Mapped[int] = mapped_column(Integer, primary_key=True)
     epoch: Mapped[int | None] = mapped_column(Integer)
-    # NaN and inf are stored as such (Double keeps them); the API spells them as strings.
-    value: Mapped[float] = mapped_column(Double)
+    # NaN and inf are stored as such (see Float); the API spells them as strings.
+    value: Mapped[float] = mapped_column(Float)
 
 
 class LayerTrace(Base):
@@ -162,15 +193,15 @@ class LayerTrace(Base):
     layer: Mapped[str] = mapped_column(String(255), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)
     numel: Mapped[int] = mapped_column(BigInteger)
-    norm: Mapped[float] = mapped_column(Double)
+    norm: Mapped[float] = mapped_column(Float)
     # NULL: the statistic was not selected in the job's hooks.stats.
-    mean: Mapped[float | None] = mapped_column(Double)
-    std: Mapped[float | None] = mapped_column(Double)
-    min: Mapped[float | None] = mapped_column(Double)
-    max: Mapped[float | None] = mapped_column(Double)
-    zero_frac: Mapped[float | None] = mapped_column(Double)
+    mean: Mapped[float | None] = mapped_column(Float)
+    std: Mapped[float | None] = mapped_column(Float)
+    min: Mapped[float | None] = mapped_column(Float)
+    max: Mapped[float | None] = mapped_column(Float)
+    zero_frac: Mapped[float | None] = mapped_column(Float)
     nonfinite: Mapped[int | None] = mapped_column(BigInteger)  # NULL: not counted
-    update_ratio: Mapped[float | None] = mapped_column(Double)  # param_grad: ||dw|| / ||w||
+    update_ratio: Mapped[float | None] = mapped_column(Float)  # param_grad: ||dw|| / ||w||
     histogram: Mapped[list[float] | None] = mapped_column(JSONType)
 
 

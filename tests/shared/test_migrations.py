@@ -6,17 +6,19 @@ default), including the result views of 0003, whose SQL differs per dialect.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, select, text
 
 from cli.migrate import alembic_config, upgrade
-from shared.db import make_engine
-from shared.models import Base
+from shared import repository
+from shared.db import make_engine, make_session_factory, session_scope
+from shared.models import Base, LayerTrace, Metric
 from tests.conftest import create_database, drop_database
 
 TABLES = {"jobs", "metrics", "layer_traces", "checkpoints", "job_events", "api_tokens"}
@@ -79,3 +81,38 @@ def test_postgres_upgrade_matches_models_and_downgrades() -> None:
 
 def test_sqlite_default_upgrades_to_head_and_downgrades(tmp_path: Path) -> None:
     _upgrade_downgrade_round_trip(f"sqlite:///{tmp_path / 'embedded.db'}")
+
+
+def _nan_round_trip(url: str) -> None:
+    upgrade(url, "head")
+    engine = make_engine(url)
+    sessions = make_session_factory(engine)
+    try:
+        with session_scope(sessions) as session:
+            job = repository.create_job(
+                session=session, owner="o", kind="train", spec={}, queue="train"
+            )
+            metrics = [
+                {"split": "train", "name": "loss", "step": s, "epoch": 1, "value": v}
+                for s, v in ((1, 1.5), (2, math.nan), (3, math.inf))
+            ]
+            repository.record_metrics(session=session, job_id=job.id, rows=metrics)
+            trace = {"step": 2, "layer": "fc", "kind": "backward", "numel": 4, "norm": math.nan}
+            repository.record_traces(session=session, job_id=job.id, rows=[trace])
+        with sessions() as session:
+            values = session.scalars(select(Metric.value).order_by(Metric.step)).all()
+            norm = session.scalars(select(LayerTrace.norm)).one()
+        assert values[0] == 1.5 and math.isnan(values[1]) and values[2] == math.inf
+        assert math.isnan(norm)
+    finally:
+        engine.dispose()
+
+
+def test_nan_and_inf_are_kept_on_postgres_and_sqlite(tmp_path: Path) -> None:
+    # A diverging job's last rows hold NaN; SQLite would bind NaN as NULL and refuse them.
+    _nan_round_trip(f"sqlite:///{tmp_path / 'nan.db'}")
+    name = f"trainyard_nan_check_{os.getpid()}"
+    try:
+        _nan_round_trip(create_database(name))
+    finally:
+        drop_database(name)
