@@ -493,3 +493,50 @@ def end_abandoned_jobs(*, session: Session, max_attempts: int) -> dict[str, int]
             add_event(session=session, job_id=job_id, kind=str(status), message=message)
         counts[str(status)] = len(ids)
     return counts
+
+
+def metric_overview(*, session: Session, job_id: uuid.UUID) -> list[dict[str, Any]]:
+    """Per (split, name) series: point count, the last point, and the best point.
+
+    Best is the lowest value for names ending in 'loss' and the highest for names ending
+    in 'accuracy' (other series have none). Non-finite values are never best: the bounds
+    leave out NaN (greater than every number on PostgreSQL, text on SQLite) and inf.
+    """
+    where = Metric.job_id == job_id
+    groups = session.execute(
+        select(Metric.split, Metric.name, func.count(), func.max(Metric.step))
+        .where(where)
+        .group_by(Metric.split, Metric.name)
+        .order_by(Metric.split, Metric.name)
+    ).all()
+    series = []
+    for split, name, count, last_step in groups:
+        same = (where, Metric.split == split, Metric.name == name)
+        last = session.execute(
+            select(Metric.step, Metric.epoch, Metric.value).where(*same, Metric.step == last_step)
+        ).one()
+        best = None
+        if name.endswith("loss"):
+            best = session.execute(
+                select(Metric.step, Metric.epoch, Metric.value)
+                .where(*same, Metric.value >= -1e308, Metric.value <= 1e308)
+                .order_by(Metric.value.asc(), Metric.step.asc())
+                .limit(1)
+            ).first()
+        elif name.endswith("accuracy"):
+            best = session.execute(
+                select(Metric.step, Metric.epoch, Metric.value)
+                .where(*same, Metric.value >= -1e308, Metric.value <= 1e308)
+                .order_by(Metric.value.desc(), Metric.step.asc())
+                .limit(1)
+            ).first()
+        series.append(
+            {
+                "split": split,
+                "name": name,
+                "points": int(count),
+                "last": dict(last._mapping),
+                "best": dict(best._mapping) if best is not None else None,
+            }
+        )
+    return series

@@ -30,10 +30,15 @@ def _limit() -> int:
 
 @bp.get("/jobs/<job_id>/metrics")
 def metrics(job_id: str) -> Response:
-    """Metric series grouped by (name, split): points of (step, epoch, value)."""
+    """Metric series grouped by (name, split): points of (step, epoch, value).
+
+    `max_points` thins each series server-side, keeping every bucket's first, lowest and
+    highest point, so a loss spike stays visible in a plot of a million steps.
+    """
     session = db()
     job = repository.get_job(session=session, job_id=parse_job_id(job_id), owner=current_owner())
     limit = _limit()
+    max_points = int_arg("max_points", default=None, lo=1, hi=100_000)
     rows = repository.list_metrics(
         session=session,
         job_id=job.id,
@@ -43,12 +48,21 @@ def metrics(job_id: str) -> Response:
         to_step=int_arg("to_step", default=None),
         limit=limit,
     )
+    truncated = len(rows) == limit
+    if max_points is not None:
+        rows = downsample(
+            rows,
+            max_points=max_points,
+            step=lambda r: r.step,
+            series=lambda r: (r.name, r.split),
+            value=lambda r: r.value,
+        )
     series: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         point = {"step": row.step, "epoch": row.epoch, "value": json_float(row.value)}
         series[(row.name, row.split)].append(point)
     body = [{"name": n, "split": s, "points": pts} for (n, s), pts in series.items()]
-    return jsonify({"job_id": str(job.id), "series": body, "truncated": len(rows) == limit})
+    return jsonify({"job_id": str(job.id), "series": body, "truncated": truncated})
 
 
 @bp.get("/jobs/<job_id>/traces")
