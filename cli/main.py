@@ -10,26 +10,10 @@ from typing import Any
 
 import click
 
-from cli.client import ApiClient
+from cli.options import client_options, make_client
 from cli.render import summary_text, watch
+from cli.results import COMMANDS
 from shared.config import Settings, get_settings
-
-
-def _client(url: str | None, token: str | None) -> ApiClient:
-    settings = get_settings()
-    if token is None:
-        token_file = settings.home / "token"
-        token = token_file.read_text().strip() if token_file.exists() else None
-    if not token:
-        raise click.ClickException(
-            f"no token: set TRAINYARD_TOKEN, pass --token, or run where "
-            f"{settings.home / 'token'} exists (trainyard serve --demo writes it)"
-        )
-    return ApiClient(url or settings.base_url(), token)
-
-
-url_option = click.option("--url", envvar="TRAINYARD_URL", help="API base URL.")
-token_option = click.option("--token", envvar="TRAINYARD_TOKEN", help="Bearer token.")
 
 
 @click.group()
@@ -145,8 +129,7 @@ def token_create(name: str, owner: str | None) -> None:
 
 @main.command()
 @click.argument("spec_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@url_option
-@token_option
+@client_options
 def submit(spec_file: Path, url: str | None, token: str | None) -> None:
     """Submit a training job from a JSON spec file; prints the job id."""
     try:
@@ -154,21 +137,24 @@ def submit(spec_file: Path, url: str | None, token: str | None) -> None:
     except json.JSONDecodeError as exc:
         raise click.ClickException(f"{spec_file}: not valid JSON ({exc})") from None
     body = {"kind": "train", "spec": spec}
-    job = _client(url, token).post_json("/api/v1/jobs", body)
+    job = make_client(url, token).post_json("/api/v1/jobs", body)
     click.echo(job["id"])
 
 
 @main.command("watch")
 @click.argument("job_id")
-@url_option
-@token_option
+@client_options
 def watch_cmd(job_id: str, url: str | None, token: str | None) -> None:
     """Show a progress bar until the job ends, then its summary."""
-    client = _client(url, token)
+    client = make_client(url, token)
     final = watch(client, job_id)
     click.echo(summary_text(client, final))
     if final["status"] != "succeeded":
         sys.exit(1)
+
+
+for command in COMMANDS:
+    main.add_command(command)
 
 
 if __name__ == "__main__":

@@ -14,18 +14,39 @@ from shared.models import FINAL_STATUSES
 FINAL = tuple(str(s) for s in FINAL_STATUSES)
 
 
-def progress_line(job: dict[str, Any], loss: float | None) -> str:
-    """`[#####-----]  52%  step 120/230  epoch 2  loss 0.4211  running`."""
+def progress_line(job: dict[str, Any], loss: float | None, eta: float | None = None) -> str:
+    """`[#####-----]  52%  step 120/230  epoch 2  loss 0.4211  ETA 0:12  running`."""
     prog = job["progress"]
     frac = min(max(prog["fraction"] or 0.0, 0.0), 1.0)
     width = 30
     bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
     total = prog["total_steps"] or "?"
     loss_txt = f"  loss {loss:.4g}" if loss is not None else ""
+    eta_txt = f"  ETA {int(eta) // 60}:{int(eta) % 60:02d}" if eta is not None else ""
     return (
         f"[{bar}] {frac * 100:5.1f}%  step {prog['step']}/{total}  epoch {prog['epoch']}"
-        f"{loss_txt}  {job['status']}"
+        f"{loss_txt}{eta_txt}  {job['status']}"
     )
+
+
+class EtaClock:
+    """Seconds left, from the steps done since watching began (the rate as seen here)."""
+
+    def __init__(self) -> None:
+        self._start: tuple[float, int] | None = None
+
+    def eta(self, job: dict[str, Any], now: float) -> float | None:
+        prog = job["progress"]
+        if job["status"] != "running" or not prog["total_steps"]:
+            return None
+        if self._start is None:
+            self._start = (now, prog["step"])
+            return None
+        t0, s0 = self._start
+        done = prog["step"] - s0
+        if done <= 0 or now <= t0:
+            return None
+        return max(0.0, (prog["total_steps"] - prog["step"]) * (now - t0) / done)
 
 
 def _last_loss(client: ApiClient, job: dict[str, Any]) -> float | None:
@@ -47,10 +68,11 @@ def watch(client: ApiClient, job_id: str, *, interval: float = 0.5) -> dict[str,
     """Poll until the job is final, redrawing one progress line; returns the final job."""
     tty = sys.stdout.isatty()
     last = ""
+    clock = EtaClock()
     while True:
         job = client.get_json(f"/api/v1/jobs/{job_id}")
         loss = _last_loss(client, job) if job["status"] != "queued" else None
-        line = progress_line(job, loss)
+        line = progress_line(job, loss, clock.eta(job, time.monotonic()))
         if line != last:
             click.echo(("\r" + line) if tty else line, nl=not tty)
             last = line
