@@ -12,6 +12,7 @@ from api.routes import checkpoints, health, jobs, models, reports, results
 from api.routes import plots as plot_routes  # `api.plots` stays the renderer module
 from shared.config import Settings, get_settings
 from shared.db import make_engine, make_session_factory
+from shared.notify import JobEndSignal
 from shared.queues import make_celery
 
 
@@ -27,6 +28,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         engine=engine,
         sessions=make_session_factory(engine),
         celery=make_celery(settings),
+        job_ended=JobEndSignal(settings.resolved_broker_url()),
     )
     app.teardown_appcontext(close_session)
 

@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
+from shared.notify import JobEndSignal
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class Services:
     engine: Engine
     sessions: sessionmaker[Session]
     celery: Celery
+    job_ended: JobEndSignal
 
 
 def services() -> Services:

@@ -20,6 +20,7 @@ from shared.config import Settings
 from shared.errors import NotFound, SpecError
 from shared.infer_inputs import InputLimits, inputs_tensor
 from shared.models import FINAL_STATUSES, Job
+from shared.notify import JobEndSignal
 from shared.spec import InferSpec, JobSpec
 
 
@@ -44,7 +45,9 @@ def validate_infer(
             details=[{"loc": "model_job_id", "msg": "not a training job"}],
         )
     try:
-        ckpt = repository.get_checkpoint(session=session, job_id=source.id, ref=request.checkpoint)
+        ckpt_id = repository.checkpoint_id(
+            session=session, job_id=source.id, ref=request.checkpoint
+        )
     except NotFound:
         hint = "" if source.status == "succeeded" else f" (the job is {source.status})"
         raise NotFound(
@@ -53,26 +56,32 @@ def validate_infer(
         ) from None
     train_spec = JobSpec.model_validate(source.spec)
     inputs_tensor(request.inputs, train_spec.data, InputLimits.of(settings))
-    request.checkpoint_id = ckpt.id
+    request.checkpoint_id = ckpt_id
     return request
 
 
-def wait_final(session: Session, job: Job, timeout: float) -> bool:
-    """Poll the job row until it is final or `timeout` passes; True when it is final.
+def wait_final(session: Session, job: Job, timeout: float, ended: JobEndSignal) -> bool:
+    """Wait until the job row is final or `timeout` passes; True when it is final.
 
-    Polls start at 2 ms and back off to 50 ms: a warm prediction takes a few ms, and a
-    short poll costs one indexed primary-key read.
+    With Redis the wait blocks on the worker's announcement (shared.notify) in slices,
+    reading the row after each; without it the row is polled, from 2 ms backing off to
+    50 ms (a short poll is one primary-key read).
     """
     deadline = time.monotonic() + timeout
     delay = 0.002
     final = tuple(str(s) for s in FINAL_STATUSES)
     while True:
+        left = deadline - time.monotonic()
+        if ended.available:
+            ended.wait(job.id, min(left, 0.5))  # a just-queued job is not done: wait first
         status = session.scalar(select(Job.status).where(Job.id == job.id))
-        session.commit()  # end the read transaction: the next poll sees new commits
+        session.commit()  # end the read transaction: the next read sees new commits
         if status in final:
             session.refresh(job)
             return True
         if time.monotonic() >= deadline:
+            session.refresh(job)
             return False
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 1.5, 0.05)
+        if not ended.available:
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, 0.05)

@@ -9,7 +9,7 @@ from operator import itemgetter
 from typing import Any, TypeVar
 
 from psycopg import sql
-from sqlalchemy import Connection, Select, Table, and_, func, or_, select, update
+from sqlalchemy import Connection, Select, Table, and_, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -42,9 +42,11 @@ def create_job(
     queue: str,
     priority: int = 0,
     source_job_id: uuid.UUID | None = None,
+    enqueued_at: datetime | None = None,
 ) -> Job:
     """Insert a queued job and its 'queued' event (the caller commits before sending)."""
     job = Job(
+        enqueued_at=enqueued_at,
         owner=owner,
         kind=kind,
         spec=spec,
@@ -90,9 +92,24 @@ def list_jobs(
     return list(session.scalars(query))
 
 
-def mark_enqueued(*, session: Session, job_id: uuid.UUID) -> None:
+def mark_enqueued(*, session: Session, job_id: uuid.UUID) -> datetime:
     """Remember when the job's message was last sent (the sweeper re-sends stale ones)."""
-    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
+    now = utcnow()
+    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=now))
+    return now
+
+
+def relax_durability(session: Session) -> None:
+    """Let this transaction's commit return before its WAL reaches the disk (PostgreSQL).
+
+    For the rows of an inference job only: a prediction is a short-lived request, and a
+    database crash in the next few hundred milliseconds would lose at most that request
+    (the client retries), never training results or checkpoints. It saves a WAL flush
+    per commit (about 1.5 ms on this machine), three per prediction. Consistency is
+    unchanged: the commit is atomic and ordered like any other.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
 
 
 def claim_job(
@@ -108,7 +125,9 @@ def claim_job(
         Job.status == JobStatus.QUEUED,
         and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now),
     )
-    result = session.execute(
+    # One statement: the guarded UPDATE returns the claimed row (RETURNING works on
+    # PostgreSQL and SQLite >= 3.35), no second read.
+    job = session.scalars(
         update(Job)
         .where(Job.id == job_id, claimable, Job.cancel_requested.is_(False))
         .where(Job.attempt < max_attempts)
@@ -120,12 +139,11 @@ def claim_job(
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             started_at=func.coalesce(Job.started_at, now),
         )
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+        .returning(Job),
+        execution_options={"populate_existing": True, "synchronize_session": False},
+    ).one_or_none()
+    if job is None:
         return None
-    job = session.get(Job, job_id, populate_existing=True)
-    assert job is not None
     add_event(
         session=session,
         job_id=job_id,
@@ -417,9 +435,9 @@ def list_checkpoints(*, session: Session, job_id: uuid.UUID) -> list[Checkpoint]
     return list(session.scalars(query.order_by(Checkpoint.step, Checkpoint.created_at)))
 
 
-def get_checkpoint(*, session: Session, job_id: uuid.UUID, ref: str) -> Checkpoint:
-    """A checkpoint by id, or the newest one with tag 'final' / 'epoch' / 'latest'."""
-    query = select(Checkpoint).where(Checkpoint.job_id == job_id)
+def _checkpoint_by_ref(query: Select[T], job_id: uuid.UUID, ref: str) -> Select[T]:
+    """`query` narrowed to the checkpoint `ref` names: an id, or the newest with a tag."""
+    query = query.where(Checkpoint.job_id == job_id)
     if ref in ("final", "epoch", "best"):
         query = query.where(Checkpoint.tag == ref)
     elif ref != "latest":
@@ -427,12 +445,24 @@ def get_checkpoint(*, session: Session, job_id: uuid.UUID, ref: str) -> Checkpoi
             query = query.where(Checkpoint.id == uuid.UUID(ref))
         except ValueError:
             raise NotFound(f"checkpoint {ref!r} not found") from None
-    ckpt = session.scalars(
-        query.order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc()).limit(1)
-    ).first()
+    return query.order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc()).limit(1)
+
+
+def get_checkpoint(*, session: Session, job_id: uuid.UUID, ref: str) -> Checkpoint:
+    """A checkpoint by id, or the newest one with tag 'final' / 'epoch' / 'best' ('latest':
+    the newest of any tag)."""
+    ckpt = session.scalars(_checkpoint_by_ref(select(Checkpoint), job_id, ref)).first()
     if ckpt is None:
         raise NotFound(f"checkpoint {ref!r} not found for job {job_id}")
     return ckpt
+
+
+def checkpoint_id(*, session: Session, job_id: uuid.UUID, ref: str) -> uuid.UUID:
+    """The id `get_checkpoint` would return, without reading the weights."""
+    found = session.scalars(_checkpoint_by_ref(select(Checkpoint.id), job_id, ref)).first()
+    if found is None:
+        raise NotFound(f"checkpoint {ref!r} not found for job {job_id}")
+    return found
 
 
 def jobs_to_resend(*, session: Session, older_than: timedelta, max_attempts: int) -> list[Job]:

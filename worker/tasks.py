@@ -20,6 +20,7 @@ from shared.errors import InvalidTransition, LeaseLost, TrainyardError
 from shared.infer_inputs import InputLimits, inputs_tensor
 from shared.jsonvalues import json_safe
 from shared.models import JobStatus
+from shared.notify import JobEndSignal
 from shared.queues import INFER_TASK, TRAIN_TASK
 from shared.spec import InferSpec, JobSpec
 from worker.celery_app import app
@@ -46,6 +47,20 @@ def train(job_id: str) -> str:
 
 
 @cache
+def _transient_sessions() -> sessionmaker[Session]:
+    # Inference rows only: commits that skip the WAL flush (see repository.relax_durability),
+    # set once per connection instead of once per transaction.
+    url = get_settings().resolved_database_url()
+    options = {"options": "-c synchronous_commit=off"} if url.startswith("postgresql") else {}
+    return make_session_factory(make_engine(url, connect_args=options))
+
+
+@cache
+def _job_end_signal() -> JobEndSignal:
+    return JobEndSignal(get_settings().resolved_broker_url())
+
+
+@cache
 def _model_cache() -> ModelCache:
     return ModelCache(get_settings().model_cache_mb * 2**20)
 
@@ -57,9 +72,10 @@ def infer(job_id: str) -> str:
     return execute_infer(
         uuid.UUID(job_id),
         worker=worker,
-        sessions=_sessions(),
+        sessions=_transient_sessions(),
         settings=get_settings(),
         cache=_model_cache(),
+        ended=_job_end_signal(),
     )
 
 
@@ -179,8 +195,10 @@ def execute_infer(
     sessions: sessionmaker[Session],
     settings: Settings,
     cache: ModelCache,
+    ended: JobEndSignal | None = None,
 ) -> str:
-    """queued -> running -> succeeded | failed, with the predictions as the summary."""
+    """queued -> running -> succeeded | failed, with the predictions as the summary;
+    `ended` wakes an API process waiting for the answer."""
     with session_scope(sessions) as session:
         job = repository.claim_job(
             session=session,
@@ -225,6 +243,8 @@ def execute_infer(
     except InvalidTransition:
         log.warning("job %s: lost the claim before finishing; result dropped", job_id)
         return "lost"
+    if ended is not None:
+        ended.announce(job_id)
     return str(status)
 
 

@@ -77,7 +77,8 @@ def predict(job_id: str) -> tuple[Response, int, dict[str, str]]:
     )
     location = url_for("api_v1.jobs.get_job", job_id=str(job.id))
     headers = {"Location": location}
-    if not wait_final(session, job, min(float(wait), settings.predict_wait_seconds)):
+    waited = min(float(wait), settings.predict_wait_seconds)
+    if not wait_final(session, job, waited, services().job_ended):
         return jsonify(job_json(job, with_spec=False)), 202, headers
     if job.status != "succeeded":
         raise InferenceFailed(
