@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from api.errors import pydantic_details
 from shared import repository
@@ -74,10 +75,14 @@ def wait_final(session: Session, job: Job, timeout: float, ended: JobEndSignal) 
         left = deadline - time.monotonic()
         if ended.available:
             ended.wait(job.id, min(left, 0.5))  # a just-queued job is not done: wait first
-        status = session.scalar(select(Job.status).where(Job.id == job.id))
+        row = session.execute(
+            select(Job.status, Job.summary, Job.error, Job.finished_at).where(Job.id == job.id)
+        ).one()
         session.commit()  # end the read transaction: the next read sees new commits
-        if status in final:
-            session.refresh(job)
+        if row.status in final:
+            # What the answer needs, in the same read (not the spec and its inputs again).
+            for name, value in row._mapping.items():
+                set_committed_value(job, name, value)
             return True
         if time.monotonic() >= deadline:
             session.refresh(job)

@@ -85,8 +85,12 @@ class Stamps(Callback):
         self.times.append(time.perf_counter())
 
 
-def plain_loop(spec: JobSpec, device: str) -> float:
-    """The seed's loop written out: zero_grad / forward / loss / backward / step."""
+def plain_loop(spec: JobSpec, device: str, *, reference: bool = False) -> float:
+    """The seed's loop written out: zero_grad / forward / loss / backward / step.
+
+    `reference` adds the issue's lean in-process reference: one torch._foreach_norm over
+    every gradient and one host transfer per step, no I/O (norms only, nothing stored).
+    """
     torch.manual_seed(spec.train.seed)
     model = build_model(spec.model).to(device)
     train = make_datasets(spec.data, seed=spec.train.seed, loss=spec.train.loss, data_dir=None)
@@ -99,6 +103,9 @@ def plain_loop(spec: JobSpec, device: str) -> float:
         optimizer.zero_grad()
         loss = criterion(model(x), y)
         loss.backward()
+        if reference:
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            torch.stack(torch._foreach_norm(grads)).cpu()
         optimizer.step()
         loss.item()
         stamps.append(time.perf_counter())
@@ -165,7 +172,10 @@ def main() -> None:
             preset, shape = MODELS[key]
             plain = job(preset, shape, args.steps, args.device, {})
             runs: dict[str, Callable[[], float]] = {
-                "plain loop": lambda plain=plain: plain_loop(plain, args.device)  # type: ignore[misc]
+                "plain loop": lambda plain=plain: plain_loop(plain, args.device),  # type: ignore[misc]
+                "reference: _foreach_norm + 1 copy": lambda plain=plain: plain_loop(  # type: ignore[misc]
+                    plain, args.device, reference=True
+                ),
             }
             for name, hooks in VARIANTS.items():
                 spec = job(preset, shape, args.steps, args.device, hooks)

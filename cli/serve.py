@@ -206,9 +206,42 @@ def _run_demo(settings: Settings, sessions: Any, base: str) -> int:
     wall = time.monotonic() - started
     click.echo(summary_text(client, final))
     click.echo(f"  demo wall time {wall:.1f} s (submit to final status)")
+    if final["status"] == "succeeded":
+        click.echo(_demo_prediction(client, job["id"]))
     job_url = f"{base}/api/v1/jobs/{job['id']}"
     click.echo(f"\nExplore (token in {token_path}; export TRAINYARD_TOKEN=$(cat {token_path})):")
-    for suffix in ("", "/metrics", "/traces?kind=param_grad", "/checkpoints", "/events"):
+    for suffix in ("", "/summary", "/metrics", "/traces?kind=param_grad", "/checkpoints",
+                   "/plots/grad_flow.png", "/events"):  # fmt: skip
         click.echo(f"  {job_url}{suffix}")
     click.echo(f'  curl -H "Authorization: Bearer $TRAINYARD_TOKEN" {job_url}')
     return 0 if final["status"] == "succeeded" else 1
+
+
+def _demo_prediction(client: ApiClient, job_id: str) -> str:
+    """Ask the trained model about three digits, sent as PNG images (the seed's
+    Softmax-and-argmax "Predicted class")."""
+    import base64
+    import io
+
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    picks = [0, 1, 2]  # the first 0, 1 and 2 of the set (it also trained on them)
+    images = []
+    for i in picks:
+        out = io.BytesIO()
+        pixels = (digits.images[i] * (255 / 16)).round().astype("uint8")
+        Image.fromarray(pixels).save(out, format="PNG")
+        images.append(base64.b64encode(out.getvalue()).decode())
+    answer = client.post_json(f"/api/v1/models/{job_id}/predict", {"inputs": images})
+    if "outputs" not in answer:  # 202: the inference worker has not answered in time
+        where = f"{client.base_url}/api/v1/jobs/{answer['id']}"
+        return f"  prediction still {answer['status']}: see {where}"
+    lines = ["  predictions (POST /api/v1/models/<id>/predict with three PNG digits):"]
+    for i, out in zip(picks, answer["outputs"], strict=True):
+        lines.append(
+            f"    digit {digits.target[i]}: predicted class {out['predicted_class']} "
+            f"(probability {max(out['probabilities']):.3f})"
+        )
+    return "\n".join(lines)

@@ -81,6 +81,9 @@ def test_embedded_demo_runs_without_servers(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert ": succeeded" in out and "val_accuracy" in out and "gradient norms at step" in out
+    # The trained model answers over the filesystem broker too (the API polls the row).
+    predictions = [line for line in out.splitlines() if "predicted class" in line]
+    assert [line.split(":")[0].strip() for line in predictions] == ["digit 0", "digit 1", "digit 2"]
     assert (tmp_path / "home" / "trainyard.db").exists()
     assert (tmp_path / "home" / "token").stat().st_mode & 0o077 == 0
 
