@@ -51,7 +51,9 @@ def _transient_sessions() -> sessionmaker[Session]:
     # Inference rows only: commits that skip the WAL flush (see repository.relax_durability),
     # set once per connection instead of once per transaction.
     url = get_settings().resolved_database_url()
-    options = {"options": "-c synchronous_commit=off"} if url.startswith("postgresql") else {}
+    if not url.startswith("postgresql"):
+        return _sessions()
+    options = {"options": "-c synchronous_commit=off"}
     return make_session_factory(make_engine(url, connect_args=options))
 
 
