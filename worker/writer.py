@@ -5,12 +5,12 @@ drains the buffer and writes what has piled up in one transaction per batch. `pu
 waits only while the buffer holds `max_rows` rows (the database is slower than the
 loop produces rows), which bounds the memory a slow database can cost.
 
-On PostgreSQL a batch is a binary COPY into a temporary staging table followed by
-INSERT ... SELECT ... ON CONFLICT DO NOTHING (`repository.copy_ignoring_duplicates`).
-A plain COPY into the table would be a little faster, but it fails on the first row
-that already exists, and a re-delivered job re-writes the steps it had written before;
-staging keeps every write idempotent and still runs at about 0.8x of a raw COPY of
-the same rows (bench/trace_write.py). On SQLite (the embedded default) a batch is the
+On PostgreSQL a batch is a binary COPY straight into the table inside a savepoint; if a
+row already exists (a re-delivered job re-writes the steps it had written before) the
+batch is redone through a temporary staging table and INSERT ... SELECT ... ON CONFLICT
+DO NOTHING (`repository.copy_ignoring_duplicates`), and so is the rest of that job:
+every write stays idempotent, and a first run writes at raw COPY speed
+(bench/trace_write.py). On SQLite (the embedded default) a batch is the
 multi-row INSERT ... ON CONFLICT DO NOTHING of `record_metrics` / `record_traces`.
 
 A failed batch stops the writer: the rows still buffered are dropped and the error is
@@ -94,6 +94,7 @@ class RowWriter:
         self._accepted = 0  # rows put, ever
         self._done = 0  # rows committed (or dropped after an error / abort), ever
         self._error: RowWriteError | None = None
+        self._conflicts_seen = False  # written only by the writer thread
         self._closing = False
         self._thread: threading.Thread | None = None
 
@@ -239,9 +240,13 @@ class RowWriter:
             for name, rows in by_table.items():
                 target, insert = TABLES[name]
                 if postgres:
-                    repository.copy_ignoring_duplicates(
-                        session=session, table=target, job_id=self._job_id, rows=rows
-                    )
+                    # After one conflict (a re-delivered job re-writing its steps) the
+                    # rest of the job goes straight to the staging path.
+                    conflicted = repository.copy_ignoring_duplicates(
+                        session=session, table=target, job_id=self._job_id, rows=rows,
+                        optimistic=not self._conflicts_seen,
+                    )  # fmt: skip
+                    self._conflicts_seen = self._conflicts_seen or conflicted
                 else:
                     insert(session=session, job_id=self._job_id, rows=rows)
 
