@@ -8,8 +8,9 @@ at the end. Every measurement starts from an empty layer_traces table and a fres
 
 Variants, run interleaved (A B C A B C ...) because this machine is noisy; medians printed:
   writer      RowWriter.put() in chunks of --chunk rows (what the sink hands over), then
-              close(): binary COPY into a staging table + INSERT ... ON CONFLICT DO NOTHING,
-              one transaction per batch, on the writer's thread
+              close(): binary COPY into the table under a savepoint (staging table +
+              INSERT ... ON CONFLICT DO NOTHING only after a duplicate), one transaction
+              per batch, on the writer's thread
   copy-text   one `COPY layer_traces (...) FROM STDIN` of all rows (text format), one commit
   copy-binary the same COPY in binary format
 Every variant starts from the same list of row dicts and converts them itself. The ratio
