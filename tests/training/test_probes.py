@@ -167,12 +167,28 @@ def test_kinds_select_rows() -> None:
     assert all(not m._forward_hooks for m in model.modules())
 
 
-def test_detach_removes_every_hook() -> None:
+def _hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_hooks_exist_only_while_a_logged_step_runs() -> None:
     model = tiny_model(inplace=True)
-    recorder = HookRecorder(model, HookSpec(kinds=["backward", "param_grad"], every_n_steps=1))
+    recorder = HookRecorder(model, HookSpec(kinds=["backward", "param_grad"], every_n_steps=2))
     recorder.attach()
     recorder.attach()  # attaching twice must not register twice
-    assert sum(len(m._forward_hooks) for m in model.modules()) == 2
+    assert _hook_count(model) == 0  # nothing until a logged step
+    recorder.begin_step(1)
+    assert _hook_count(model) == 4  # each Linear: an output hook and an input pre-hook
+    model(torch.randn(2, 4)).sum().backward()
+    assert recorder.collect() and _hook_count(model) == 0  # gone once the step is read
+    recorder.begin_step(3)  # not logged: the model runs bare, as in a plain loop
+    assert _hook_count(model) == 0
+    recorder.begin_step(4)
+    recorder.begin_step(4)
+    assert _hook_count(model) == 4
+    recorder.pause()  # a micro-batch before the last one
+    assert _hook_count(model) == 0
+    recorder.begin_step(6)
     recorder.detach()
     assert all(not m._forward_hooks for m in model.modules())
     assert all(not m._backward_hooks for m in model.modules())

@@ -1,6 +1,8 @@
 """Per-layer statistics recorded by module hooks, cheaply.
 
-Hooks do nothing on steps that are not logged. On a logged step each captured tensor
+Hooks are registered only while a logged step runs: the steps in between run the model
+exactly as a plain loop does (a module without hooks takes PyTorch's fast call path).
+On a logged step each captured tensor
 is reduced on its own device as it appears (an in-place layer after it cannot change
 what was seen), the rows are stacked, and ONE device-to-host copy per step brings
 statistics, update ratios and histograms back together.
@@ -103,6 +105,7 @@ class HookRecorder:
         names = [n for n, _ in model.named_modules()] + [n for n, _ in model.named_parameters()]
         self._position = {name: i for i, name in enumerate(names)}
         self._handles: list[RemovableHandle] = []
+        self._attached = False
         self._pending: list[_Pending] = []
         # Weights as they were before the optimizer step (update ratio): a buffer kept
         # across steps, so a logged step copies into it instead of allocating a model's worth.
@@ -117,9 +120,13 @@ class HookRecorder:
     # --- lifecycle -------------------------------------------------------------------
 
     def attach(self) -> HookRecorder:
-        """Register the module hooks (idempotent)."""
-        if self._handles:
-            return self
+        """Start recording: the hooks are registered for each logged step (idempotent)."""
+        self._attached = True
+        return self
+
+    def _register(self) -> None:
+        if self._handles or not self._attached:
+            return
         for name, module in _leaves(self.model):
             if not _matches(name, self.globs):
                 continue
@@ -133,13 +140,15 @@ class HookRecorder:
                     self._handles.append(module.register_forward_hook(self._grad_hook(name)))
                     pre = module.register_forward_pre_hook(self._input_grad_hook(name))
                     self._handles.append(pre)
-        return self
 
-    def detach(self) -> None:
-        """Remove every hook this recorder registered and drop anything captured."""
+    def _unregister(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+    def detach(self) -> None:
+        """Remove every hook this recorder registered and drop anything captured."""
+        self._attached = False
         self.pause()
 
     def __enter__(self) -> HookRecorder:
@@ -161,9 +170,12 @@ class HookRecorder:
         self._step = step
         self._seq = 0
         self._armed = force or step == 1 or step % self.every_n_steps == 0
+        if self._armed:
+            self._register()
 
     def pause(self) -> None:
         """Record nothing until the next begin_step (micro-batches before the last one)."""
+        self._unregister()
         self._pending.clear()
         self._before = None
         self._armed = False
@@ -211,6 +223,7 @@ class HookRecorder:
             return []
         self._take_grads(snapshot=False)  # no optimizer step was taken: no update ratio
         self._armed = False
+        self._unregister()  # the backward pass is over: every tensor hook has fired
         if "weights" in self.kinds:
             for name, p in self._params:
                 self._capture("weights", name, p)
