@@ -67,8 +67,8 @@ class _Pending:
     kind: str
     numel: int
     tensor: torch.Tensor | None  # held only until reduced (capture or after backward)
-    raw: torch.Tensor | None = None  # one row of stats.reduce()
-    hist: torch.Tensor | None = None
+    reduced: bool = False
+    has_hist: bool = False
 
 
 def _matches(name: str, globs: Sequence[str]) -> bool:
@@ -107,6 +107,9 @@ class HookRecorder:
         self._handles: list[RemovableHandle] = []
         self._attached = False
         self._pending: list[_Pending] = []
+        # Reduced batches: (items, their stats.reduce() rows, their histograms or None).
+        # Kept as blocks, concatenated once per step: no per-tensor row views.
+        self._blocks: list[tuple[list[_Pending], torch.Tensor, torch.Tensor | None]] = []
         # Weights as they were before the optimizer step (update ratio): a buffer kept
         # across steps, so a logged step copies into it instead of allocating a model's worth.
         self._before: list[torch.Tensor] | None = None
@@ -177,6 +180,7 @@ class HookRecorder:
         """Record nothing until the next begin_step (micro-batches before the last one)."""
         self._unregister()
         self._pending.clear()
+        self._blocks.clear()
         self._before = None
         self._armed = False
         self._grads_taken = False
@@ -228,19 +232,19 @@ class HookRecorder:
             for name, p in self._params:
                 self._capture("weights", name, p)
             self._reduce_deferred()
-        pending, self._pending = self._pending, []
-        if not pending:
+        assert all(p.reduced for p in self._pending), "every captured tensor is reduced"
+        blocks, self._blocks, self._pending = self._blocks, [], []
+        if not blocks:
             return []
-        raws = [p.raw for p in pending]
-        assert all(r is not None for r in raws), "every captured tensor is reduced"
-        raw = torch.stack(raws)  # type: ignore[arg-type]
+        pending = [p for items, _, _ in blocks for p in items]
+        raw = torch.cat([b for _, b, _ in blocks]) if len(blocks) > 1 else blocks[0][1]
         parts = [raw.reshape(-1)]
         ratios = self._update_ratios()
         if ratios is not None:
             parts.append(ratios.to(raw.device))
-        hists = [p.hist for p in pending if p.hist is not None]
+        hists = [h for _, _, h in blocks if h is not None]
         if hists:
-            parts.append(torch.stack(hists).reshape(-1).to(raw.device))
+            parts.append(torch.cat(hists).reshape(-1).to(raw.device))
         flat = torch.cat(parts).cpu()  # the one device-to-host copy of the step
         rows = self._rows(pending, flat, with_ratios=ratios is not None, scale=scale,
                           scaled=scaled)  # fmt: skip
@@ -300,7 +304,7 @@ class HookRecorder:
                     **derive(raw, p.numel, stats),
                     nonfinite=int(raw[6]) if "nonfinite" in stats else None,
                     update_ratio=ratio_of.get(i),
-                    histogram=next(hist_rows) if p.hist is not None else None,
+                    histogram=next(hist_rows) if p.has_hist else None,
                     seq=p.seq,
                 )
             )
@@ -318,7 +322,7 @@ class HookRecorder:
 
     def _reduce_deferred(self) -> None:
         """Reduce every queued tensor not yet reduced, in one batched call per kind."""
-        waiting = [p for p in self._pending if p.raw is None]
+        waiting = [p for p in self._pending if not p.reduced]
         for kind in {p.kind for p in waiting}:
             self._reduce([p for p in waiting if p.kind == kind])
 
@@ -328,9 +332,9 @@ class HookRecorder:
         tensors = [p.tensor for p in items if p.tensor is not None]
         raw = reduce(tensors, self.stats[kind], bounds=histogram, shifted=kind == "weights")
         hists = histograms(tensors, raw, self.bins) if histogram else None
-        for i, item in enumerate(items):
-            item.raw = raw[i]
-            item.hist = hists[i] if hists is not None else None
+        self._blocks.append((items, raw, hists))
+        for item in items:
+            item.reduced, item.has_hist = True, hists is not None
             item.tensor = None  # reduced: no need to keep the activation or gradient alive
 
     def _input_hook(self, name: str) -> Callable[[nn.Module, Any], None]:
