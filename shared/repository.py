@@ -574,18 +574,13 @@ def metric_overview(*, session: Session, job_id: uuid.UUID) -> list[dict[str, An
             select(Metric.step, Metric.epoch, Metric.value).where(*same, Metric.step == last_step)
         ).one()
         best = None
-        if name.endswith("loss"):
+        order = {"loss": Metric.value.asc(), "accuracy": Metric.value.desc()}
+        kind = next((k for k in order if name.endswith(k)), None)
+        if kind is not None:
             best = session.execute(
                 select(Metric.step, Metric.epoch, Metric.value)
                 .where(*same, Metric.value >= -1e308, Metric.value <= 1e308)
-                .order_by(Metric.value.asc(), Metric.step.asc())
-                .limit(1)
-            ).first()
-        elif name.endswith("accuracy"):
-            best = session.execute(
-                select(Metric.step, Metric.epoch, Metric.value)
-                .where(*same, Metric.value >= -1e308, Metric.value <= 1e308)
-                .order_by(Metric.value.desc(), Metric.step.asc())
+                .order_by(order[kind], Metric.step.asc())
                 .limit(1)
             ).first()
         series.append(

@@ -100,18 +100,9 @@ def execute_train(
     job_id: uuid.UUID, *, worker: str, sessions: sessionmaker[Session], settings: Settings
 ) -> str:
     """queued -> running -> succeeded | failed | cancelled; never leaves a job running."""
-    with session_scope(sessions) as session:
-        job = repository.claim_job(
-            session=session,
-            job_id=job_id,
-            worker=worker,
-            lease_seconds=settings.lease_seconds,
-            max_attempts=settings.max_attempts,
-        )
-        if job is None:
-            log.info("job %s not claimable (final, cancelled or leased elsewhere)", job_id)
-            return "skipped"
-        raw_spec = job.spec
+    raw_spec = _claim(sessions, job_id, worker, settings)
+    if raw_spec is None:
+        return "skipped"
 
     sink = DatabaseSink(sessions=sessions, job_id=job_id, worker=worker, settings=settings)
     status, summary, error = JobStatus.FAILED, None, None
@@ -144,21 +135,50 @@ def execute_train(
         # outlive the job; the lease runs out and the sweeper re-sends it.
         sink.abort()
         raise
+    if not _finish(sessions, job_id, worker, status=status, summary=summary, error=error):
+        return "lost"
+    return str(status)
+
+
+def _finish(
+    sessions: sessionmaker[Session],
+    job_id: uuid.UUID,
+    worker: str,
+    *,
+    status: JobStatus,
+    summary: dict[str, Any] | None,
+    error: str | None,
+) -> bool:
+    """Record the outcome; False when the claim was lost (another worker's outcome wins)."""
     try:
         with session_scope(sessions) as session:
             repository.finish_job(
-                session=session,
-                job_id=job_id,
-                worker=worker,
-                status=status,
-                summary=summary,
-                error=error,
-            )
+                session=session, job_id=job_id, worker=worker, status=status,
+                summary=summary, error=error,
+            )  # fmt: skip
     except InvalidTransition:
-        # Our lease expired and another worker claimed the job: its outcome wins.
         log.warning("job %s: lost the claim before finishing; result dropped", job_id)
-        return "lost"
-    return str(status)
+        return False
+    return True
+
+
+def _claim(
+    sessions: sessionmaker[Session], job_id: uuid.UUID, worker: str, settings: Settings
+) -> dict[str, Any] | None:
+    """Claim the job for this worker; its spec, or None when it is not claimable (final,
+    cancelled, or leased by another worker)."""
+    with session_scope(sessions) as session:
+        job = repository.claim_job(
+            session=session,
+            job_id=job_id,
+            worker=worker,
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.max_attempts,
+        )
+        if job is None:
+            log.info("job %s not claimable (final, cancelled or leased elsewhere)", job_id)
+            return None
+        return job.spec
 
 
 def _initial_state(session: Session, spec: JobSpec) -> bytes | None:
@@ -201,17 +221,9 @@ def execute_infer(
 ) -> str:
     """queued -> running -> succeeded | failed, with the predictions as the summary;
     `ended` wakes an API process waiting for the answer."""
-    with session_scope(sessions) as session:
-        job = repository.claim_job(
-            session=session,
-            job_id=job_id,
-            worker=worker,
-            lease_seconds=settings.lease_seconds,
-            max_attempts=settings.max_attempts,
-        )
-        if job is None:
-            return "skipped"
-        raw_spec = job.spec
+    raw_spec = _claim(sessions, job_id, worker, settings)
+    if raw_spec is None:
+        return "skipped"
     status, summary, error = JobStatus.FAILED, None, None
     try:
         request = InferSpec.model_validate(raw_spec)
@@ -232,18 +244,7 @@ def execute_infer(
     except Exception as exc:
         log.exception("inference job %s failed", job_id)
         error = user_message(exc)
-    try:
-        with session_scope(sessions) as session:
-            repository.finish_job(
-                session=session,
-                job_id=job_id,
-                worker=worker,
-                status=status,
-                summary=summary,
-                error=error,
-            )
-    except InvalidTransition:
-        log.warning("job %s: lost the claim before finishing; result dropped", job_id)
+    if not _finish(sessions, job_id, worker, status=status, summary=summary, error=error):
         return "lost"
     if ended is not None:
         ended.announce(job_id)
