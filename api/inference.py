@@ -55,7 +55,13 @@ def validate_infer(
             f"checkpoint: job {source.id} has no {request.checkpoint!r} checkpoint{hint}",
             details=[{"loc": "checkpoint", "msg": "not found"}],
         ) from None
-    train_spec = JobSpec.model_validate(source.spec)
+    try:
+        train_spec = JobSpec.model_validate(source.spec)
+    except ValidationError:  # stored by an older version whose specs this one refuses
+        raise SpecError(
+            f"model_job_id: job {source.id}'s spec no longer validates; retrain it",
+            details=[{"loc": "model_job_id", "msg": "spec no longer valid"}],
+        ) from None
     inputs_tensor(request.inputs, train_spec.data, InputLimits.of(settings))
     request.checkpoint_id = ckpt_id
     return request

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from shared import repository
+from shared.errors import TrainyardError
 from shared.jsonvalues import json_safe
 from shared.models import Job
 from shared.netspec import model_summary
@@ -24,9 +26,14 @@ def metrics_at_a_glance(session: Session, job: Job) -> dict[str, Any]:
     return json_safe({"final": final, "best": best, "series": series})
 
 
-def model_description(spec: dict[str, Any], max_params: int) -> dict[str, Any]:
-    """print(model), the named_parameters table and the counts, from a dry run."""
-    summary = model_summary(JobSpec.model_validate(spec), max_params=max_params).to_json()
+def model_description(spec: dict[str, Any], max_params: int) -> dict[str, Any] | None:
+    """print(model), the named_parameters table and the counts, from a dry run; None when
+    the stored spec no longer builds here (a layer plugin removed, a lower parameter
+    limit): the job's results are still worth showing."""
+    try:
+        summary = model_summary(JobSpec.model_validate(spec), max_params=max_params).to_json()
+    except (ValidationError, TrainyardError):
+        return None
     keys = ("module_tree", "parameters", "param_count", "trainable_count", "frozen_count")
     return {key: summary[key] for key in keys}
 

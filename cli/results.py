@@ -240,7 +240,8 @@ def download_cmd(job_id: str, checkpoint: str, output: Path | None, url: str, to
     resp = client.request("GET", f"/api/v1/jobs/{job_id}/checkpoints/{checkpoint}/state_dict")
     content = verified(resp.content, resp.headers["X-Checkpoint-Sha256"])
     name = resp.headers.get("Content-Disposition", "").partition('filename="')[2].rstrip('"')
-    path = output or Path(name or f"{job_id}.safetensors")
+    # Only the file name: a server's "../x" must not choose where we write.
+    path = output or Path(Path(name).name or f"{job_id}.safetensors")
     path.write_bytes(content)
     click.echo(
         f"{path}  {len(content):,} bytes  sha256 {resp.headers['X-Checkpoint-Sha256']} (verified)"

@@ -42,7 +42,7 @@ class Settings(BaseSettings):
         default=256, description="Most samples one inference request holds"
     )
     max_image_pixels: int = Field(
-        default=4096 * 4096, description="Largest image (width x height) an inference input may be"
+        default=2048 * 2048, description="Largest image (width x height) an inference input may be"
     )
     predict_wait_seconds: float = Field(
         default=10.0, description="How long POST .../predict waits before answering 202"

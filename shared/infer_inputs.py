@@ -15,6 +15,7 @@ import base64
 import binascii
 import io
 import math
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +37,7 @@ class InputLimits:
     """Operator limits on one request's inputs."""
 
     max_samples: int = 256
-    max_image_pixels: int = 4096 * 4096
+    max_image_pixels: int = 2048 * 2048
 
     @classmethod
     def of(cls, settings: Settings) -> InputLimits:
@@ -110,6 +111,11 @@ def _images_tensor(images: list[Any], data: DataSpec, limits: InputLimits) -> to
         )
     _check_count(len(images), limits)
     channels, height, width = raw_sample_shape(data)
+    if channels not in (1, 3):
+        raise _bad(
+            f"images need a model with 1 (gray) or 3 (RGB) input channels; this one takes "
+            f"{channels}: send a JSON nested list of shape {_shape_text((channels, height, width))}"
+        )
     mode = "L" if channels == 1 else "RGB"
     samples = []
     for i, text in enumerate(images):
@@ -139,7 +145,12 @@ def _decode_image(text: str, loc: str, limits: InputLimits) -> Image.Image:
         raise _bad("not valid base64", loc) from None
     try:
         image = Image.open(io.BytesIO(blob), formats=IMAGE_FORMATS)
-    except (UnidentifiedImageError, OSError):
+    except Image.DecompressionBombError:  # Pillow's own header check, far past ours
+        raise LimitExceeded(
+            f"{loc}: image too large; at most {limits.max_image_pixels:,} pixels",
+            details=[{"loc": loc, "msg": "image too large"}],
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
         raise _bad("not a PNG or JPEG image", loc) from None
     # Checked from the header, before the pixels are decoded (decompression bombs).
     if math.prod(image.size) > limits.max_image_pixels:
@@ -150,6 +161,7 @@ def _decode_image(text: str, loc: str, limits: InputLimits) -> Image.Image:
         )
     try:
         image.load()
-    except (OSError, ValueError, Image.DecompressionBombError):
+    # Pillow raises several kinds for a crafted file (SyntaxError from a bad chunk).
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error):
         raise _bad("the image data is truncated or corrupt", loc) from None
     return image

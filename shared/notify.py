@@ -10,6 +10,7 @@ filesystem broker) `available` is False and the API polls the job row instead.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 import redis
@@ -28,7 +29,13 @@ class JobEndSignal:
 
     def __init__(self, broker_url: str) -> None:
         is_redis = broker_url.startswith(("redis://", "rediss://", "unix://"))
-        self._redis = redis.Redis.from_url(broker_url) if is_redis else None
+        # Timeouts bound every call, so a half-open connection cannot hang a request;
+        # the socket timeout leaves room for the longest BLPOP slice a waiter asks for.
+        self._redis = (
+            redis.Redis.from_url(broker_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+            if is_redis
+            else None
+        )
 
     @property
     def available(self) -> bool:
@@ -48,11 +55,16 @@ class JobEndSignal:
             log.warning("could not announce the end of job %s", job_id, exc_info=True)
 
     def wait(self, job_id: uuid.UUID, timeout: float) -> bool:
-        """Block up to `timeout` seconds for the announcement; True when it came."""
+        """Block up to `timeout` seconds (at most 4) for the announcement; True when it
+        came. When Redis fails the call still takes its timeout, so a caller that loops
+        on it backs off instead of spinning."""
         if self._redis is None or timeout <= 0:
             return False
+        timeout = min(timeout, 4.0)
+        started = time.monotonic()
         try:
             return self._redis.blpop([_key(job_id)], timeout=timeout) is not None
         except redis.RedisError:
             log.warning("could not wait for job %s on Redis", job_id, exc_info=True)
+            time.sleep(max(0.0, timeout - (time.monotonic() - started)))
             return False

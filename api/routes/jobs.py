@@ -11,6 +11,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from api.auth import current_owner
+from api.body import json_object
 from api.context import db, services
 from api.inference import validate_infer
 from api.params import choice_arg, int_arg
@@ -35,24 +36,10 @@ def parse_job_id(raw: str) -> uuid.UUID:
         raise repository.JobNotFound(f"job {raw!r} not found") from None
 
 
-def _json_body() -> dict[str, Any]:
-    try:
-        # force: a JSON body sent without Content-Type (curl -d) is still read as JSON.
-        body = request.get_json(force=True, silent=True)
-    except RecursionError:
-        body = None  # nested deeper than the JSON parser goes: not a spec anyone meant
-    if not isinstance(body, dict):
-        raise SpecError(
-            'the request body must be a JSON object such as {"kind": "train", "spec": {...}}',
-            details=[{"loc": "body", "msg": "not a JSON object"}],
-        )
-    return body
-
-
 @bp.post("/jobs")
 def submit() -> tuple[Response, int, dict[str, str]]:
     """Validate, store as queued, then send the message (the row exists before the message)."""
-    body = _json_body()
+    body = json_object('{"kind": "train", "spec": {...}}')
     kind = body.get("kind", "train")
     if kind not in JOB_KINDS:
         raise SpecError(

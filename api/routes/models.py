@@ -3,9 +3,10 @@ from a trained job's model."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request, url_for
+from flask import Blueprint, Response, jsonify, url_for
 
 from api.auth import current_owner
+from api.body import json_object
 from api.context import db, services
 from api.inference import validate_infer, wait_final
 from api.routes.jobs import parse_job_id
@@ -22,8 +23,8 @@ bp = Blueprint("models", __name__)
 @bp.post("/models/summary")
 def summary() -> Response:
     """The dry run's findings: print(model), per-layer shapes, the named_parameters table."""
-    body = request.get_json(force=True, silent=True)
-    if not isinstance(body, dict) or "spec" not in body:
+    body = json_object('{"spec": {...}}')
+    if "spec" not in body:
         raise SpecError('the body must be {"spec": {...}}', details=[{"loc": "spec"}])
     settings = services().settings
     spec, _report = validate_train_spec(
@@ -40,12 +41,7 @@ def predict(job_id: str) -> tuple[Response, int, dict[str, str]]:
     200 with the predictions; 202 with the job to poll when `wait_seconds` (at most
     TRAINYARD_PREDICT_WAIT_SECONDS) pass first; 422 when the inference job failed.
     """
-    body = request.get_json(force=True, silent=True)
-    if not isinstance(body, dict):
-        raise SpecError(
-            'the body must be a JSON object such as {"inputs": [...]}',
-            details=[{"loc": "body", "msg": "not a JSON object"}],
-        )
+    body = json_object('{"inputs": [...]}')
     settings = services().settings
     wait = body.pop("wait_seconds", settings.predict_wait_seconds)
     if not isinstance(wait, int | float) or isinstance(wait, bool) or not 0 <= wait <= 600:

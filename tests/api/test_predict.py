@@ -27,8 +27,10 @@ from shared.config import Settings
 from shared.db import session_scope
 from shared.models import Job
 from shared.netspec import build_model
+from shared.notify import JobEndSignal
 from shared.spec import JobSpec
 from shared.tensors import sha256_hex, state_dict_to_bytes
+from tests.conftest import REDIS_URL
 from worker.inference import ModelCache
 from worker.tasks import execute_infer
 
@@ -78,7 +80,10 @@ def infer_worker(
             message = json.loads(item[1])
             assert message["headers"]["task"] == "trainyard.infer"
             job_id = uuid.UUID(json.loads(base64.b64decode(message["body"]))[0][0])
-            execute_infer(job_id, worker="t", sessions=sessions, settings=settings, cache=cache)
+            execute_infer(
+                job_id, worker="t", sessions=sessions, settings=settings, cache=cache,
+                ended=JobEndSignal(REDIS_URL),
+            )  # fmt: skip
 
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
@@ -169,7 +174,16 @@ def test_predict_answers_with_the_predictions(
     alice: dict[str, str],
     sessions: sessionmaker[Session],
     infer_worker: ModelCache,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    woke: list[bool] = []
+    wait = JobEndSignal.wait
+
+    def spy(self: JobEndSignal, job_id: uuid.UUID, timeout: float) -> bool:
+        woke.append(wait(self, job_id, timeout))
+        return woke[-1]
+
+    monkeypatch.setattr(JobEndSignal, "wait", spy)
     model_job = _trained_job(sessions)
     images = [_digit_png(0), _digit_png(255)]
     resp = client.post(
@@ -191,6 +205,7 @@ def test_predict_answers_with_the_predictions(
         f"/api/v1/models/{model_job}/predict", json={"inputs": images[:1]}, headers=alice
     ).get_json()
     assert again["cached_model"] is True and infer_worker.hits == 1
+    assert woke and woke[-1] is True  # the worker's announcement woke the API, no polling
 
 
 def test_predict_past_its_wait_answers_202_with_the_job(
@@ -218,6 +233,9 @@ def test_predict_refuses_bad_bodies(
     ):
         resp = client.post(url, json=body, headers=alice)
         assert resp.status_code == 400 and resp.get_json()["error"]["details"][0]["loc"] == loc
+    deep = "[" * 100_000 + "]" * 100_000  # deeper than the JSON parser goes
+    resp = client.post(url, data=deep, headers=alice)
+    assert resp.status_code == 400 and resp.get_json()["error"]["details"][0]["loc"] == "body"
     resp = client.post(
         f"/api/v1/models/{uuid.uuid4()}/predict", json={"inputs": [1]}, headers=alice
     )

@@ -143,3 +143,22 @@ def test_metrics_max_points_keeps_spikes(
     assert len(full["series"][0]["points"]) == 1000
     bad = client.get(f"/api/v1/jobs/{job.id}/metrics?max_points=0", headers=alice)
     assert bad.status_code == 400
+
+
+def test_summary_of_a_job_whose_spec_no_longer_builds_still_shows_its_metrics(
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+) -> None:
+    with session_scope(sessions) as session:  # as an older version might have stored it
+        job = repository.create_job(
+            session=session, owner="alice", kind="train",
+            spec={"model": {"preset": "retired"}}, queue="train",
+        )  # fmt: skip
+        repository.record_metrics(
+            session=session,
+            job_id=job.id,
+            rows=[{"split": "val", "name": "accuracy", "step": 3, "epoch": 1, "value": 0.5}],
+        )
+    resp = client.get(f"/api/v1/jobs/{job.id}/summary", headers=alice)
+    assert resp.status_code == 200
+    body = resp.get_json()
+    assert body["model"] is None and body["metrics"]["final"]["val_accuracy"] == 0.5

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -102,10 +104,38 @@ def test_bad_images_name_their_index() -> None:
         inputs_tensor([truncated.decode()], DIGITS, LIMITS)
 
 
-def test_an_oversized_image_is_refused_from_its_header() -> None:
+def _header_only_png(width: int, height: int) -> str:
+    """A PNG that claims a size in its header and holds no pixels at all."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    blob = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+    return base64.b64encode(blob).decode()
+
+
+def test_an_oversized_image_is_refused_from_its_header(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_decoding(self: Image.Image) -> None:
+        raise AssertionError("the pixels must not be decoded")
+
     wide = _png(np.zeros((10, 2000), dtype=np.uint8))  # 20,000 pixels > 10,000
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
+    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", no_decoding)
     with pytest.raises(LimitExceeded, match=r"inputs\[0\]: image is 2000x10; at most 10,000"):
         inputs_tensor([wide], DIGITS, LIMITS)
+    # Past Pillow's own bomb limit (2 x 89M pixels) Image.open refuses first: still a 413.
+    with pytest.raises(LimitExceeded, match=r"inputs\[0\]: image too large"):
+        inputs_tensor([_header_only_png(20_000, 20_000)], DIGITS, LIMITS)
+
+
+def test_images_need_one_or_three_channels() -> None:
+    four = DataSpec(dataset="fake", input_shape=[4, 8, 8])
+    with pytest.raises(
+        SpecError, match=r"1 \(gray\) or 3 \(RGB\) input channels; this one takes 4"
+    ):
+        inputs_tensor([_png(np.zeros((8, 8), dtype=np.uint8))], four, LIMITS)
 
 
 def test_images_for_a_model_that_takes_vectors_are_refused() -> None:
