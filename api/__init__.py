@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from flask import Flask
 
@@ -29,6 +30,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         sessions=make_session_factory(engine),
         celery=make_celery(settings),
         job_ended=JobEndSignal(settings.resolved_broker_url()),
+        predict_waiters=threading.BoundedSemaphore(max(0, settings.predict_max_waiting)),
     )
     app.teardown_appcontext(close_session)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from celery import Celery
@@ -22,6 +23,8 @@ class Services:
     sessions: sessionmaker[Session]
     celery: Celery
     job_ended: JobEndSignal
+    # Bounds the request threads a flood of predictions can hold while they wait.
+    predict_waiters: threading.BoundedSemaphore
 
 
 def services() -> Services:

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     predict_wait_seconds: float = Field(
         default=10.0, description="How long POST .../predict waits before answering 202"
     )
+    predict_max_waiting: int = Field(
+        default=4,
+        description="Predictions one API process waits for at once; more answer 202 at once",
+    )
     model_cache_mb: int = Field(
         default=1024, description="Memory an inference worker keeps loaded models in (LRU)"
     )

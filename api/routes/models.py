@@ -39,7 +39,8 @@ def predict(job_id: str) -> tuple[Response, int, dict[str, str]]:
     """Queue an inference job on the `infer` queue and wait (bounded) for its answer.
 
     200 with the predictions; 202 with the job to poll when `wait_seconds` (at most
-    TRAINYARD_PREDICT_WAIT_SECONDS) pass first; 422 when the inference job failed.
+    TRAINYARD_PREDICT_WAIT_SECONDS) pass first, or at once when this process already has
+    TRAINYARD_PREDICT_MAX_WAITING requests waiting; 422 when the inference job failed.
     """
     body = json_object('{"inputs": [...]}')
     settings = services().settings
@@ -73,8 +74,15 @@ def predict(job_id: str) -> tuple[Response, int, dict[str, str]]:
     )
     location = url_for("api_v1.jobs.get_job", job_id=str(job.id))
     headers = {"Location": location}
-    waited = min(float(wait), settings.predict_wait_seconds)
-    if not wait_final(session, job, waited, services().job_ended):
+    waiters = services().predict_waiters
+    if not waiters.acquire(blocking=False):  # enough threads wait already: poll the job
+        return jsonify(job_json(job, with_spec=False)), 202, headers
+    try:
+        waited = min(float(wait), settings.predict_wait_seconds)
+        final = wait_final(session, job, waited, services().job_ended)
+    finally:
+        waiters.release()
+    if not final:
         return jsonify(job_json(job, with_spec=False)), 202, headers
     if job.status != "succeeded":
         raise InferenceFailed(

@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 import redis
 import torch
+from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
+from api import create_app
 from shared import repository
 from shared.config import Settings
 from shared.db import session_scope
@@ -30,7 +32,7 @@ from shared.netspec import build_model
 from shared.notify import JobEndSignal
 from shared.spec import JobSpec
 from shared.tensors import sha256_hex, state_dict_to_bytes
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, make_token
 from worker.inference import ModelCache
 from worker.tasks import execute_infer
 
@@ -258,3 +260,19 @@ def test_a_failed_prediction_is_422_with_the_reason(
     assert resp.status_code == 422
     err = resp.get_json()["error"]
     assert err["code"] == "inference_failed" and "failed: RuntimeError" in err["message"]
+
+
+def test_past_the_waiting_limit_predict_answers_202_at_once(
+    app: Flask, settings: Settings, sessions: sessionmaker[Session], infer_worker: ModelCache
+) -> None:
+    # A process that may hold no waiting request: every predict hands back its job to
+    # poll, although a worker is there to answer within the wait.
+    busy = create_app(Settings(**{**settings.model_dump(), "predict_max_waiting": 0}))
+    headers = {"Authorization": f"Bearer {make_token(sessions, 'alice')}"}
+    model_job = _trained_job(sessions)
+    resp = busy.test_client().post(
+        f"/api/v1/models/{model_job}/predict",
+        json={"inputs": [[[0.5] * 8] * 8], "wait_seconds": 30},
+        headers=headers,
+    )
+    assert resp.status_code == 202 and resp.get_json()["kind"] == "infer"
