@@ -22,3 +22,13 @@ def json_object(example: str) -> dict[str, Any]:
             details=[{"loc": "body", "msg": "not a JSON object"}],
         )
     return body
+
+
+def refuse_unknown(body: dict[str, Any], allowed: set[str], shape: str) -> None:
+    """A 400 naming every field of `body` outside `allowed`; `shape` says what is expected."""
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise SpecError(
+            f"unknown field {unknown[0]!r}; {shape}",
+            details=[{"loc": name, "msg": "unknown field"} for name in unknown],
+        )

@@ -36,7 +36,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cli.migrate import upgrade
-from cli.serve import api_command, wait_healthy, worker_command
+from cli.serve import api_command, stop_children, wait_healthy, worker_command
 from shared import repository
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.models import Job
@@ -192,13 +192,7 @@ def main() -> None:
         print(f"  predict / raw round trip (p50): {p50_predict / p50_raw:.2f}x   (target < 2x)")
         print_breakdown(sessions)
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_children(procs)
         engine.dispose()
         with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

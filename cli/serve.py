@@ -173,15 +173,21 @@ def run_serve(settings: Settings, *, demo: bool, exit_after_demo: bool, api_work
         return code
     finally:
         stop.set()
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        stop_children(children)
         engine.dispose()
+
+
+def stop_children(children: list[subprocess.Popen[Any]], timeout: float = 20.0) -> None:
+    """SIGTERM every child that still runs, then wait for each; kill what outlives `timeout`."""
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 def _local_token(settings: Settings, sessions: Any) -> tuple[str, Path]:

@@ -21,7 +21,7 @@ import redis
 import requests
 from sqlalchemy.orm import Session, sessionmaker
 
-from cli.serve import api_command, wait_healthy, worker_command
+from cli.serve import api_command, stop_children, wait_healthy, worker_command
 from shared.models import FINAL_STATUSES
 from shared.queues import ALL_TRAIN_QUEUES, QUEUE_INFER
 from tests.conftest import LIVE_REDIS_URL, make_token
@@ -103,13 +103,8 @@ def live_url(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         wait_healthy(base, timeout=90)
         yield base
     finally:
-        for _, proc in procs:
-            proc.terminate()
+        stop_children([proc for _, proc in procs], timeout=30)
         for name, proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
             if proc.returncode not in (0, -15):
                 sys.stderr.write((logs / f"{name}.log").read_text()[-5000:])
 

@@ -9,7 +9,6 @@ import uuid
 from functools import cache
 from typing import Any
 
-import torch
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,7 +25,7 @@ from shared.spec import InferSpec, JobSpec
 from worker.celery_app import app
 from worker.inference import LoadedModel, ModelCache, load_model, predict
 from worker.sinks import DatabaseSink
-from worker.training.loop import FitResult, TrainingDiverged, fit
+from worker.training.loop import FitResult, TrainingDiverged, fit, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +39,14 @@ def _sessions() -> sessionmaker[Session]:
 @app.task(name=TRAIN_TASK)
 def train(job_id: str) -> str:
     """Train one job; the return value is the final status (results are in the database)."""
-    worker = f"{socket.gethostname()}:{os.getpid()}"
     return execute_train(
-        uuid.UUID(job_id), worker=worker, sessions=_sessions(), settings=get_settings()
+        uuid.UUID(job_id), worker=_worker_name(), sessions=_sessions(), settings=get_settings()
     )
+
+
+def _worker_name() -> str:
+    """host:pid, the name a claim is held under."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @cache
@@ -70,10 +73,9 @@ def _model_cache() -> ModelCache:
 @app.task(name=INFER_TASK)
 def infer(job_id: str) -> str:
     """Predict with a trained job's checkpoint; the outputs land in the job's summary."""
-    worker = f"{socket.gethostname()}:{os.getpid()}"
     return execute_infer(
         uuid.UUID(job_id),
-        worker=worker,
+        worker=_worker_name(),
         sessions=_transient_sessions(),
         settings=get_settings(),
         cache=_model_cache(),
@@ -259,5 +261,4 @@ def _load(sessions: sessionmaker[Session], request: InferSpec) -> LoadedModel:
             session=session, job_id=source.id, ref=str(request.checkpoint_id)
         )
         spec, state = JobSpec.model_validate(source.spec), ckpt.model_state
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return load_model(spec, state, device)
+    return load_model(spec, state, resolve_device("auto"))

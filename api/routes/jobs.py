@@ -11,7 +11,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from api.auth import current_owner
-from api.body import json_object
+from api.body import json_object, refuse_unknown
 from api.context import db, services
 from api.inference import validate_infer
 from api.params import choice_arg, int_arg
@@ -51,21 +51,12 @@ def submit() -> tuple[Response, int, dict[str, str]]:
     return jsonify(job_json(job)), 202, {"Location": location}
 
 
-def _refuse_unknown(body: dict[str, Any], allowed: set[str], shape: str) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise SpecError(
-            f"unknown field {unknown[0]!r}; {shape}",
-            details=[{"loc": name, "msg": "unknown field"} for name in unknown],
-        )
-
-
 def submit_train(body: dict[str, Any]) -> Job:
     """A training job from {"kind": "train", "spec": {...}}."""
     spec, _report = validate_train_spec(
         body.get("spec"), settings=services().settings, session=db(), owner=current_owner()
     )
-    _refuse_unknown(body, {"kind", "spec"}, "a training job is {'kind', 'spec'}")
+    refuse_unknown(body, {"kind", "spec"}, "a training job is {'kind', 'spec'}")
     return enqueue(
         session=db(),
         owner=current_owner(),
@@ -78,12 +69,17 @@ def submit_train(body: dict[str, Any]) -> Job:
 
 def submit_infer(body: dict[str, Any]) -> Job:
     """An inference job from {"kind": "infer", "model_job_id", "checkpoint", "inputs"}."""
-    fields = {k: v for k, v in body.items() if k != "kind"}
-    _refuse_unknown(
+    refuse_unknown(
         body,
         {"kind", "model_job_id", "checkpoint", "inputs"},
         "an inference job is {'kind', 'model_job_id', 'checkpoint', 'inputs'}",
     )
+    return queue_infer({k: v for k, v in body.items() if k != "kind"})
+
+
+def queue_infer(fields: dict[str, Any]) -> Job:
+    """Check an inference request ({"model_job_id", "checkpoint", "inputs"}) and queue it
+    on the `infer` queue; POST /jobs and POST /models/<id>/predict both come here."""
     request = validate_infer(
         fields, session=db(), owner=current_owner(), settings=services().settings
     )

@@ -6,16 +6,14 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, url_for
 
 from api.auth import current_owner
-from api.body import json_object
+from api.body import json_object, refuse_unknown
 from api.context import db, services
-from api.inference import validate_infer, wait_final
-from api.routes.jobs import parse_job_id
+from api.inference import wait_final
+from api.routes.jobs import parse_job_id, queue_infer
 from api.serialize import job_json
-from api.submit import enqueue
 from api.validation import validate_train_spec
 from shared.errors import InferenceFailed, SpecError
 from shared.netspec import model_summary
-from shared.queues import QUEUE_INFER
 
 bp = Blueprint("models", __name__)
 
@@ -50,28 +48,10 @@ def predict(job_id: str) -> tuple[Response, int, dict[str, str]]:
             "wait_seconds must be a number of seconds between 0 and 600",
             details=[{"loc": "wait_seconds", "msg": "invalid"}],
         )
-    unknown = sorted(set(body) - {"checkpoint", "inputs"})
-    if unknown:
-        raise SpecError(
-            f"unknown field {unknown[0]!r}; a prediction is {{'inputs', 'checkpoint', "
-            "'wait_seconds'}",
-            details=[{"loc": name, "msg": "unknown field"} for name in unknown],
-        )
-    session = db()
-    infer = validate_infer(
-        {**body, "model_job_id": parse_job_id(job_id)},
-        session=session,
-        owner=current_owner(),
-        settings=settings,
+    refuse_unknown(
+        body, {"checkpoint", "inputs"}, "a prediction is {'inputs', 'checkpoint', 'wait_seconds'}"
     )
-    job = enqueue(
-        session=session,
-        owner=current_owner(),
-        kind="infer",
-        spec=infer.model_dump(mode="json"),
-        queue=QUEUE_INFER,
-        source_job_id=infer.model_job_id,
-    )
+    job = queue_infer({**body, "model_job_id": parse_job_id(job_id)})
     location = url_for("api_v1.jobs.get_job", job_id=str(job.id))
     headers = {"Location": location}
     waiters = services().predict_waiters
@@ -79,7 +59,7 @@ def predict(job_id: str) -> tuple[Response, int, dict[str, str]]:
         return jsonify(job_json(job, with_spec=False)), 202, headers
     try:
         waited = min(float(wait), settings.predict_wait_seconds)
-        final = wait_final(session, job, waited, services().job_ended)
+        final = wait_final(db(), job, waited, services().job_ended)
     finally:
         waiters.release()
     if not final:
