@@ -12,7 +12,7 @@ import io
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 import numpy as np
@@ -26,6 +26,7 @@ from matplotlib.ticker import PercentFormatter
 
 from api.downsample import downsample
 from shared.errors import NoData
+from shared.net.order import LayerOrder
 
 # Bump when a plot's look changes: it is part of the ETag, so clients fetch the new look.
 VERSION = "1"
@@ -73,9 +74,9 @@ class PlotData:
     job: str  # named in titles and in the "nothing to plot" message
     metrics: Sequence[MetricLike] = ()
     traces: Sequence[TraceLike] = ()
-    # Module / parameter names in model order. Rows from the database come back sorted by
-    # name, so their first appearance is not the model's order; unknown names go last.
-    layer_order: Sequence[str] = ()
+    # The model's order of module / parameter names: rows from the database come back
+    # sorted by name, so their first appearance is not the model's order.
+    layer_order: LayerOrder = field(default_factory=LayerOrder)
     last_step: int | None = None  # the job's progress: the lr step plot extends to it
     truncated: bool = False  # the rows were capped at the result-row limit
 
@@ -269,18 +270,12 @@ PLOTS: dict[str, Callable[[PlotData], bytes]] = {
 }
 
 
-def ordered_layers(rows: Sequence[TraceLike], order: Sequence[str]) -> list[str]:
-    """Distinct layers of `rows` in model order (`order`), unknown ones after in row order."""
-    position = {name: i for i, name in enumerate(order)}
+def ordered_layers(rows: Sequence[TraceLike], order: LayerOrder) -> list[str]:
+    """Distinct layers of `rows` in model order, unknown ones after in row order."""
     first: dict[str, int] = {}
     for t in rows:
         first.setdefault(t.layer, len(first))
-
-    def key(layer: str) -> tuple[int, int, int]:
-        module, _, port = layer.partition(":")  # "fc2:input" follows "fc2"
-        return position.get(module, len(position)), 1 if port else 0, first[layer]
-
-    return sorted(first, key=key)
+    return sorted(first, key=lambda layer: (*order.key(layer), first[layer]))
 
 
 # --- helpers --------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from shared import repository
 from shared.errors import TrainyardError
 from shared.jsonvalues import json_safe
 from shared.models import Job
-from shared.netspec import model_summary
+from shared.net.summary import model_summary
 from shared.spec import JobSpec
 
 

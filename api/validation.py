@@ -17,10 +17,10 @@ from shared import repository
 from shared.config import Settings
 from shared.dataset_files import check_data_available
 from shared.errors import LimitExceeded, NotFound, SpecError
-from shared.netspec import DryRun, dry_run, estimate_train_bytes, expected_state_shapes
+from shared.net.dryrun import DryRun, dry_run, estimate_train_bytes, expected_state_shapes
+from shared.net.weights import problems_message, safetensors_shapes, state_problems
 from shared.spec import JobSpec
 from shared.spec.data import train_size
-from shared.weights import problems_message, safetensors_shapes, state_problems
 
 
 def parse_spec(raw: Any) -> JobSpec:

@@ -1,7 +1,7 @@
 """WSGI entry point for gunicorn: `gunicorn api.wsgi:app`."""
 
 from api import create_app
-from shared.netspec import dry_run
+from shared.net.dryrun import dry_run
 from shared.spec import JobSpec
 
 app = create_app()

@@ -40,7 +40,7 @@ from cli.serve import api_command, stop_children, wait_healthy, worker_command
 from shared import repository
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.models import Job
-from shared.netspec import build_model
+from shared.net.build import build_model
 from shared.queues import QUEUE_INFER
 from shared.spec import JobSpec
 from shared.tensors import sha256_hex, state_dict_to_bytes

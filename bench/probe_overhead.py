@@ -28,7 +28,7 @@ from cli.migrate import upgrade
 from shared import repository
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
-from shared.netspec import build_model
+from shared.net.build import build_model
 from shared.spec import JobSpec
 from worker.sinks import DatabaseSink
 from worker.training.data import make_datasets, make_loader

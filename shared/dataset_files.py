@@ -20,7 +20,6 @@ downloaded, and dataset names are looked up in `DATASET_FILES`, never used as pa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NoReturn
 
 from shared.errors import SpecError
 from shared.spec import DataSpec
@@ -60,7 +59,7 @@ def check_data_available(data: DataSpec, data_dir: Path | None) -> None:
     """
     check_transforms(data)
     if data.dataset == "fake" and data.input_shape[0] > MAX_FAKE_CHANNELS:
-        _fail(
+        raise SpecError.at(
             "data.input_shape",
             f"fake images have 1 to {MAX_FAKE_CHANNELS} channels, not {data.input_shape[0]}",
         )
@@ -70,23 +69,23 @@ def check_data_available(data: DataSpec, data_dir: Path | None) -> None:
     subject = f"data.dataset '{name}'"
     if data_dir is None:
         parts, _ = DATASET_FILES[name]
-        _fail(
+        raise SpecError.at(
             "data.dataset",
             "is read from files on the server, but no data directory is configured "
             f"(TRAINYARD_DATA_DIR; the files go under <data_dir>/{'/'.join(parts)}); "
             "ask the operator or use dataset 'digits'",
-            subject,
+            label=subject,
         )
     folder = dataset_folder(name, data_dir)
     missing = [f for f in DATASET_FILES[name][1] if not (folder / f).is_file()]
     if missing:
-        _fail(
+        raise SpecError.at(
             "data.dataset",
             # The path relative to the data root: users need not learn the server's layout.
             f"files not found under <TRAINYARD_DATA_DIR>/{'/'.join(DATASET_FILES[name][0])} "
             f"(expected {', '.join(missing)}); "
             "put them there or use dataset 'digits'",
-            subject,
+            label=subject,
         )
 
 
@@ -96,13 +95,19 @@ def check_transforms(data: DataSpec) -> None:
     for i, t in enumerate(data.transforms):
         loc = f"data.transforms[{i}]"
         if t.type == "Normalize" and t.mean is not None and len(t.mean) != channels:
-            _fail(loc, f"Normalize has {len(t.mean)} mean values but the images have {channels} "
-                       f"channel{'s' if channels != 1 else ''}")  # fmt: skip
+            problem = (
+                f"Normalize has {len(t.mean)} mean values but the images have {channels} "
+                f"channel{'s' if channels != 1 else ''}"
+            )
+            raise SpecError.at(loc, problem)
         if t.size is None:
             continue
         if t.type == "RandomCrop" and t.size > min(height, width) + 2 * t.padding:
-            _fail(loc, f"RandomCrop size {t.size} is larger than the {height}x{width} images "
-                       f"plus padding {t.padding}")  # fmt: skip
+            problem = (
+                f"RandomCrop size {t.size} is larger than the {height}x{width} images "
+                f"plus padding {t.padding}"
+            )
+            raise SpecError.at(loc, problem)
         if t.type in ("Resize", "CenterCrop", "RandomCrop"):
             height = width = t.size
 
@@ -112,8 +117,3 @@ def _image_shape(data: DataSpec) -> tuple[int, int, int]:
     if len(shape) != 3:  # only synthetic data is not an image, and it has no transforms
         return (shape[0], 1, 1)
     return shape[0], shape[1], shape[2]
-
-
-def _fail(loc: str, problem: str, subject: str | None = None) -> NoReturn:
-    message = f"{subject or loc}: {problem}"
-    raise SpecError(message, details=[{"loc": loc, "msg": problem}])

@@ -22,6 +22,18 @@ class SpecError(TrainyardError):
 
     code = "invalid_spec"
 
+    @classmethod
+    def at(cls, loc: str, problem: str, *, label: str | None = None) -> SpecError:
+        """The error for `problem` at the field path `loc`, which `details` carry.
+
+        The message reads "<label>: <problem>"; `label` defaults to `loc` (a layer passes
+        its readable name), and an empty label leaves the problem alone (a statement about
+        the whole model).
+        """
+        shown = loc if label is None else label
+        message = f"{shown}: {problem}" if shown else problem
+        return cls(message, details=[{"loc": loc, "msg": problem}])
+
 
 class BadParameter(TrainyardError):
     """A query-string parameter is malformed or out of range."""

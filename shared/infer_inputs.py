@@ -55,10 +55,6 @@ def inputs_tensor(raw: Any, data: DataSpec, limits: InputLimits) -> torch.Tensor
     return _values_tensor(raw, data, limits)
 
 
-def _bad(message: str, loc: str = "inputs") -> SpecError:
-    return SpecError(f"{loc}: {message}", details=[{"loc": loc, "msg": message}])
-
-
 def _shape_text(shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(map(str, shape)) + "]"
 
@@ -70,26 +66,28 @@ def _values_tensor(raw: Any, data: DataSpec, limits: InputLimits) -> torch.Tenso
         f"{_shape_text(('N', *expected))}"  # type: ignore[arg-type]
     )
     if not isinstance(raw, list) or not raw:
-        raise _bad(f"expected a JSON nested list: {want}")
+        raise SpecError.at("inputs", f"expected a JSON nested list: {want}")
     try:
         # float64 first: integers and floats both parse, bools and strings do not.
         values = torch.tensor(raw, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError, OverflowError):
-        raise _bad(f"not a rectangular nested list of numbers; expected {want}") from None
+        problem = f"not a rectangular nested list of numbers; expected {want}"
+        raise SpecError.at("inputs", problem) from None
     if tuple(values.shape) == expected:
         values = values.unsqueeze(0)
     if tuple(values.shape[1:]) != expected:
         got = _shape_text(tuple(values.shape))
-        raise _bad(f"shape {got} does not fit the model: expected {want}")
+        raise SpecError.at("inputs", f"shape {got} does not fit the model: expected {want}")
     _check_count(values.shape[0], limits)
     if not bool(torch.isfinite(values).all()):
-        raise _bad("holds NaN or infinite values")
+        raise SpecError.at("inputs", "holds NaN or infinite values")
     if data.input_kind == "tokens":
         if not bool((values == values.round()).all()):
-            raise _bad("token ids must be integers")
+            raise SpecError.at("inputs", "token ids must be integers")
         low, high = values.min().item(), values.max().item()
         if low < 0 or high >= data.vocab_size:
-            raise _bad(f"token ids must be in [0, {data.vocab_size}), got {low:g} .. {high:g}")
+            problem = f"token ids must be in [0, {data.vocab_size}), got {low:g} .. {high:g}"
+            raise SpecError.at("inputs", problem)
         return values.to(torch.int64)
     return values.to(torch.float32)
 
@@ -105,23 +103,26 @@ def _check_count(n: int, limits: InputLimits) -> None:
 def _images_tensor(images: list[Any], data: DataSpec, limits: InputLimits) -> torch.Tensor:
     if not data.is_image:
         shape = _shape_text(raw_sample_shape(data))
-        raise _bad(
+        raise SpecError.at(
+            "inputs",
             f"images need a model trained on images; this one takes {data.dataset} samples "
-            f"of shape {shape}: send a JSON nested list"
+            f"of shape {shape}: send a JSON nested list",
         )
     _check_count(len(images), limits)
     channels, height, width = raw_sample_shape(data)
     if channels not in (1, 3):
-        raise _bad(
-            f"images need a model with 1 (gray) or 3 (RGB) input channels; this one takes "
-            f"{channels}: send a JSON nested list of shape {_shape_text((channels, height, width))}"
+        raise SpecError.at(
+            "inputs",
+            "images need a model with 1 (gray) or 3 (RGB) input channels; this one takes "
+            f"{channels}: send a JSON nested list of shape "
+            f"{_shape_text((channels, height, width))}",
         )
     mode = "L" if channels == 1 else "RGB"
     samples = []
     for i, text in enumerate(images):
         loc = f"inputs[{i}]"
         if not isinstance(text, str):
-            raise _bad("expected a base64 PNG or JPEG string", loc)
+            raise SpecError.at(loc, "expected a base64 PNG or JPEG string")
         pixels = _decode_image(text, loc, limits).convert(mode)
         array = np.asarray(pixels, dtype=np.uint8)
         sample = torch.from_numpy(array.copy()).float().div_(255.0)
@@ -142,7 +143,7 @@ def _decode_image(text: str, loc: str, limits: InputLimits) -> Image.Image:
     try:
         blob = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise _bad("not valid base64", loc) from None
+        raise SpecError.at(loc, "not valid base64") from None
     try:
         image = Image.open(io.BytesIO(blob), formats=IMAGE_FORMATS)
     except Image.DecompressionBombError:  # Pillow's own header check, far past ours
@@ -151,7 +152,7 @@ def _decode_image(text: str, loc: str, limits: InputLimits) -> Image.Image:
             details=[{"loc": loc, "msg": "image too large"}],
         ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
-        raise _bad("not a PNG or JPEG image", loc) from None
+        raise SpecError.at(loc, "not a PNG or JPEG image") from None
     # Checked from the header, before the pixels are decoded (decompression bombs).
     if math.prod(image.size) > limits.max_image_pixels:
         w, h = image.size
@@ -163,5 +164,5 @@ def _decode_image(text: str, loc: str, limits: InputLimits) -> Image.Image:
         image.load()
     # Pillow raises several kinds for a crafted file (SyntaxError from a bad chunk).
     except (OSError, ValueError, SyntaxError, EOFError, struct.error):
-        raise _bad("the image data is truncated or corrupt", loc) from None
+        raise SpecError.at(loc, "the image data is truncated or corrupt") from None
     return image

@@ -66,7 +66,7 @@ def test_readme_spec_examples_are_the_example_files() -> None:
 
 
 def test_readme_layer_examples_build() -> None:
-    from shared.netspec import dry_run
+    from shared.net.dryrun import dry_run
     from shared.spec import JobSpec
 
     stacks = [json.loads(b) for b in _blocks("json") if b.lstrip().startswith('{"layers"')]

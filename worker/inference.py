@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from shared.jsonvalues import json_safe
-from shared.netspec import build_model
+from shared.net.build import build_model
 from shared.spec import JobSpec
 from shared.tensors import bytes_to_state_dict
 from worker.training.transforms import Transform, eval_transform

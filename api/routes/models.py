@@ -13,7 +13,7 @@ from api.routes.jobs import parse_job_id, queue_infer
 from api.serialize import job_json
 from api.validation import validate_train_spec
 from shared.errors import InferenceFailed, SpecError
-from shared.netspec import model_summary
+from shared.net.summary import model_summary
 
 bp = Blueprint("models", __name__)
 

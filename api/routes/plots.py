@@ -20,7 +20,8 @@ from api.routes.jobs import parse_job_id
 from shared import repository
 from shared.errors import NotFound, SpecError
 from shared.models import Job, LayerTrace, Metric
-from shared.netbuild import build_tree
+from shared.net.build import build_tree
+from shared.net.order import LayerOrder
 from shared.spec import ModelSpec
 
 bp = Blueprint("plots", __name__)
@@ -118,14 +119,14 @@ def _plot_data(session: Session, job: Job, name: str) -> plots.PlotData:
         job=str(job.id),
         metrics=metrics,
         traces=traces,
-        layer_order=model_order(job.spec) if traces else (),
+        layer_order=model_order(job.spec) if traces else LayerOrder(),
         last_step=job.progress_step,
         truncated=truncated,
     )
 
 
-def model_order(spec: dict[str, Any]) -> list[str]:
-    """Module names, then parameter names, in the model's own order; [] if it cannot be built.
+def model_order(spec: dict[str, Any]) -> LayerOrder:
+    """Module names, then parameter names, in the model's own order; empty if it cannot be built.
 
     The database returns trace rows sorted by name ("conv1.bias" before "conv1.weight",
     "layers.10" before "layers.2"), so the spec is the only record of the model's order.
@@ -136,6 +137,5 @@ def model_order(spec: dict[str, Any]) -> list[str]:
         with torch.device("meta"):
             model, _ = build_tree(model_spec)
     except (ValidationError, SpecError):
-        return []  # e.g. an operator layer since removed: fall back to first appearance
-    names = [n for n, _ in model.named_modules() if n]
-    return names + [n for n, _ in model.named_parameters()]
+        return LayerOrder()  # e.g. an operator layer since removed: rows' own order
+    return LayerOrder.of(model)

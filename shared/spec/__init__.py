@@ -1,7 +1,7 @@
 """The job spec: what a user may ask for, checked by pydantic before anything is built.
 
 Shapes and parameter counts are checked separately by a dry run on the meta device
-(`shared.netspec.dry_run`); this package only checks types, ranges and size limits.
+(`shared.net.dryrun`); this package only checks types, ranges and size limits.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from shared import repository
 from shared.config import Settings
 from shared.db import session_scope
 from shared.models import Job
-from shared.netspec import build_model
+from shared.net.build import build_model
 from shared.notify import JobEndSignal
 from shared.spec import JobSpec
 from shared.tensors import sha256_hex, state_dict_to_bytes

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import repository
 from shared.db import session_scope
-from shared.netspec import build_model
+from shared.net.build import build_model
 from shared.spec import JobSpec
 from shared.tensors import sha256_hex, state_dict_to_bytes
 from tests.api.test_jobs import submit

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from shared.netspec import build_model
+from shared.net.build import build_model
 from shared.spec import JobSpec
 from shared.tensors import bytes_to_state_dict
 from tests.live import LiveService

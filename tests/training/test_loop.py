@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from shared.errors import SpecError
-from shared.netspec import build_model
+from shared.net.build import build_model
 from shared.spec import JobSpec
 from shared.tensors import sha256_hex
 from worker.training.checkpoint import CheckpointBlob, restore_model, restore_optimizer

@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from shared.errors import SpecError
-from shared.netspec import LAYERS, build_model, dry_run
+from shared.net.build import build_model
+from shared.net.dryrun import dry_run
+from shared.net.layers import LAYERS
 from shared.spec import JobSpec, ModelSpec
 
 SYNTHETIC_10 = {"dataset": "synthetic", "input_shape": [10], "num_classes": 3}

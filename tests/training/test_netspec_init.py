@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from shared.errors import SpecError
-from shared.netspec import build_model, dry_run
+from shared.net.build import build_model
+from shared.net.dryrun import dry_run
 from shared.spec import JobSpec
 
 DATA = {"dataset": "synthetic", "input_shape": [10], "num_classes": 3}

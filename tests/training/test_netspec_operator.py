@@ -13,7 +13,10 @@ import torch
 from torch import nn
 
 from shared.errors import SpecError
-from shared.netspec import LAYERS, build_model, dry_run, model_summary, operator_modules
+from shared.net.build import build_model
+from shared.net.dryrun import dry_run
+from shared.net.layers import LAYERS, operator_modules
+from shared.net.summary import model_summary
 from shared.spec import JobSpec
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "opmodules" / "acme_ops.py"

@@ -9,13 +9,9 @@ import pytest
 import torch
 
 from shared.errors import SpecError
-from shared.netspec import (
-    build_model,
-    dry_run,
-    estimate_train_bytes,
-    expected_state_shapes,
-    model_summary,
-)
+from shared.net.build import build_model
+from shared.net.dryrun import dry_run, estimate_train_bytes, expected_state_shapes
+from shared.net.summary import model_summary
 from shared.spec import JobSpec
 
 DIGITS = {"dataset": "digits"}

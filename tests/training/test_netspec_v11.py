@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.layers import Residual
-from shared.netspec import LAYERS, build_model, dry_run
+from shared.net.build import build_model
+from shared.net.dryrun import dry_run
+from shared.net.layers import LAYERS, Residual
 from shared.spec import sample_shape
 from tests.training.test_netspec import SYNTHETIC_10, job, linear, spec_error
 

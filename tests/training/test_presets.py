@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.errors import SpecError
-from shared.netspec import build_model, dry_run
-from shared.presets import PRESETS, preset_input_shape, preset_layers
+from shared.net.build import build_model
+from shared.net.dryrun import dry_run
+from shared.net.presets import PRESETS, preset_input_shape, preset_layers
 from shared.spec import JobSpec, ModelSpec
 
 # --- The four seed classes, as written in shared/seed/torch-nn-notes.md ---------------

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from shared.netspec import build_model
+from shared.net.build import build_model
 from shared.spec import AlertSpec, HookSpec, JobSpec
 from shared.tensors import state_dict_to_bytes
 from tests.training.test_probes import assert_rows_match, expected_row, tiny_model

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from shared.errors import SpecError
-from shared.netspec import build_model
+from shared.net.build import build_model
 from shared.spec import JobSpec
 from tests.training.test_loop import Recorder
 from worker.training.checkpoint import restore_model

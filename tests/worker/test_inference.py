@@ -14,7 +14,7 @@ from shared import repository
 from shared.config import Settings
 from shared.db import session_scope
 from shared.models import Job
-from shared.netspec import build_model
+from shared.net.build import build_model
 from shared.spec import JobSpec
 from shared.tensors import bytes_to_state_dict
 from worker.inference import LoadedModel, ModelCache, load_model

@@ -20,7 +20,7 @@ from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.errors import LeaseLost
 from shared.models import Job, LayerTrace, Metric
-from shared.netspec import build_model
+from shared.net.build import build_model
 from shared.spec import JobSpec
 from tests.worker.test_tasks import TINY, claimed_sink
 from worker.sinks import DatabaseSink

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from shared.errors import SpecError
+from shared.net.weights import problems_message, skipped, state_problems
 from shared.tensors import bytes_to_state_dict, sha256_hex, state_dict_to_bytes
-from shared.weights import problems_message, skipped, state_problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +64,7 @@ def load_initial_weights(
 ) -> list[str]:
     """Fine-tuning start: copy a checkpoint's tensors into `model`; returns the keys loaded.
 
-    Keys matching a `skip` glob stay as built (a new head); see shared.weights for the
+    Keys matching a `skip` glob stay as built (a new head); see shared.net.weights for the
     rules, which the API already applied at submit time.
     """
     state = bytes_to_state_dict(model_state)

@@ -19,7 +19,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from shared.errors import SpecError
-from shared.netspec import DEFAULT_MAX_PARAMS, build_model, dry_run
+from shared.net.build import build_model
+from shared.net.dryrun import DEFAULT_MAX_PARAMS, dry_run
 from shared.spec import HookSpec, JobSpec, TrainSpec
 from worker.training.checkpoint import (
     CheckpointBlob,

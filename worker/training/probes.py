@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from shared.net.order import LayerOrder
 from shared.spec import HookSpec
 from shared.spec.hooks import HOOK_KINDS, stats_for
 from worker.training.stats import (
@@ -102,8 +103,7 @@ class HookRecorder:
             if _matches(name, self.globs) or _matches(name.rpartition(".")[0], self.globs)
         ]
         # Rows come back by kind, then in the model's own order (seq keeps capture order).
-        names = [n for n, _ in model.named_modules()] + [n for n, _ in model.named_parameters()]
-        self._position = {name: i for i, name in enumerate(names)}
+        self._order = LayerOrder.of(model)
         self._handles: list[RemovableHandle] = []
         self._attached = False
         self._pending: list[_Pending] = []
@@ -251,8 +251,7 @@ class HookRecorder:
         return sorted(rows, key=self._row_order)
 
     def _row_order(self, row: TraceRow) -> tuple[int, int, int]:
-        module, _, port = row.layer.partition(":")  # "fc2:input" follows "fc2"
-        return KIND_ORDER[row.kind], self._position.get(module, 0), 1 if port else 0
+        return KIND_ORDER[row.kind], *self._order.key(row.layer)
 
     def _update_ratios(self) -> torch.Tensor | None:
         if self._before is None:

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from shared.layers import LAYERS, Bilinear, Residual
-from shared.netbuild import Sites, fail, first_line
+from shared.net.build import Sites, first_line
+from shared.net.layers import LAYERS, Bilinear, Residual
 
 Shapes = list[tuple[str, str, tuple[int, ...]]]  # (qualified name, type, output shape)
 # Built-in layers that pass integer token ids through unchanged (or embed them).
@@ -54,10 +54,8 @@ def _run_residual(block: Residual, x: torch.Tensor, qual: str, walk: Walk) -> to
             if projection is None
             else ("make the shortcut's output match the body's")
         )
-        fail(
-            walk.sites[qual],
-            None,
-            f"body gives {tuple(body.shape)} but shortcut gives {tuple(short.shape)}: {hint}",
+        raise walk.sites[qual].error(
+            f"body gives {tuple(body.shape)} but shortcut gives {tuple(short.shape)}: {hint}"
         )
     out = body + short
     walk.shapes.append((qual, "Residual", tuple(out.shape)))
@@ -73,11 +71,10 @@ def _refuse_in_place_start(seq: nn.Sequential, prefix: str, sites: Sites) -> Non
     elif type(module) is Residual:
         _refuse_in_place_start(module.body, f"{prefix}{name}.body.", sites)
     elif getattr(module, "inplace", False) is True:
-        fail(
-            sites[prefix + name],
-            "inplace",
+        raise sites[prefix + name].error(
             "an in-place first layer of a Residual branch overwrites the block's input, "
             "which the other branch reads too: set 'inplace' to false",
+            "inplace",
         )
 
 
@@ -89,11 +86,10 @@ def _run_leaf(module: nn.Module, x: torch.Tensor, qual: str, walk: Walk) -> torc
         and walk.vocab_size is not None
         and walk.vocab_size > module.num_embeddings
     ):
-        fail(
-            site,
-            "num_embeddings",
+        raise site.error(
             f"has {module.num_embeddings} embeddings but data.vocab_size is {walk.vocab_size}: "
             f"token ids up to {walk.vocab_size - 1} would be out of range",
+            "num_embeddings",
         )
     problem = _input_problem(module, x)
     if problem is None:
@@ -105,7 +101,7 @@ def _run_leaf(module: nn.Module, x: torch.Tensor, qual: str, walk: Walk) -> torc
             if not isinstance(out, torch.Tensor):
                 problem = f"returns {type(out).__name__}, not a tensor"
     if problem is not None:
-        fail(site, None, problem)
+        raise site.error(problem)
     walk.shapes.append((qual, type(module).__name__, tuple(out.shape)))
     return out
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from fnmatch import fnmatchcase
-from typing import NoReturn
 
 import torch
 from torch import nn
@@ -60,11 +59,12 @@ def apply_freeze(model: nn.Module, globs: list[str]) -> None:
         matched = [param for name, param in named if fnmatchcase(name, pattern)]
         if not matched:
             problem = f"'{pattern}' matches no parameter of the model; {_names(named)}"
-            _error(f"model.freeze[{index}]", problem)
+            raise SpecError.at(f"model.freeze[{index}]", problem)
         for param in matched:
             param.requires_grad_(False)
     if named and not any(param.requires_grad for _, param in named):
-        _error("model.freeze", "these patterns freeze every parameter: nothing left to train")
+        problem = "these patterns freeze every parameter: nothing left to train"
+        raise SpecError.at("model.freeze", problem)
 
 
 def _init_plan(model: nn.Module, rules: list[InitRule]) -> list[tuple[InitRule, Matched]]:
@@ -75,7 +75,7 @@ def _init_plan(model: nn.Module, rules: list[InitRule]) -> list[tuple[InitRule, 
         matched = [(name, param) for name, param in named if fnmatchcase(name, rule.params)]
         if not matched:
             problem = f"params '{rule.params}' matches no parameter of the model; {_names(named)}"
-            _error(loc, problem, "params")
+            raise SpecError.at(f"{loc}.params", problem, label=loc)
         for name, param in matched:
             if rule.scheme in _NEEDS_2D and param.dim() < 2:
                 problem = (
@@ -83,7 +83,7 @@ def _init_plan(model: nn.Module, rules: list[InitRule]) -> list[tuple[InitRule, 
                     f"it needs a tensor of 2 or more dimensions (a weight, not a bias); "
                     f"narrow params '{rule.params}' or pick another scheme"
                 )
-                _error(loc, problem, "scheme")
+                raise SpecError.at(f"{loc}.scheme", problem, label=loc)
         plan.append((rule, matched))
     return plan
 
@@ -94,8 +94,3 @@ def _names(named: Matched, shown: int = 8) -> str:
     names = [name for name, _ in named]
     more = f", ... ({len(names)} in all)" if len(names) > shown else ""
     return f"its parameters: {', '.join(names[:shown])}{more}"
-
-
-def _error(label: str, problem: str, field: str = "") -> NoReturn:
-    loc = f"{label}.{field}" if field else label
-    raise SpecError(f"{label}: {problem}", details=[{"loc": loc, "msg": problem}])

@@ -10,12 +10,13 @@ import difflib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 from torch import nn
 
 from shared.errors import SpecError
-from shared.layers import (
+from shared.net.init_freeze import apply_freeze, apply_init
+from shared.net.layers import (
     PLACED_BY_WORKER,
     Bilinear,
     Residual,
@@ -24,7 +25,7 @@ from shared.layers import (
     known_types,
     layer_class,
 )
-from shared.presets import preset_layers
+from shared.net.presets import preset_layers
 from shared.spec import LayerSpec, ModelSpec
 
 
@@ -35,9 +36,25 @@ class Site:
     loc: str  # field path for `details`, e.g. "model.layers[2]"
     label: str  # what a person reads, e.g. "model.layers[2] 'fc1' (Linear)"
 
+    def error(self, problem: str, arg: str | None = None) -> SpecError:
+        """The SpecError for `problem` at this layer (and its argument `arg`, if any)."""
+        return SpecError.at(f"{self.loc}.{arg}" if arg else self.loc, problem, label=self.label)
+
 
 SiteOf = Callable[[str, str, LayerSpec], Site]  # (field path, qualified name, layer) -> site
 Sites = dict[str, Site]  # qualified module name -> site
+
+
+def build_model(model: ModelSpec) -> nn.Sequential:
+    """Build the spec's model on the default device, then apply its init rules and freezing.
+
+    Seed torch first: construction and init rules draw from its generator. Check
+    untrusted specs first (`shared.spec_check.check_spec`).
+    """
+    seq, _ = build_tree(model)
+    apply_init(seq, model.init)
+    apply_freeze(seq, model.freeze)
+    return seq
 
 
 def build_tree(model: ModelSpec) -> tuple[nn.Sequential, Sites]:
@@ -75,11 +92,11 @@ def _container(
         qual = prefix + name
         site = site_of(f"{loc}[{index}]", qual, layer)
         if name in seq._modules:
-            fail(site, "name", f"duplicate layer name '{name}' in the same {kind}")
+            raise site.error(f"duplicate layer name '{name}' in the same {kind}", "name")
         module: nn.Module
         if layer.type == "Sequential":
             if layer.kwargs():
-                fail(site, next(iter(layer.kwargs())), "a Sequential takes only 'layers'")
+                raise site.error("a Sequential takes only 'layers'", next(iter(layer.kwargs())))
             assert layer.layers is not None  # LayerSpec guarantees children for containers
             module = _container(layer.layers, f"{site.loc}.layers", qual + ".", site_of, sites)
         elif layer.type == "Residual":
@@ -89,14 +106,16 @@ def _container(
         try:
             seq.add_module(name, module)
         except KeyError:
-            fail(site, "name", f"the name '{name}' is taken by an nn.Module attribute")
+            problem = f"the name '{name}' is taken by an nn.Module attribute"
+            raise site.error(problem, "name") from None
         sites[qual] = site
     return seq
 
 
 def _residual(layer: LayerSpec, site: Site, qual: str, site_of: SiteOf, sites: Sites) -> Residual:
     if layer.kwargs():
-        fail(site, next(iter(layer.kwargs())), "a Residual takes only 'layers' and 'shortcut'")
+        first = next(iter(layer.kwargs()))
+        raise site.error("a Residual takes only 'layers' and 'shortcut'", first)
     assert layer.layers is not None  # LayerSpec guarantees a body for Residual
     loc = site.loc
     body = _container(layer.layers, f"{loc}.layers", f"{qual}.body.", site_of, sites, "body")
@@ -111,43 +130,42 @@ def _leaf(layer: LayerSpec, site: Site) -> nn.Module:
     cls = layer_class(layer.type)
     if cls is None:
         allowed = ", ".join(known_types())
-        fail(site, "type", f"unknown layer type '{layer.type}'; allowed types: {allowed}")
+        raise site.error(f"unknown layer type '{layer.type}'; allowed types: {allowed}", "type")
     kwargs = layer.kwargs()
     accepted = arguments(cls)
     for arg in kwargs:
         if arg in PLACED_BY_WORKER:
-            fail(site, arg, f"argument '{arg}' is not allowed: the worker places the model")
+            raise site.error(f"argument '{arg}' is not allowed: the worker places the model", arg)
         if arg not in accepted:
             close = difflib.get_close_matches(arg, list(accepted), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             known = ", ".join(accepted) or "none"
-            fail(site, arg, f"unknown argument '{arg}'{hint}; accepted: {known}")
+            raise site.error(f"unknown argument '{arg}'{hint}; accepted: {known}", arg)
     for arg, required in accepted.items():
         if required and arg not in kwargs:
-            fail(site, arg, f"missing required argument '{arg}'")
+            raise site.error(f"missing required argument '{arg}'", arg)
     for arg, value in kwargs.items():
         problem = _type_problem(defaults(cls).get(arg), value)
         if problem:
-            fail(site, arg, f"argument '{arg}' {problem}, got {value!r:.40}")
+            raise site.error(f"argument '{arg}' {problem}, got {value!r:.40}", arg)
     _check_special(cls, kwargs, site)
     try:
         return cls(**kwargs)
     except Exception as exc:  # any failure on user-supplied values is a spec problem
-        fail(site, None, f"invalid arguments: {first_line(exc)}")
+        raise site.error(f"invalid arguments: {first_line(exc)}") from None
 
 
 def _check_special(cls: type[nn.Module], kwargs: dict[str, Any], site: Site) -> None:
     """Rules for one class that its constructor does not state in words of the spec."""
     if cls is Bilinear and kwargs["in1_features"] != kwargs["in2_features"]:
-        fail(
-            site,
-            "in2_features",
+        raise site.error(
             f"in1_features ({kwargs['in1_features']}) must equal in2_features "
             f"({kwargs['in2_features']}): in a layer stack both inputs are the previous "
             "layer's output",
+            "in2_features",
         )
     if cls is nn.Embedding and kwargs.get("sparse") is True:
-        fail(site, "sparse", "sparse gradients are not supported: leave 'sparse' false")
+        raise site.error("sparse gradients are not supported: leave 'sparse' false", "sparse")
 
 
 def _type_problem(default: object, value: object) -> str | None:
@@ -176,12 +194,6 @@ def _finite(value: object) -> bool:
     if isinstance(value, list | tuple):
         return all(_finite(v) for v in value)
     return True
-
-
-def fail(site: Site, arg: str | None, problem: str) -> NoReturn:
-    """Raise the SpecError for `problem` at `site` (and its argument `arg`, if any)."""
-    loc = f"{site.loc}.{arg}" if arg else site.loc
-    raise SpecError(f"{site.label}: {problem}", details=[{"loc": loc, "msg": problem}])
 
 
 def first_line(exc: BaseException) -> str:
