@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -21,8 +22,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
 from cli.migrate import upgrade
+from shared import repository
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
+from shared.models import Job
 from shared.tokens import create_token
 
 pytest_plugins = ["tests.live"]
@@ -79,6 +82,22 @@ def clean_db(engine: Engine) -> None:
     """Empty every table (jobs cascade to metrics, traces, checkpoints and events)."""
     with engine.begin() as conn:
         conn.execute(text("TRUNCATE jobs, api_tokens RESTART IDENTITY CASCADE"))
+
+
+NewJob = Callable[..., Job]
+
+
+@pytest.fixture()
+def new_job(sessions: sessionmaker[Session], clean_db: None) -> NewJob:
+    """A factory of queued job rows on an emptied database: `new_job(spec=..., owner=...)`."""
+
+    def make(spec: dict[str, Any] | None = None, *, owner: str = "o", kind: str = "train") -> Job:
+        with session_scope(sessions) as session:
+            return repository.create_job(
+                session=session, owner=owner, kind=kind, spec=spec or {"x": 1}, queue=kind
+            )
+
+    return make
 
 
 @pytest.fixture()

@@ -8,7 +8,7 @@ loop produces rows), which bounds the memory a slow database can cost.
 On PostgreSQL a batch is a binary COPY straight into the table inside a savepoint; if a
 row already exists (a re-delivered job re-writes the steps it had written before) the
 batch is redone through a temporary staging table and INSERT ... SELECT ... ON CONFLICT
-DO NOTHING (`repository.copy_ignoring_duplicates`), and so is the rest of that job:
+DO NOTHING (`worker.pgcopy.copy_ignoring_duplicates`), and so is the rest of that job:
 every write stays idempotent, and a first run writes at raw COPY speed
 (bench/trace_write.py). On SQLite (the embedded default) a batch is the
 multi-row INSERT ... ON CONFLICT DO NOTHING of `record_metrics` / `record_traces`.
@@ -37,6 +37,7 @@ from shared import repository
 from shared.db import session_scope
 from shared.errors import TrainyardError
 from shared.models import LayerTrace, Metric
+from worker.pgcopy import copy_ignoring_duplicates
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,7 @@ class RowWriter:
                 if postgres:
                     # After one conflict (a re-delivered job re-writing its steps) the
                     # rest of the job goes straight to the staging path.
-                    conflicted = repository.copy_ignoring_duplicates(
+                    conflicted = copy_ignoring_duplicates(
                         session=session, table=target, job_id=self._job_id, rows=rows,
                         optimistic=not self._conflicts_seen,
                     )  # fmt: skip

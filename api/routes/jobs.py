@@ -19,7 +19,7 @@ from api.serialize import event_json, job_json
 from api.submit import enqueue
 from api.validation import validate_train_spec
 from shared import repository
-from shared.errors import BadParameter, SpecError
+from shared.errors import BadParameter, JobNotFound, SpecError
 from shared.models import Job, JobStatus
 from shared.queues import QUEUE_INFER, queue_for_device
 
@@ -33,7 +33,7 @@ def parse_job_id(raw: str) -> uuid.UUID:
     try:
         return uuid.UUID(raw)
     except ValueError:
-        raise repository.JobNotFound(f"job {raw!r} not found") from None
+        raise JobNotFound(f"job {raw!r} not found") from None
 
 
 @bp.post("/jobs")

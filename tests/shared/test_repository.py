@@ -13,7 +13,7 @@ from shared import repository
 from shared.config import Settings
 from shared.db import session_scope
 from shared.errors import InvalidTransition, LeaseLost
-from shared.models import Job, JobStatus, Metric, utcnow
+from shared.models import Job, JobStatus, utcnow
 from shared.queues import make_celery
 from shared.sweeper import sweep_once
 
@@ -170,36 +170,3 @@ def test_sweeper_cancels_a_cancelled_job_whose_worker_died(
     with sessions() as session:
         row = session.get(Job, job.id)
         assert row is not None and row.status == "cancelled" and row.finished_at is not None
-
-
-def _metric_rows(steps: range) -> list[dict[str, object]]:
-    return [
-        {"split": "train", "name": "loss", "step": s, "epoch": 1, "value": 1.0 / s} for s in steps
-    ]
-
-
-def test_copy_goes_straight_in_and_falls_back_to_staging_on_duplicates(
-    sessions: sessionmaker[Session], clean_db: None
-) -> None:
-    job = _job(sessions)
-    table = Metric.__table__
-
-    def copy(rows: list[dict[str, object]], optimistic: bool = True) -> bool:
-        with session_scope(sessions) as session:
-            return repository.copy_ignoring_duplicates(
-                session=session, table=table, job_id=job.id, rows=rows, optimistic=optimistic
-            )
-
-    def stored() -> list[int]:
-        with sessions() as session:
-            rows = repository.list_metrics(session=session, job_id=job.id, limit=1000)
-            return [r.step for r in rows]
-
-    assert copy(_metric_rows(range(1, 51))) is False  # all new: the direct COPY
-    assert stored() == list(range(1, 51))
-    # Half old, half new (a re-delivered job): the savepoint is rolled back, staging
-    # stores the new half once, and the transaction goes on.
-    assert copy(_metric_rows(range(26, 76))) is True
-    assert stored() == list(range(1, 76))
-    assert copy(_metric_rows(range(70, 81)), optimistic=False) is True  # staging only
-    assert stored() == list(range(1, 81))

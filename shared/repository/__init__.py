@@ -1,0 +1,68 @@
+"""Keyword-only data functions over the job tables; every job status change is a guarded UPDATE.
+
+    jobs         create, read, list, cancel; the event log
+    leases       claim, heartbeat, finish; what the sweeper re-sends or ends
+    results      metric and trace rows: idempotent batch writes, bounded reads
+    checkpoints  store, list, find by id or tag
+
+Call sites use the package (`repository.claim_job(session=..., ...)`); the modules keep
+each level of the data model apart.
+"""
+
+from shared.repository.checkpoints import (
+    checkpoint_id,
+    get_checkpoint,
+    list_checkpoints,
+    save_checkpoint,
+)
+from shared.repository.jobs import (
+    add_event,
+    create_job,
+    get_job,
+    list_events,
+    list_jobs,
+    mark_enqueued,
+    relax_durability,
+    request_cancel,
+)
+from shared.repository.leases import (
+    claim_job,
+    end_abandoned_jobs,
+    finish_job,
+    heartbeat,
+    jobs_to_resend,
+)
+from shared.repository.results import (
+    glob_to_like,
+    list_metrics,
+    list_traces,
+    metric_overview,
+    record_metrics,
+    record_traces,
+)
+
+__all__ = [
+    "add_event",
+    "checkpoint_id",
+    "claim_job",
+    "create_job",
+    "end_abandoned_jobs",
+    "finish_job",
+    "get_checkpoint",
+    "get_job",
+    "glob_to_like",
+    "heartbeat",
+    "jobs_to_resend",
+    "list_checkpoints",
+    "list_events",
+    "list_jobs",
+    "list_metrics",
+    "list_traces",
+    "mark_enqueued",
+    "metric_overview",
+    "record_metrics",
+    "record_traces",
+    "relax_durability",
+    "request_cancel",
+    "save_checkpoint",
+]

@@ -1,0 +1,148 @@
+"""Metric points and layer trace rows: idempotent batch writes and bounded reads."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, Table, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from shared.models import LayerTrace, Metric
+
+T = TypeVar("T")  # the row type of a select()
+
+# Rows per INSERT statement: large enough to amortise round trips, small enough for
+# SQLite's bound-parameter limit (13 columns x 2000 < 32766).
+_CHUNK = 2000
+
+
+def _insert_ignoring_duplicates(
+    session: Session, table: Table, rows: Sequence[dict[str, Any]]
+) -> None:
+    """Multi-row INSERT ... ON CONFLICT DO NOTHING, so a retried write is a no-op."""
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    # A multi-row VALUES takes its columns from the first row: give every row all keys.
+    keys = {key for row in rows for key in row}
+    for start in range(0, len(rows), _CHUNK):
+        chunk = [{key: row.get(key) for key in keys} for row in rows[start : start + _CHUNK]]
+        session.execute(insert(table).values(chunk).on_conflict_do_nothing())
+
+
+def record_metrics(*, session: Session, job_id: uuid.UUID, rows: Iterable[dict[str, Any]]) -> None:
+    """Write metric points {split, name, step, epoch, value} in one batch."""
+    batch = [{**row, "job_id": job_id} for row in rows]
+    if batch:
+        _insert_ignoring_duplicates(session, Metric.__table__, batch)  # type: ignore[arg-type]
+
+
+def record_traces(*, session: Session, job_id: uuid.UUID, rows: Iterable[dict[str, Any]]) -> None:
+    """Write layer trace rows in one batch."""
+    batch = [{**row, "job_id": job_id} for row in rows]
+    if batch:
+        _insert_ignoring_duplicates(session, LayerTrace.__table__, batch)  # type: ignore[arg-type]
+
+
+def _step_range(query: Select[T], column: Any, low: int | None, high: int | None) -> Select[T]:
+    """Restrict `query` to low <= column <= high (either bound may be open)."""
+    if low is not None:
+        query = query.where(column >= low)
+    if high is not None:
+        query = query.where(column <= high)
+    return query
+
+
+def list_metrics(
+    *,
+    session: Session,
+    job_id: uuid.UUID,
+    name: str | None = None,
+    split: str | None = None,
+    from_step: int | None = None,
+    to_step: int | None = None,
+    limit: int | None = None,
+) -> list[Metric]:
+    """A job's metric points ordered by name, split, step; step bounds are inclusive."""
+    query = select(Metric).where(Metric.job_id == job_id)
+    if name:
+        query = query.where(Metric.name == name)
+    if split:
+        query = query.where(Metric.split == split)
+    query = _step_range(query, Metric.step, from_step, to_step)
+    query = query.order_by(Metric.name, Metric.split, Metric.step).limit(limit)
+    return list(session.scalars(query))
+
+
+def list_traces(
+    *,
+    session: Session,
+    job_id: uuid.UUID,
+    layer: str | None = None,
+    kind: str | None = None,
+    from_step: int | None = None,
+    to_step: int | None = None,
+    limit: int,
+) -> list[LayerTrace]:
+    """Trace rows ordered by step then layer; step bounds are inclusive."""
+    query = select(LayerTrace).where(LayerTrace.job_id == job_id)
+    if layer and any(c in layer for c in "*?"):
+        query = query.where(LayerTrace.layer.like(glob_to_like(layer), escape="\\"))
+    elif layer:  # no wildcard: an exact (case-sensitive everywhere) match
+        query = query.where(LayerTrace.layer == layer)
+    if kind:
+        query = query.where(LayerTrace.kind == kind)
+    query = _step_range(query, LayerTrace.step, from_step, to_step)
+    query = query.order_by(LayerTrace.step, LayerTrace.kind, LayerTrace.layer).limit(limit)
+    return list(session.scalars(query))
+
+
+def glob_to_like(glob: str) -> str:
+    """A shell glob (* and ?) as an SQL LIKE pattern, with LIKE's own wildcards escaped."""
+    escaped = glob.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def metric_overview(*, session: Session, job_id: uuid.UUID) -> list[dict[str, Any]]:
+    """Per (split, name) series: point count, the last point, and the best point.
+
+    Best is the lowest value for names ending in 'loss' and the highest for names ending
+    in 'accuracy' (other series have none). Non-finite values are never best: the bounds
+    leave out NaN (greater than every number on PostgreSQL, text on SQLite) and inf.
+    """
+    where = Metric.job_id == job_id
+    groups = session.execute(
+        select(Metric.split, Metric.name, func.count(), func.max(Metric.step))
+        .where(where)
+        .group_by(Metric.split, Metric.name)
+        .order_by(Metric.split, Metric.name)
+    ).all()
+    series = []
+    for split, name, count, last_step in groups:
+        same = (where, Metric.split == split, Metric.name == name)
+        last = session.execute(
+            select(Metric.step, Metric.epoch, Metric.value).where(*same, Metric.step == last_step)
+        ).one()
+        best = None
+        order = {"loss": Metric.value.asc(), "accuracy": Metric.value.desc()}
+        kind = next((k for k in order if name.endswith(k)), None)
+        if kind is not None:
+            best = session.execute(
+                select(Metric.step, Metric.epoch, Metric.value)
+                .where(*same, Metric.value >= -1e308, Metric.value <= 1e308)
+                .order_by(order[kind], Metric.step.asc())
+                .limit(1)
+            ).first()
+        series.append(
+            {
+                "split": split,
+                "name": name,
+                "points": int(count),
+                "last": dict(last._mapping),
+                "best": dict(best._mapping) if best is not None else None,
+            }
+        )
+    return series
