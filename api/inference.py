@@ -22,7 +22,8 @@ from shared.errors import NotFound, SpecError
 from shared.infer_inputs import InputLimits, inputs_tensor
 from shared.models import FINAL_STATUSES, Job
 from shared.notify import JobEndSignal
-from shared.spec import InferSpec, JobSpec
+from shared.spec import InferSpec
+from shared.spec_check import load_stored_spec
 
 
 def validate_infer(
@@ -55,13 +56,7 @@ def validate_infer(
             f"checkpoint: job {source.id} has no {request.checkpoint!r} checkpoint{hint}",
             details=[{"loc": "checkpoint", "msg": "not found"}],
         ) from None
-    try:
-        train_spec = JobSpec.model_validate(source.spec)
-    except ValidationError:  # stored by an older version whose specs this one refuses
-        raise SpecError(
-            f"model_job_id: job {source.id}'s spec no longer validates; retrain it",
-            details=[{"loc": "model_job_id", "msg": "spec no longer valid"}],
-        ) from None
+    train_spec = load_stored_spec(source.spec, job_id=source.id, loc="model_job_id")
     inputs_tensor(request.inputs, train_spec.data, InputLimits.of(settings))
     request.checkpoint_id = ckpt_id
     return request

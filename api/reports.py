@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from shared import repository
 from shared.errors import TrainyardError
 from shared.jsonvalues import json_safe
 from shared.models import Job
+from shared.net.dryrun import checked_model
 from shared.net.summary import model_summary
-from shared.spec import JobSpec
+from shared.spec_check import load_stored_spec
 
 
 def metrics_at_a_glance(session: Session, job: Job) -> dict[str, Any]:
@@ -26,13 +26,15 @@ def metrics_at_a_glance(session: Session, job: Job) -> dict[str, Any]:
     return json_safe({"final": final, "best": best, "series": series})
 
 
-def model_description(spec: dict[str, Any], max_params: int) -> dict[str, Any] | None:
-    """print(model), the named_parameters table and the counts, from a dry run; None when
-    the stored spec no longer builds here (a layer plugin removed, a lower parameter
-    limit): the job's results are still worth showing."""
+def model_description(job: Job, max_params: int) -> dict[str, Any] | None:
+    """print(model), the named_parameters table and the counts, from a dry run of the spec
+    that built the job's model; None when it no longer builds here (a spec of an older
+    version, a layer plugin removed, a lower parameter limit): the job's results are
+    still worth showing."""
     try:
-        summary = model_summary(JobSpec.model_validate(spec), max_params=max_params).to_json()
-    except (ValidationError, TrainyardError):
+        spec = load_stored_spec(job.spec, job_id=job.id)
+        summary = model_summary(spec, *checked_model(spec, max_params)).to_json()
+    except TrainyardError:
         return None
     keys = ("module_tree", "parameters", "param_count", "trainable_count", "frozen_count")
     return {key: summary[key] for key in keys}

@@ -22,6 +22,7 @@ from shared.models import JobStatus
 from shared.notify import JobEndSignal
 from shared.queues import INFER_TASK, TRAIN_TASK
 from shared.spec import InferSpec, JobSpec
+from shared.spec_check import load_stored_spec
 from worker.celery_app import app
 from worker.inference import LoadedModel, ModelCache, load_model, predict
 from worker.sinks import DatabaseSink
@@ -109,7 +110,7 @@ def execute_train(
     sink = DatabaseSink(sessions=sessions, job_id=job_id, worker=worker, settings=settings)
     status, summary, error = JobStatus.FAILED, None, None
     try:
-        spec = JobSpec.model_validate(raw_spec)
+        spec = load_stored_spec(raw_spec, job_id=job_id)
         with sessions() as session:
             initial_state = _initial_state(session, spec)
         result = fit(
@@ -260,5 +261,6 @@ def _load(sessions: sessionmaker[Session], request: InferSpec) -> LoadedModel:
         ckpt = repository.get_checkpoint(
             session=session, job_id=source.id, ref=str(request.checkpoint_id)
         )
-        spec, state = JobSpec.model_validate(source.spec), ckpt.model_state
+        spec = load_stored_spec(source.spec, job_id=source.id, loc="model_job_id")
+        state = ckpt.model_state
     return load_model(spec, state, resolve_device("auto"))

@@ -53,9 +53,9 @@ def submit() -> tuple[Response, int, dict[str, str]]:
 
 def submit_train(body: dict[str, Any]) -> Job:
     """A training job from {"kind": "train", "spec": {...}}."""
-    spec, _report = validate_train_spec(
+    spec = validate_train_spec(
         body.get("spec"), settings=services().settings, session=db(), owner=current_owner()
-    )
+    ).spec
     refuse_unknown(body, {"kind", "spec"}, "a training job is {'kind', 'spec'}")
     return enqueue(
         session=db(),

@@ -24,11 +24,10 @@ def summary() -> Response:
     body = json_object('{"spec": {...}}')
     if "spec" not in body:
         raise SpecError('the body must be {"spec": {...}}', details=[{"loc": "spec"}])
-    settings = services().settings
-    spec, _report = validate_train_spec(
-        body["spec"], settings=settings, session=db(), owner=current_owner()
+    checked = validate_train_spec(
+        body["spec"], settings=services().settings, session=db(), owner=current_owner()
     )
-    result = model_summary(spec, max_params=settings.max_params)
+    result = model_summary(checked.spec, checked.model, checked.dry_run)
     return jsonify(result.to_json())
 
 

@@ -6,11 +6,9 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from typing import Any
 
 import torch
 from flask import Blueprint, Response, current_app, request
-from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from api import plots
@@ -22,7 +20,7 @@ from shared.errors import NotFound, SpecError
 from shared.models import Job, LayerTrace, Metric
 from shared.net.build import build_tree
 from shared.net.order import LayerOrder
-from shared.spec import ModelSpec
+from shared.spec_check import load_stored_spec
 
 bp = Blueprint("plots", __name__)
 
@@ -119,23 +117,23 @@ def _plot_data(session: Session, job: Job, name: str) -> plots.PlotData:
         job=str(job.id),
         metrics=metrics,
         traces=traces,
-        layer_order=model_order(job.spec) if traces else LayerOrder(),
+        layer_order=model_order(job) if traces else LayerOrder(),
         last_step=job.progress_step,
         truncated=truncated,
     )
 
 
-def model_order(spec: dict[str, Any]) -> LayerOrder:
-    """Module names, then parameter names, in the model's own order; empty if it cannot be built.
+def model_order(job: Job) -> LayerOrder:
+    """The order of the job's model (module names, then parameter names); empty when its
+    spec no longer builds (e.g. an operator layer since removed): then rows keep their own.
 
-    The database returns trace rows sorted by name ("conv1.bias" before "conv1.weight",
-    "layers.10" before "layers.2"), so the spec is the only record of the model's order.
-    Built on the meta device: no memory, no weights, milliseconds.
+    The database returns trace rows sorted by name, so the spec is the only record of the
+    model's order. Built on the meta device: no memory, no weights, milliseconds.
     """
     try:
-        model_spec = ModelSpec.model_validate(spec.get("model"))
+        spec = load_stored_spec(job.spec, job_id=job.id)
         with torch.device("meta"):
-            model, _ = build_tree(model_spec)
-    except (ValidationError, SpecError):
-        return LayerOrder()  # e.g. an operator layer since removed: rows' own order
+            model, _ = build_tree(spec.model)
+    except SpecError:
+        return LayerOrder()
     return LayerOrder.of(model)

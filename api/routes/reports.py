@@ -19,14 +19,13 @@ bp = Blueprint("reports", __name__)
 MAX_COMPARE = 10
 
 
-def _training_spec(job: Job) -> dict[str, object] | None:
-    """The spec that built the job's model: its own, or its model job's for inference."""
+def _training_job(job: Job) -> Job | None:
+    """The job that trained the model: the job itself, or an inference job's model job."""
     if job.kind == "train":
-        return job.spec
-    source = (
-        repository.get_job(session=db(), job_id=job.source_job_id) if job.source_job_id else None
-    )
-    return source.spec if source is not None else None
+        return job
+    if job.source_job_id is None:
+        return None
+    return repository.get_job(session=db(), job_id=job.source_job_id)
 
 
 @bp.get("/jobs/<job_id>/summary")
@@ -34,8 +33,8 @@ def summary(job_id: str) -> Response:
     """Final and best metrics, counts, wall time, steps/s, print(model), named_parameters."""
     session = db()
     job = repository.get_job(session=session, job_id=parse_job_id(job_id), owner=current_owner())
-    spec = _training_spec(job)
-    model = model_description(spec, services().settings.max_params) if spec else None
+    trained = _training_job(job)
+    model = model_description(trained, services().settings.max_params) if trained else None
     return jsonify(
         {
             "job": job_json(job, with_spec=False),

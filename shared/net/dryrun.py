@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from shared.errors import SpecError
-from shared.net.build import Sites, build_model, build_tree
+from shared.net.build import Sites, build_tree
 from shared.net.init_freeze import apply_freeze, apply_init
 from shared.net.layers import Residual
 from shared.net.walk import Shapes, Walk, run_children
@@ -128,10 +128,3 @@ def _target_words(spec: JobSpec) -> str:
     if data.task == "classification":
         return f"on {data.num_classes} classes (data.num_classes)"
     return f"on {data.output_dim} regression targets (data.output_dim)"
-
-
-def expected_state_shapes(spec: JobSpec) -> dict[str, tuple[int, ...]]:
-    """The model's state_dict keys (buffers included) and shapes, built on the meta device."""
-    with torch.device("meta"):
-        model = build_model(spec.model)
-    return {key: tuple(value.shape) for key, value in model.state_dict().items()}

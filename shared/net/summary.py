@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from shared.net.dryrun import DEFAULT_MAX_PARAMS, checked_model, dry_input, estimate_train_bytes
+from shared.net.dryrun import DryRun, dry_input, estimate_train_bytes
 from shared.spec import JobSpec
 
 
@@ -58,9 +58,9 @@ class ModelSummary:
         return dataclasses.asdict(self)
 
 
-def model_summary(spec: JobSpec, max_params: int = DEFAULT_MAX_PARAMS) -> ModelSummary:
-    """Dry-run the spec (same errors as `dry_run`), then describe the model it builds."""
-    model, report = checked_model(spec, max_params)
+def model_summary(spec: JobSpec, model: nn.Sequential, report: DryRun) -> ModelSummary:
+    """Describe the model a checked spec builds: `model` and `report` are what its dry run
+    (`checked_model`, or `check_spec` for a whole submission) returned."""
     return ModelSummary(
         module_tree=str(model),
         layers=_layer_rows(model, dry_input(spec)),

@@ -182,3 +182,16 @@ def test_unknown_plot_other_owner_and_no_data(
     assert dead["error"]["code"] == "no_data" and "'forward'" in dead["error"]["message"]
     loss = client.get(f"/api/v1/jobs/{job_id}/plots/loss.png", headers=alice).get_json()
     assert loss["error"]["code"] == "no_data" and "train/loss" in loss["error"]["message"]
+
+
+def test_a_job_whose_spec_no_longer_builds_is_still_plotted(
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+) -> None:
+    rows = [_trace(s, "fc1.weight", "param_grad", 0.5) for s in range(5, 61, 5)]
+    job_id = _new_job(client, alice, sessions, traces=rows)
+    with session_scope(sessions) as session:  # as an older version might have stored it
+        job = session.get(Job, uuid.UUID(job_id))
+        assert job is not None
+        job.spec = {"model": {"preset": "retired"}}
+    resp = client.get(f"/api/v1/jobs/{job_id}/plots/grad_flow.png", headers=alice)
+    assert resp.status_code == 200 and resp.data.startswith(PNG_SIGNATURE)

@@ -276,3 +276,20 @@ def test_past_the_waiting_limit_predict_answers_202_at_once(
         headers=headers,
     )
     assert resp.status_code == 202 and resp.get_json()["kind"] == "infer"
+
+
+def test_a_model_whose_stored_spec_no_longer_validates_is_refused_naming_it(
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+) -> None:
+    model_job = _trained_job(sessions)
+    with session_scope(sessions) as session:  # as an older version might have stored it
+        job = session.get(Job, model_job)
+        assert job is not None
+        job.spec = {**SPEC, "model": {"preset": "retired"}}
+    resp = client.post(
+        f"/api/v1/models/{model_job}/predict", json={"inputs": [[[0.5] * 8] * 8]}, headers=alice
+    )
+    assert resp.status_code == 400
+    error = resp.get_json()["error"]
+    assert error["details"][0]["loc"] == "model_job_id"
+    assert f"job {model_job}'s spec no longer validates" in error["message"]

@@ -272,3 +272,65 @@ def test_nan_and_no_parameters_are_refused(client: FlaskClient, alice: dict[str,
         spec({"layers": [{"type": "Flatten"}]}, {"dataset": "synthetic", "input_shape": [10]}),
     )
     assert resp.status_code == 400 and "no parameters" in resp.get_json()["error"]["message"]
+
+
+def _count_builds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every model the process builds from a spec (the dry run's and build_model's)."""
+    from shared.net import build, dryrun
+
+    builds: list[str] = []
+    for module in (build, dryrun):
+        real = module.build_tree
+
+        def counted(model: Any, real: Any = real, where: str = module.__name__) -> Any:
+            builds.append(where)
+            return real(model)
+
+        monkeypatch.setattr(module, "build_tree", counted)
+    return builds
+
+
+def test_a_submission_and_a_summary_build_the_model_once(
+    client: FlaskClient,
+    alice: dict[str, str],
+    sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    source = _finished_job_with_checkpoint(sessions, "alice")
+    builds = _count_builds(monkeypatch)
+    body = spec({"layers": MLP, "init_from": {"job_id": str(source), "checkpoint": "latest"}})
+    assert submit(client, alice, body).status_code == 202
+    assert builds == ["shared.net.dryrun"]  # the init_from check reuses the dry run's model
+    builds.clear()
+    resp = client.post("/api/v1/models/summary", json={"spec": body}, headers=alice)
+    assert resp.status_code == 200, resp.get_json()
+    assert builds == ["shared.net.dryrun"]
+
+
+def test_check_init_from_leaves_the_checked_spec_alone(
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+) -> None:
+    from api.validation import check_init_from, parse_spec
+    from shared.spec_check import check_spec
+
+    source = _finished_job_with_checkpoint(sessions, "alice")
+    body = spec({"layers": MLP, "init_from": {"job_id": str(source), "checkpoint": "latest"}})
+    checked = check_spec(parse_spec(body))
+    with sessions() as session:
+        pinned = check_init_from(checked, session=session, owner="alice")
+        (ckpt,) = repository.list_checkpoints(session=session, job_id=source)
+    assert pinned == ckpt.id
+    assert checked.spec.model.init_from is not None
+    assert checked.spec.model.init_from.checkpoint == "latest"
+
+
+def test_max_steps_epochs_are_counted_as_the_loader_batches(
+    client: FlaskClient, alice: dict[str, str], settings: Any
+) -> None:
+    # 1438 training digits at batch 3: 1438 % 3 == 1, so the loader drops the last batch
+    # of one sample and an epoch is 479 steps (not 480): 959 steps take 3 epochs.
+    settings.max_epochs = 2
+    resp = submit(client, alice, spec(train={"batch_size": 3, "max_steps": 959}))
+    assert resp.status_code == 400, resp.get_json()
+    assert "3 epochs of 479 batches" in resp.get_json()["error"]["message"]
+    assert submit(client, alice, spec(train={"batch_size": 3, "max_steps": 958})).status_code == 202

@@ -14,7 +14,7 @@ from torch import nn
 
 from shared.errors import SpecError
 from shared.net.build import build_model
-from shared.net.dryrun import dry_run
+from shared.net.dryrun import checked_model, dry_run
 from shared.net.layers import LAYERS, operator_modules
 from shared.net.summary import model_summary
 from shared.spec import JobSpec
@@ -84,7 +84,7 @@ def test_operator_module_arguments_are_checked_like_built_ins(installed: dict[st
 
 def test_summary_lists_the_operator_modules_children(installed: dict[str, Any]) -> None:
     # Forward order, not registration order: forward() calls value before gate.
-    names = [row.name for row in model_summary(gated_job()).layers]
+    names = [row.name for row in model_summary(gated_job(), *checked_model(gated_job())).layers]
     assert names == ["glu", "glu.value", "glu.gate", "1"]
 
 

@@ -1,4 +1,4 @@
-"""model_summary (POST /api/v1/models/summary) and expected_state_shapes (init_from checks)."""
+"""model_summary (POST /api/v1/models/summary) and CheckedSpec.state_shapes (init_from checks)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import torch
 
 from shared.errors import SpecError
 from shared.net.build import build_model
-from shared.net.dryrun import dry_run, estimate_train_bytes, expected_state_shapes
-from shared.net.summary import model_summary
+from shared.net.dryrun import checked_model, dry_run, estimate_train_bytes
+from shared.net.summary import ModelSummary, model_summary
 from shared.spec import JobSpec
+from shared.spec_check import SpecLimits, check_spec
 
 DIGITS = {"dataset": "digits"}
 
@@ -36,6 +37,11 @@ LAYERS: list[dict[str, Any]] = [
 ]
 
 
+def summary_of(spec: JobSpec, max_params: int = 50_000_000) -> ModelSummary:
+    """What POST /models/summary answers: the summary of one dry run."""
+    return model_summary(spec, *checked_model(spec, max_params))
+
+
 def job(**model: Any) -> JobSpec:
     return JobSpec.model_validate(
         {"model": {"layers": LAYERS, **model}, "data": DIGITS, "train": {"batch_size": 32}}
@@ -44,13 +50,13 @@ def job(**model: Any) -> JobSpec:
 
 def test_module_tree_is_print_model() -> None:
     spec = job()
-    assert model_summary(spec).module_tree == str(build_model(spec.model))
-    assert "(block): Residual(\n    (body): Sequential(" in model_summary(spec).module_tree
+    assert summary_of(spec).module_tree == str(build_model(spec.model))
+    assert "(block): Residual(\n    (body): Sequential(" in summary_of(spec).module_tree
 
 
 def test_parameters_table_matches_named_parameters_and_freezing() -> None:
     spec = job(freeze=["stem.*", "block.shortcut.*"])
-    summary = model_summary(spec)
+    summary = summary_of(spec)
     model = build_model(spec.model)
     assert [(p.name, p.shape, p.numel, p.trainable) for p in summary.parameters] == [
         (name, list(param.shape), param.numel(), param.requires_grad)
@@ -69,14 +75,14 @@ def test_parameters_table_matches_named_parameters_and_freezing() -> None:
 
 def test_sizes_match_the_dry_run() -> None:
     spec = job()
-    summary, report = model_summary(spec), dry_run(spec)
+    summary, report = summary_of(spec), dry_run(spec)
     assert summary.param_count == report.param_count
     assert summary.estimated_train_bytes == estimate_train_bytes(report, batch_size=32)
     assert summary.output_shape == ["batch", 10]
 
 
 def test_layers_in_forward_order_with_batch_shapes() -> None:
-    rows = {row.name: row for row in model_summary(job()).layers}
+    rows = {row.name: row for row in summary_of(job()).layers}
     assert list(rows) == [
         "stem",
         "1",
@@ -98,7 +104,7 @@ def test_layers_in_forward_order_with_batch_shapes() -> None:
 
 
 def test_to_json_is_plain_json() -> None:
-    data = model_summary(job(freeze=["fc.*"])).to_json()
+    data = summary_of(job(freeze=["fc.*"])).to_json()
     assert json.loads(json.dumps(data)) == data
     assert set(data) == {
         "module_tree",
@@ -126,7 +132,7 @@ def test_to_json_is_plain_json() -> None:
 
 def test_summary_errors_are_the_dry_runs() -> None:
     with pytest.raises(SpecError, match="at most 10 are allowed"):
-        model_summary(job(), max_params=10)
+        summary_of(job(), max_params=10)
 
 
 def test_summary_of_a_token_model() -> None:
@@ -148,24 +154,27 @@ def test_summary_of_a_token_model() -> None:
             },
         }
     )
-    assert model_summary(spec).layers[0].output_shape == ["batch", 4, 8]
+    assert summary_of(spec).layers[0].output_shape == ["batch", 4, 8]
 
 
-def test_expected_state_shapes_match_a_real_build() -> None:
+def test_state_shapes_match_a_real_build() -> None:
     spec = job()
-    shapes = expected_state_shapes(spec)
+    shapes = check_spec(spec).state_shapes()
     real = build_model(spec.model).state_dict()
     assert shapes == {key: tuple(value.shape) for key, value in real.items()}
     assert shapes["1.running_mean"] == (4,) and shapes["1.num_batches_tracked"] == ()
     assert shapes["block.shortcut.0.weight"] == (8, 4, 1, 1)
 
 
-def test_expected_state_shapes_allocates_nothing() -> None:
+def test_state_shapes_allocate_nothing() -> None:
+    wide = {"type": "Linear", "in_features": 10, "out_features": 10**8}
+    head = {"type": "Linear", "in_features": 10**8, "out_features": 3}
     big = JobSpec.model_validate(
         {
-            "model": {"layers": [{"type": "Linear", "in_features": 10, "out_features": 10**8}]},
+            "model": {"layers": [wide, head]},
             "data": {"dataset": "synthetic", "input_shape": [10], "num_classes": 3},
         }
     )
-    assert expected_state_shapes(big)["0.weight"] == (10**8, 10)
+    checked = check_spec(big, limits=SpecLimits(max_params=10**10))
+    assert checked.state_shapes()["0.weight"] == (10**8, 10)
     assert torch.get_default_device().type == "cpu"

@@ -144,3 +144,14 @@ def test_worker_stops_when_its_lease_is_taken(
     with sessions() as session:
         job = session.get(Job, job_id)
         assert job is not None and job.status == "running" and job.worker == "w2"
+
+
+def test_a_job_whose_stored_spec_no_longer_validates_fails_naming_it(
+    sessions: sessionmaker[Session], clean_db: None, settings: Settings
+) -> None:
+    job_id = _job(sessions, {**TINY, "model": {"preset": "retired"}})
+    assert execute_train(job_id, worker="w", sessions=sessions, settings=settings) == "failed"
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.error is not None
+        assert job.error.startswith(f"spec: job {job_id}'s spec no longer validates")

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from shared.dataset_files import check_data_available, check_transforms
+from shared.steps import drops_last_batch
 from worker.training.datasets import Sample, SplitDataset, Splits, make_datasets
 from worker.training.transforms import eval_transform
 
@@ -47,15 +48,15 @@ def make_loader(
 ) -> DataLoader[Sample]:
     """A loader whose order and augmentation depend only on `seed`.
 
-    For training (`train=True`) a last batch of one sample is dropped: BatchNorm cannot
-    train on it, and one sample in an epoch changes nothing else. `pin_memory` is ignored
-    without CUDA.
+    For training (`train=True`) a last batch of one sample is dropped
+    (`shared.steps.drops_last_batch`, which the step count follows). `pin_memory` is
+    ignored without CUDA.
     """
     # Its own generator keeps the batch order independent of the global RNG, which
     # model init and dropout also draw from.
     generator = torch.Generator().manual_seed(seed)
     n = len(ds)  # type: ignore[arg-type]
-    drop_last = train and n % batch_size == 1 and n > 1
+    drop_last = train and drops_last_batch(n, batch_size)
     sampler = None
     if isinstance(ds, SplitDataset) and ds.augments:
         sampler = SeededSampler(n, shuffle=shuffle, generator=generator)

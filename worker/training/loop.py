@@ -20,8 +20,10 @@ from torch.utils.data import DataLoader
 
 from shared.errors import SpecError
 from shared.net.build import build_model
-from shared.net.dryrun import DEFAULT_MAX_PARAMS, dry_run
+from shared.net.dryrun import DEFAULT_MAX_PARAMS
 from shared.spec import HookSpec, JobSpec, TrainSpec
+from shared.spec_check import SpecLimits, check_spec
+from shared.steps import StepPlan
 from worker.training.checkpoint import (
     CheckpointBlob,
     capture,
@@ -142,15 +144,6 @@ def resolve_device(requested: str | torch.device) -> torch.device:
     return device
 
 
-def total_steps(train: TrainSpec, batches_per_epoch: int) -> int:
-    """Optimizer steps a fit will take: epochs x steps per epoch, capped by max_steps."""
-    per_epoch = math.ceil(batches_per_epoch / train.accumulate_steps)
-    limits = [train.max_steps] if train.max_steps is not None else []
-    if train.epochs is not None:
-        limits.append(train.epochs * per_epoch)
-    return min(limits)
-
-
 def _autocast(train: TrainSpec, device: torch.device) -> contextlib.AbstractContextManager[None]:
     if train.precision == "fp32":
         return contextlib.nullcontext()
@@ -177,7 +170,7 @@ def fit(
     dev = resolve_device(device if device is not None else train.device)
     # Shapes and size again, before anything is allocated for real; pass the same
     # max_params the API checked with, so a worker never refuses what the API accepted.
-    report = dry_run(spec, max_params=max_params)
+    checked = check_spec(spec, limits=SpecLimits(max_params=max_params), data_dir=data_dir)
     _autocast(train, dev)  # refuse fp16/bf16 on a CPU worker before any work
 
     torch.manual_seed(train.seed)  # weights depend on the seed only
@@ -203,9 +196,10 @@ def fit(
     optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), train.optimizer)
     criterion = make_criterion(train)
     classification = spec.data.task == "classification"
-    n_steps = total_steps(train, len(loader))
-    n_epochs = math.ceil(n_steps / math.ceil(len(loader) / train.accumulate_steps))
-    schedule = make_schedule(optimizer, train.scheduler, total_steps=n_steps, epochs=n_epochs)
+    # Counted on the samples the files really hold (the API counted the nominal size).
+    plan = StepPlan.of(train, len(splits.train))
+    n_steps = plan.total_steps
+    schedule = make_schedule(optimizer, train.scheduler, total_steps=n_steps, epochs=plan.epochs)
     scaler = torch.amp.GradScaler(dev.type, enabled=train.precision == "fp16")
     early = EarlyStopping(train.early_stopping) if train.early_stopping else None
     recorder = HookRecorder(model, spec.hooks)
@@ -381,7 +375,7 @@ def fit(
         metrics=metrics,
         wall_s=wall_s,
         steps_per_s=step / wall_s if wall_s > 0 else 0.0,
-        param_count=report.param_count,
+        param_count=checked.dry_run.param_count,
         trainable_count=sum(p.numel() for p in model.parameters() if p.requires_grad),
         stopped=stopped,
         device=str(dev),
