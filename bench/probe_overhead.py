@@ -31,8 +31,9 @@ from shared.db import make_engine, make_session_factory, session_scope
 from shared.net.build import build_model
 from shared.spec import JobSpec
 from worker.sinks import DatabaseSink
+from worker.training.callbacks import Callback
 from worker.training.data import make_datasets, make_loader
-from worker.training.loop import Callback, fit
+from worker.training.loop import fit
 
 SERVER = os.environ.get("TRAINYARD_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 MODELS = {"mlp": ("neural_network", [1, 28, 28]), "lenet": ("lenet", [1, 32, 32])}

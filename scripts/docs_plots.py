@@ -17,7 +17,8 @@ import torch
 
 from api.plots import PlotData, render
 from shared.spec import JobSpec
-from worker.training.loop import Callback, fit
+from worker.training.callbacks import Callback
+from worker.training.loop import fit
 from worker.training.probes import TraceRow
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -17,11 +18,12 @@ from shared.db import session_scope
 from shared.errors import LeaseLost
 from shared.jsonvalues import json_safe
 from shared.models import LayerTrace
+from worker.training.callbacks import Callback, Event, FitResult
 from worker.training.checkpoint import CheckpointBlob
-from worker.training.diagnose import Event
-from worker.training.loop import Callback, FitResult
 from worker.training.probes import TraceRow
 from worker.writer import RowWriter
+
+log = logging.getLogger(__name__)
 
 
 class DatabaseSink(Callback):
@@ -124,6 +126,19 @@ class DatabaseSink(Callback):
 
     def on_fit_end(self, *, result: FitResult) -> None:
         self.close()
+
+    def on_fit_error(self, *, error: BaseException) -> None:
+        if isinstance(error, LeaseLost):
+            return  # the heartbeat stopped the writer: the job is another worker's now
+        if not isinstance(error, Exception):
+            # KeyboardInterrupt / SystemExit in the long-lived worker: no writer thread may
+            # outlive the job; the lease runs out and the sweeper re-sends it.
+            self.abort()
+            return
+        try:
+            self.close()  # keep the points and progress logged before the failure
+        except Exception:
+            log.exception("job %s: could not write buffered rows", self._job_id)
 
     def close(self) -> None:
         """Write what is buffered, stop the writer, store the last progress (also after a failure).

@@ -26,7 +26,10 @@ from shared.spec_check import load_stored_spec
 from worker.celery_app import app
 from worker.inference import LoadedModel, ModelCache, load_model, predict
 from worker.sinks import DatabaseSink
-from worker.training.loop import FitResult, TrainingDiverged, fit, resolve_device
+from worker.training.callbacks import FitResult
+from worker.training.device import resolve_device
+from worker.training.diagnose import TrainingDiverged
+from worker.training.loop import fit
 
 log = logging.getLogger(__name__)
 
@@ -126,18 +129,9 @@ def execute_train(
         # Another worker holds the job now (or the sweeper ended it): its outcome wins.
         log.warning("job %s: lost the claim while training; stopped", job_id)
         return "lost"
-    except Exception as exc:
+    except Exception as exc:  # the sink kept what was logged before (on_fit_error)
         log.exception("job %s failed", job_id)
         error = user_message(exc)
-        try:
-            sink.close()  # keep the points and progress logged before the failure
-        except Exception:
-            log.exception("job %s: could not write buffered rows", job_id)
-    except BaseException:
-        # KeyboardInterrupt / SystemExit in the long-lived worker: no writer thread may
-        # outlive the job; the lease runs out and the sweeper re-sends it.
-        sink.abort()
-        raise
     if not _finish(sessions, job_id, worker, status=status, summary=summary, error=error):
         return "lost"
     return str(status)

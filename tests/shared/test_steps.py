@@ -9,8 +9,9 @@ from torch.utils.data import TensorDataset
 from shared.spec import JobSpec, TrainSpec
 from shared.spec_check import check_spec
 from shared.steps import StepPlan, drops_last_batch
+from worker.training.callbacks import Callback
 from worker.training.data import make_loader
-from worker.training.loop import Callback, fit
+from worker.training.loop import fit
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 3, 7, 8, 16])

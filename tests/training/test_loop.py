@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from typing import Any
 
@@ -14,9 +15,11 @@ from shared.errors import SpecError
 from shared.net.build import build_model
 from shared.spec import JobSpec
 from shared.tensors import sha256_hex
-from worker.training.checkpoint import CheckpointBlob, restore_model, restore_optimizer
+from worker.training.callbacks import Callback, FitResult
+from worker.training.checkpoint import CheckpointBlob, restore_model
 from worker.training.data import make_datasets
-from worker.training.loop import Callback, FitResult, TrainingDiverged, fit
+from worker.training.diagnose import TrainingDiverged
+from worker.training.loop import fit
 from worker.training.probes import TraceRow
 
 
@@ -145,7 +148,9 @@ def test_checkpoints_restore() -> None:
     fresh = build_model(my_model_job().model)
     restore_model(fresh, blob.model_state)
     optimizer = torch.optim.Adam(fresh.parameters())
-    restore_optimizer(optimizer, blob.optimizer_state)
+    # The optimizer state is plain tensors and numbers: weights_only loading takes it.
+    saved = torch.load(io.BytesIO(blob.optimizer_state), map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(saved)
     assert optimizer.state_dict()["state"][0]["step"] == 4
 
     renamed = nn.Sequential(nn.Linear(10, 5), nn.ReLU(), nn.Linear(5, 1))  # keys 0.*, 2.*
@@ -245,3 +250,38 @@ def test_cuda_without_cuda_is_a_spec_error(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(SpecError):
         fit(my_model_job(max_steps=1), device="cuda")
     assert fit(my_model_job(max_steps=1, device="auto")).device == "cpu"
+
+
+class ErrorSeen(Recorder):
+    """A Recorder that also keeps what on_fit_error received."""
+
+    def __init__(self, raise_at_step: BaseException | None = None) -> None:
+        super().__init__()
+        self.raise_at_step = raise_at_step
+        self.errors: list[BaseException] = []
+
+    def on_step_end(self, *, step: int, epoch: int, loss: float, traces: list[TraceRow]) -> None:
+        super().on_step_end(step=step, epoch=epoch, loss=loss, traces=traces)
+        if self.raise_at_step is not None and step == 2:
+            raise self.raise_at_step
+
+    def on_fit_error(self, *, error: BaseException) -> None:
+        self.errors.append(error)
+
+
+def test_on_fit_error_sees_every_failure_once_and_fit_end_never() -> None:
+    diverging = ErrorSeen()
+    with pytest.raises(TrainingDiverged) as caught:
+        fit(my_model_job(epochs=5, optimizer={"lr": 10.0}), callbacks=[diverging])
+    assert diverging.errors == [caught.value] and diverging.calls == ["fit_start"]
+
+    refused = ErrorSeen()  # before the first step: setup refuses the spec
+    with pytest.raises(SpecError) as spec_error:
+        fit(my_model_job(max_steps=1), callbacks=[refused], max_params=60)
+    assert refused.errors == [spec_error.value] and refused.calls == []
+
+    interrupted = ErrorSeen(raise_at_step=KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        fit(my_model_job(max_steps=5), callbacks=[interrupted])
+    assert len(interrupted.errors) == 1 and isinstance(interrupted.errors[0], KeyboardInterrupt)
+    assert interrupted.steps == [1, 2] and interrupted.result is None

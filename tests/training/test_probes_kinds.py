@@ -10,8 +10,10 @@ from shared.net.build import build_model
 from shared.spec import AlertSpec, HookSpec, JobSpec
 from shared.tensors import state_dict_to_bytes
 from tests.training.test_probes import assert_rows_match, expected_row, tiny_model
-from worker.training.diagnose import AlertWatcher, first_nonfinite, nonfinite_message
-from worker.training.loop import Callback, TrainingDiverged, fit
+from worker.training.alerts import AlertWatcher
+from worker.training.callbacks import Callback
+from worker.training.diagnose import TrainingDiverged, first_nonfinite, nonfinite_message
+from worker.training.loop import fit
 from worker.training.probes import KINDS, HookRecorder, TraceRow
 from worker.training.stats import derive, reduce
 

@@ -16,7 +16,8 @@ from shared.spec import JobSpec
 from tests.training.test_loop import Recorder
 from worker.training.checkpoint import restore_model
 from worker.training.data import make_datasets, make_loader
-from worker.training.loop import evaluate, fit
+from worker.training.evaluate import evaluate
+from worker.training.loop import fit
 
 
 class MetricLog(Recorder):

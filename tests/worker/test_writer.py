@@ -25,6 +25,8 @@ from shared.spec import JobSpec
 from tests.worker.test_tasks import TINY, claimed_sink
 from worker.sinks import DatabaseSink
 from worker.tasks import execute_train, user_message
+from worker.training.callbacks import Callback
+from worker.training.loop import fit
 from worker.training.probes import TraceRow
 from worker.writer import RowWriteError, RowWriter, WriterFull
 
@@ -315,3 +317,21 @@ def test_a_job_whose_rows_cannot_be_saved_fails_with_a_clear_message(
     assert job.error.startswith("could not save ") and "rows to the database" in job.error
     assert "(ForeignKeyViolation on fk_" in job.error and job.error.endswith("see the worker log")
     assert not [t for t in threading.enumerate() if t.name.startswith("row-writer-")]
+
+
+def test_an_interrupted_fit_leaves_no_writer_thread(
+    sessions: sessionmaker[Session], clean_db: None, settings: Settings
+) -> None:
+    class Interrupt(Callback):
+        def on_step_end(self, *, step: int, epoch: int, loss: float, traces: list[Any]) -> None:
+            if step == 3:
+                raise KeyboardInterrupt
+
+    job_id = _new_job(sessions)
+    eager = settings.model_copy(update={"flush_seconds": 0.0})  # a hand-off every step
+    sink, writer, _ = claimed_sink(sessions, eager, job_id)
+    with pytest.raises(KeyboardInterrupt):
+        fit(JobSpec.model_validate(TINY), callbacks=[sink, Interrupt()])
+    assert not _writer_threads(job_id)  # the sink's on_fit_error aborted the writer
+    with pytest.raises(RuntimeError, match="closed"):
+        writer.put("metrics", [{"split": "train", "name": "loss", "step": 9, "value": 1.0}])

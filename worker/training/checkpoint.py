@@ -1,6 +1,6 @@
 """Checkpoints as bytes: model weights as safetensors, optimizer state via torch.save.
 
-The optimizer state holds only tensors, numbers and lists, so it is read back with
+The optimizer state holds only tensors, numbers and lists, so it can be read back with
 `torch.load(weights_only=True)`, which refuses anything that would run code.
 """
 
@@ -51,12 +51,6 @@ def capture(
 def restore_model(model: nn.Module, model_state: bytes, strict: bool = True) -> None:
     """Load safetensors bytes into `model` in place, on whatever device it lives."""
     model.load_state_dict(bytes_to_state_dict(model_state), strict=strict)
-
-
-def restore_optimizer(optimizer: torch.optim.Optimizer, optimizer_state: bytes) -> None:
-    """Load optimizer state saved by `capture`; tensors follow the parameters' device."""
-    state = torch.load(io.BytesIO(optimizer_state), map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state)
 
 
 def load_initial_weights(

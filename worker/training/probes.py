@@ -185,11 +185,6 @@ class HookRecorder:
         self._armed = False
         self._grads_taken = False
 
-    @property
-    def armed(self) -> bool:
-        """Whether this step is being recorded."""
-        return self._armed
-
     def after_backward(self) -> None:
         """After backward, before clipping and the optimizer step: reduce the captured
         gradients (a few batched launches, no sync), and copy the weights if the step's

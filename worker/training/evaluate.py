@@ -1,0 +1,51 @@
+"""Evaluation on a held-out split, and the training mode that respects frozen layers."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+
+def train_mode(model: nn.Module) -> None:
+    """model.train(), except normalisation layers whose parameters are all frozen.
+
+    A frozen BatchNorm must not keep updating its running statistics either, or a
+    "frozen" body would still change under fine-tuning.
+    """
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            own = list(module.parameters(recurse=False))
+            if own and not any(p.requires_grad for p in own):
+                module.eval()
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader[tuple[torch.Tensor, ...]],
+    criterion: nn.Module,
+    device: torch.device,
+    classification: bool,
+    split: str = "val",
+) -> dict[str, float]:
+    """`<split>_loss` (mean over samples) and, for classification, `<split>_accuracy`."""
+    model.eval()
+    # Accumulate on the device and read back once, not once per batch.
+    total_loss = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        output = model(x)
+        total_loss += criterion(output, y).double() * x.shape[0]
+        if classification:
+            labels = y.argmax(dim=1) if y.is_floating_point() else y  # one-hot targets
+            correct += (output.argmax(dim=1) == labels).sum()
+        seen += x.shape[0]
+    train_mode(model)
+    metrics = {f"{split}_loss": total_loss.item() / seen}
+    if classification:
+        metrics[f"{split}_accuracy"] = correct.item() / seen
+    return metrics
