@@ -9,8 +9,7 @@ from flask import Flask
 
 from api import auth, errors
 from api.context import Services, close_session
-from api.routes import checkpoints, health, jobs, models, reports, results
-from api.routes import plots as plot_routes  # `api.plots` stays the renderer module
+from api.routes import checkpoints, health, jobs, models, plots, reports, results
 from shared.config import Settings, get_settings
 from shared.db import make_engine, make_session_factory
 from shared.notify import JobEndSignal
@@ -37,7 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     errors.register(app)
     app.register_blueprint(health.bp)
     api_v1 = auth.protected_blueprint()
-    for bp in (jobs.bp, results.bp, checkpoints.bp, models.bp, reports.bp, plot_routes.bp):
+    for bp in (jobs.bp, results.bp, checkpoints.bp, models.bp, reports.bp, plots.bp):
         api_v1.register_blueprint(bp)
     app.register_blueprint(api_v1)
     logging.getLogger(__name__).info("trainyard api on %s", settings.base_url())

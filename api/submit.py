@@ -8,10 +8,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from api.context import services
+from api.auth import current_owner
+from api.context import db, services
+from api.inference import validate_infer
 from shared import repository
 from shared.models import Job, utcnow
-from shared.queues import send_job
+from shared.queues import QUEUE_INFER, send_job
 
 log = logging.getLogger(__name__)
 
@@ -48,3 +50,19 @@ def enqueue(
         session.rollback()
         session.refresh(job)
     return job
+
+
+def queue_infer(fields: dict[str, Any]) -> Job:
+    """Check an inference request ({"model_job_id", "checkpoint", "inputs"}) and queue it
+    on the `infer` queue; POST /jobs and POST /models/<id>/predict both come here."""
+    request = validate_infer(
+        fields, session=db(), owner=current_owner(), settings=services().settings
+    )
+    return enqueue(
+        session=db(),
+        owner=current_owner(),
+        kind="infer",
+        spec=request.model_dump(mode="json"),
+        queue=QUEUE_INFER,
+        source_job_id=request.model_job_id,
+    )

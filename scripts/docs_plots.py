@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from api.plots import PlotData, render
+from api.charts import PlotData, render
 from shared.spec import JobSpec
 from worker.training.callbacks import Callback
 from worker.training.loop import fit

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from api.auth import current_owner
 from api.context import db
-from api.routes.jobs import parse_job_id
+from api.ownership import owned_job
 from api.serialize import checkpoint_json
 from shared import repository
 
@@ -17,7 +16,7 @@ bp = Blueprint("checkpoints", __name__)
 def list_checkpoints(job_id: str) -> Response:
     """A job's checkpoints with step, epoch, tag, size and sha256."""
     session = db()
-    job = repository.get_job(session=session, job_id=parse_job_id(job_id), owner=current_owner())
+    job = owned_job(job_id)
     rows = repository.list_checkpoints(session=session, job_id=job.id)
     return jsonify({"job_id": str(job.id), "checkpoints": [checkpoint_json(c) for c in rows]})
 
@@ -26,7 +25,7 @@ def list_checkpoints(job_id: str) -> Response:
 def state_dict(job_id: str, ref: str) -> Response:
     """Download weights; `ref` is a checkpoint id or final / epoch / latest."""
     session = db()
-    job = repository.get_job(session=session, job_id=parse_job_id(job_id), owner=current_owner())
+    job = owned_job(job_id)
     ckpt = repository.get_checkpoint(session=session, job_id=job.id, ref=ref)
     resp = Response(ckpt.model_state, mimetype="application/octet-stream")
     resp.headers["Content-Disposition"] = (

@@ -13,27 +13,19 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from api.auth import current_owner
 from api.body import json_object, refuse_unknown
 from api.context import db, services
-from api.inference import validate_infer
+from api.ownership import owned_job
 from api.params import choice_arg, int_arg
 from api.serialize import event_json, job_json
-from api.submit import enqueue
+from api.submit import enqueue, queue_infer
 from api.validation import validate_train_spec
 from shared import repository
-from shared.errors import BadParameter, JobNotFound, SpecError
+from shared.errors import BadParameter, SpecError
 from shared.models import Job, JobStatus
-from shared.queues import QUEUE_INFER, queue_for_device
+from shared.queues import queue_for_device
 
 bp = Blueprint("jobs", __name__)
 
 JOB_KINDS = ("train", "infer")
-
-
-def parse_job_id(raw: str) -> uuid.UUID:
-    """A job id from the URL; a malformed one is 'not found' like any unknown id."""
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise JobNotFound(f"job {raw!r} not found") from None
 
 
 @bp.post("/jobs")
@@ -77,22 +69,6 @@ def submit_infer(body: dict[str, Any]) -> Job:
     return queue_infer({k: v for k, v in body.items() if k != "kind"})
 
 
-def queue_infer(fields: dict[str, Any]) -> Job:
-    """Check an inference request ({"model_job_id", "checkpoint", "inputs"}) and queue it
-    on the `infer` queue; POST /jobs and POST /models/<id>/predict both come here."""
-    request = validate_infer(
-        fields, session=db(), owner=current_owner(), settings=services().settings
-    )
-    return enqueue(
-        session=db(),
-        owner=current_owner(),
-        kind="infer",
-        spec=request.model_dump(mode="json"),
-        queue=QUEUE_INFER,
-        source_job_id=request.model_job_id,
-    )
-
-
 def _decode_cursor(raw: str) -> tuple[datetime, uuid.UUID]:
     try:
         at, _, job_id = base64.urlsafe_b64decode(raw.encode()).decode().partition("|")
@@ -134,7 +110,7 @@ def list_jobs() -> Response:
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
     """One job: status, progress, summary, error."""
-    job = repository.get_job(session=db(), job_id=parse_job_id(job_id), owner=current_owner())
+    job = owned_job(job_id)
     return jsonify(job_json(job))
 
 
@@ -142,7 +118,7 @@ def get_job(job_id: str) -> Response:
 def cancel(job_id: str) -> tuple[Response, int]:
     """Queued jobs end at once; running ones stop at their next step (409 if already final)."""
     session = db()
-    job = repository.get_job(session=session, job_id=parse_job_id(job_id), owner=current_owner())
+    job = owned_job(job_id)
     repository.request_cancel(session=session, job_id=job.id)
     session.commit()
     session.refresh(job)
@@ -153,7 +129,7 @@ def cancel(job_id: str) -> tuple[Response, int]:
 def events(job_id: str) -> Response:
     """The job's lifecycle log, oldest first."""
     session = db()
-    job = repository.get_job(session=session, job_id=parse_job_id(job_id), owner=current_owner())
+    job = owned_job(job_id)
     return jsonify(
         {"events": [event_json(e) for e in repository.list_events(session=session, job_id=job.id)]}
     )

@@ -9,8 +9,9 @@ from api.auth import current_owner
 from api.body import json_object, refuse_unknown
 from api.context import db, services
 from api.inference import wait_final
-from api.routes.jobs import parse_job_id, queue_infer
+from api.ownership import parse_job_id
 from api.serialize import job_json
+from api.submit import queue_infer
 from api.validation import validate_train_spec
 from shared.errors import InferenceFailed, SpecError
 from shared.net.summary import model_summary

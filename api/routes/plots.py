@@ -11,10 +11,9 @@ import torch
 from flask import Blueprint, Response, current_app, request
 from sqlalchemy.orm import Session
 
-from api import plots
-from api.auth import current_owner
+from api import charts
 from api.context import db, services
-from api.routes.jobs import parse_job_id
+from api.ownership import owned_job
 from shared import repository
 from shared.errors import NotFound, SpecError
 from shared.models import Job, LayerTrace, Metric
@@ -25,17 +24,6 @@ from shared.spec_check import load_stored_spec
 bp = Blueprint("plots", __name__)
 
 CACHE_ENTRIES = 64  # rendered PNGs kept per process (tens of KB each)
-# The (split, name) series each metric plot reads; None: every split.
-METRICS: dict[str, tuple[tuple[str | None, str], ...]] = {
-    "loss": (("train", "loss"), ("train", "epoch_loss"), ("val", "loss")),
-    "accuracy": ((None, "accuracy"),),
-    "lr": (("train", "lr"),),
-}
-# The trace kinds each trace plot reads, in preference order: the first kind with rows wins.
-TRACE_KINDS: dict[str, tuple[str, ...]] = {
-    "grad_flow": ("param_grad", "backward"),
-    "zero_frac": ("forward",),
-}
 
 
 class PngCache:
@@ -64,13 +52,13 @@ class PngCache:
 @bp.get("/jobs/<job_id>/plots/<name>.png")
 def plot(job_id: str, name: str) -> Response:
     """One plot of the job as PNG; ETag / If-None-Match answer 304 while the job stands still."""
-    if name not in plots.PLOTS:
+    if name not in charts.PLOTS:
         raise NotFound(
-            f"no plot named {name!r}; the plots are {', '.join(plots.PLOTS)}",
-            details=[{"loc": "name", "msg": f"one of {list(plots.PLOTS)}"}],
+            f"no plot named {name!r}; the plots are {', '.join(charts.PLOTS)}",
+            details=[{"loc": "name", "msg": f"one of {list(charts.PLOTS)}"}],
         )
     session = db()
-    job = repository.get_job(session=session, job_id=parse_job_id(job_id), owner=current_owner())
+    job = owned_job(job_id)
     key = state_key(job, name)
     # no-cache: clients keep the image but ask each time; a 304 costs one job-row read.
     headers = {"ETag": f'"{key}"', "Cache-Control": "private, no-cache"}
@@ -79,7 +67,7 @@ def plot(job_id: str, name: str) -> Response:
     cache = _cache()
     png = cache.get(key)
     if png is None:
-        png = plots.render(name, _plot_data(session, job, name))
+        png = charts.render(name, _plot_data(session, job, name))
         cache.put(key, png)
     return Response(png, mimetype="image/png", headers=headers)
 
@@ -87,7 +75,7 @@ def plot(job_id: str, name: str) -> Response:
 def state_key(job: Job, name: str) -> str:
     """What a plot depends on: new rows always come with a new progress step or status."""
     finished = job.finished_at.isoformat() if job.finished_at else ""
-    parts = (plots.VERSION, job.id, job.status, job.attempt, job.progress_step, finished, name)
+    parts = (charts.VERSION, job.id, job.status, job.attempt, job.progress_step, finished, name)
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:32]
 
 
@@ -97,23 +85,24 @@ def _cache() -> PngCache:
     return cache
 
 
-def _plot_data(session: Session, job: Job, name: str) -> plots.PlotData:
+def _plot_data(session: Session, job: Job, name: str) -> charts.PlotData:
     limit = services().settings.max_result_rows
     truncated = False  # a query that returns `limit` rows may have left some out
     metrics: list[Metric] = []
-    for split, metric in METRICS.get(name, ()):
+    chart = charts.PLOTS[name]
+    for split, metric in chart.metrics:
         rows = repository.list_metrics(
             session=session, job_id=job.id, split=split, name=metric, limit=limit
         )
         truncated |= len(rows) >= limit
         metrics += rows
     traces: list[LayerTrace] = []
-    for kind in TRACE_KINDS.get(name, ()):
+    for kind in chart.trace_kinds:
         traces = repository.list_traces(session=session, job_id=job.id, kind=kind, limit=limit)
         if traces:
             truncated |= len(traces) >= limit
             break
-    return plots.PlotData(
+    return charts.PlotData(
         job=str(job.id),
         metrics=metrics,
         traces=traces,

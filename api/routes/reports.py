@@ -8,8 +8,8 @@ from flask import Blueprint, Response, jsonify, request
 
 from api.auth import current_owner
 from api.context import db, services
+from api.ownership import owned_job
 from api.reports import metrics_at_a_glance, model_description, spec_differences, timing
-from api.routes.jobs import parse_job_id
 from api.serialize import job_json
 from shared import repository
 from shared.errors import BadParameter, JobNotFound
@@ -32,7 +32,7 @@ def _training_job(job: Job) -> Job | None:
 def summary(job_id: str) -> Response:
     """Final and best metrics, counts, wall time, steps/s, print(model), named_parameters."""
     session = db()
-    job = repository.get_job(session=session, job_id=parse_job_id(job_id), owner=current_owner())
+    job = owned_job(job_id)
     trained = _training_job(job)
     model = model_description(trained, services().settings.max_params) if trained else None
     return jsonify(

@@ -7,11 +7,10 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from api.auth import current_owner
 from api.context import db, services
 from api.downsample import downsample
+from api.ownership import owned_job
 from api.params import choice_arg, int_arg
-from api.routes.jobs import parse_job_id
 from api.serialize import TRACE_STATS, trace_json
 from shared import repository
 from shared.errors import BadParameter
@@ -36,7 +35,7 @@ def metrics(job_id: str) -> Response:
     highest point, so a loss spike stays visible in a plot of a million steps.
     """
     session = db()
-    job = repository.get_job(session=session, job_id=parse_job_id(job_id), owner=current_owner())
+    job = owned_job(job_id)
     limit = _limit()
     max_points = int_arg("max_points", default=None, lo=1, hi=100_000)
     rows = repository.list_metrics(
@@ -73,7 +72,7 @@ def traces(job_id: str) -> Response:
     keeping every bucket's first, lowest and highest value of `stat` (default norm).
     """
     session = db()
-    job = repository.get_job(session=session, job_id=parse_job_id(job_id), owner=current_owner())
+    job = owned_job(job_id)
     limit = _limit()
     at_step = int_arg("at_step", default=None)
     if at_step is not None and (request.args.get("from_step") or request.args.get("to_step")):

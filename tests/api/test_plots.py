@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.plots import PLOTS
+from api.charts import PLOTS
 from shared import repository
 from shared.db import session_scope
 from shared.models import Job

@@ -83,7 +83,7 @@ class PlotData:
 
 def render(name: str, data: PlotData) -> bytes:
     """The named plot as PNG bytes; NoData when there is nothing to draw."""
-    return PLOTS[name](data)
+    return PLOTS[name].draw(data)
 
 
 # --- metric plots ---------------------------------------------------------------------
@@ -261,12 +261,23 @@ def zero_frac_png(data: PlotData) -> bytes:
     return _png(fig)
 
 
-PLOTS: dict[str, Callable[[PlotData], bytes]] = {
-    "loss": loss_png,
-    "accuracy": accuracy_png,
-    "lr": lr_png,
-    "grad_flow": grad_flow_png,
-    "zero_frac": zero_frac_png,
+@dataclass(frozen=True, slots=True)
+class Chart:
+    """One plot: how it is drawn, and which rows it reads (so a request loads only those)."""
+
+    draw: Callable[[PlotData], bytes]
+    # (split, name) of each metric series it draws; split None: every split.
+    metrics: tuple[tuple[str | None, str], ...] = ()
+    # Trace kinds it can draw, in preference order: the first kind with rows wins.
+    trace_kinds: tuple[str, ...] = ()
+
+
+PLOTS: dict[str, Chart] = {
+    "loss": Chart(loss_png, metrics=(("train", "loss"), ("train", "epoch_loss"), ("val", "loss"))),
+    "accuracy": Chart(accuracy_png, metrics=((None, "accuracy"),)),
+    "lr": Chart(lr_png, metrics=(("train", "lr"),)),
+    "grad_flow": Chart(grad_flow_png, trace_kinds=("param_grad", "backward")),
+    "zero_frac": Chart(zero_frac_png, trace_kinds=("forward",)),
 }
 
 
