@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
@@ -26,33 +25,10 @@ from shared import repository
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.models import Job
-from shared.tokens import create_token
+from tests.support.fixture_types import CountRows, NewJob
+from tests.support.servers import REDIS_URL, create_database, drop_database, make_token
 
 pytest_plugins = ["tests.live"]
-
-PG_SERVER = os.environ.get("TRAINYARD_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
-REDIS_URL = os.environ.get("TRAINYARD_TEST_REDIS", "redis://127.0.0.1:6379/15")
-# The live worker gets a Redis database of its own, so it never consumes the messages
-# that queue tests inspect on REDIS_URL.
-LIVE_REDIS_URL = os.environ.get("TRAINYARD_TEST_REDIS_LIVE", "redis://127.0.0.1:6379/14")
-
-
-def _admin_dsn() -> str:
-    return PG_SERVER.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
-
-
-def create_database(name: str) -> str:
-    """CREATE DATABASE name (dropping any leftover); returns its SQLAlchemy URL."""
-    with psycopg.connect(_admin_dsn(), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{PG_SERVER}/{name}"
-
-
-def drop_database(name: str) -> None:
-    """DROP DATABASE name, closing other sessions on it."""
-    with psycopg.connect(_admin_dsn(), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -84,9 +60,6 @@ def clean_db(engine: Engine) -> None:
         conn.execute(text("TRUNCATE jobs, api_tokens RESTART IDENTITY CASCADE"))
 
 
-NewJob = Callable[..., Job]
-
-
 @pytest.fixture()
 def new_job(sessions: sessionmaker[Session], clean_db: None) -> NewJob:
     """A factory of queued job rows on an emptied database: `new_job(spec=..., owner=...)`."""
@@ -98,6 +71,18 @@ def new_job(sessions: sessionmaker[Session], clean_db: None) -> NewJob:
             )
 
     return make
+
+
+@pytest.fixture()
+def count_rows(sessions: sessionmaker[Session]) -> CountRows:
+    """count_rows(Model, job_id): how many rows of Model's table belong to the job."""
+
+    def count(model: Any, job_id: uuid.UUID) -> int:
+        with sessions() as session:
+            query = select(func.count()).select_from(model).where(model.job_id == job_id)
+            return int(session.scalar(query) or 0)
+
+    return count
 
 
 @pytest.fixture()
@@ -123,15 +108,6 @@ def app(settings: Settings, clean_db: None, redis_client: redis.Redis) -> Flask:
 @pytest.fixture()
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
-
-
-def make_token(sessions: sessionmaker[Session], owner: str) -> str:
-    """A fresh plaintext token for `owner`."""
-    with session_scope(sessions) as session:
-        plaintext, _ = create_token(
-            session=session, name=f"{owner}-{uuid.uuid4().hex[:6]}", owner=owner
-        )
-    return plaintext
 
 
 @pytest.fixture()

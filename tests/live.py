@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cli.serve import api_command, stop_children, wait_healthy, worker_command
 from shared.models import FINAL_STATUSES
 from shared.queues import ALL_TRAIN_QUEUES, QUEUE_INFER
-from tests.conftest import LIVE_REDIS_URL, make_token
+from tests.support.servers import LIVE_REDIS_URL, make_token
 
 ROOT = Path(__file__).resolve().parents[2]
 FINAL = tuple(str(s) for s in FINAL_STATUSES)
@@ -63,6 +63,14 @@ class LiveService:
                 return job
             time.sleep(0.25)
         raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test on the live processes is an e2e test, marked or not (`-m "not e2e"`
+    leaves out exactly the tests that start servers)."""
+    for item in items:
+        if "live_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.e2e)
 
 
 def free_port() -> int:

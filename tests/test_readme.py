@@ -33,7 +33,7 @@ from shared import repository
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.models import Checkpoint, Job, LayerTrace, Metric
-from tests.conftest import REDIS_URL
+from tests.support.servers import REDIS_URL
 from worker.tasks import execute_train
 
 ROOT = Path(__file__).resolve().parents[1]

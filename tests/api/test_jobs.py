@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from typing import Any
 
 import redis
 from flask.testing import FlaskClient
@@ -13,20 +12,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.models import Job, JobEvent
-
-LENET = {
-    "model": {"preset": "lenet"},
-    "data": {"dataset": "digits", "image_size": 32},
-    "train": {"epochs": 1, "batch_size": 32},
-}
-
-
-def submit(
-    client: FlaskClient, headers: dict[str, str], spec: dict[str, Any] | None = None, **extra: Any
-) -> Any:
-    return client.post(
-        "/api/v1/jobs", json={"kind": "train", "spec": spec or LENET, **extra}, headers=headers
-    )
+from tests.support.fixture_types import Submit
+from tests.support.specs import LENET
 
 
 def test_submit_stores_row_then_queues_message(
@@ -34,8 +21,9 @@ def test_submit_stores_row_then_queues_message(
     alice: dict[str, str],
     sessions: sessionmaker[Session],
     redis_client: redis.Redis,
+    submit: Submit,
 ) -> None:
-    resp = submit(client, alice)
+    resp = submit(alice)
     assert resp.status_code == 202
     body = resp.get_json()
     assert resp.headers["Location"].endswith(f"/api/v1/jobs/{body['id']}")
@@ -56,13 +44,13 @@ def test_submit_stores_row_then_queues_message(
 
 
 def test_device_routes_to_queue(
-    client: FlaskClient, alice: dict[str, str], redis_client: redis.Redis
+    client: FlaskClient, alice: dict[str, str], redis_client: redis.Redis, submit: Submit
 ) -> None:
     spec = {**LENET, "train": {"epochs": 1, "device": "cpu"}}
-    assert submit(client, alice, spec).get_json()["queue"] == "train.cpu"
+    assert submit(alice, spec).get_json()["queue"] == "train.cpu"
     assert redis_client.llen("train.cpu") == 1
     spec = {**LENET, "train": {"epochs": 1, "device": "cuda"}}
-    assert submit(client, alice, spec).get_json()["queue"] == "train.gpu"
+    assert submit(alice, spec).get_json()["queue"] == "train.gpu"
 
 
 def test_malformed_spec_is_400_naming_the_field(
@@ -70,22 +58,22 @@ def test_malformed_spec_is_400_naming_the_field(
     alice: dict[str, str],
     redis_client: redis.Redis,
     sessions: sessionmaker[Session],
+    submit: Submit,
 ) -> None:
     bad = {**LENET, "train": {"epochs": 1, "batch_size": 0}}
-    resp = submit(client, alice, bad)
+    resp = submit(alice, bad)
     assert resp.status_code == 400
     err = resp.get_json()["error"]
     assert err["code"] == "invalid_spec"
     assert "spec.train.batch_size" in err["message"]
     assert err["details"][0]["loc"] == "spec.train.batch_size"
 
-    resp = submit(client, alice, {"model": {"preset": "lenet"}})
+    resp = submit(alice, {"model": {"preset": "lenet"}})
     assert resp.status_code == 400
     assert resp.get_json()["error"]["details"][0]["loc"] == "spec.data"
 
     layers = [{"type": "Linear", "name": "fc1", "in_featurez": 10, "out_features": 2}]
     resp = submit(
-        client,
         alice,
         {"model": {"layers": layers}, "data": {"dataset": "synthetic", "num_classes": 2}},
     )
@@ -97,7 +85,6 @@ def test_malformed_spec_is_400_naming_the_field(
     # Shape mismatch caught by the dry run, before anything is stored or queued.
     layers = [{"type": "Linear", "in_features": 10, "out_features": 3}]
     resp = submit(
-        client,
         alice,
         {"model": {"layers": layers}, "data": {"dataset": "synthetic", "num_classes": 2}},
     )
@@ -107,7 +94,7 @@ def test_malformed_spec_is_400_naming_the_field(
     assert redis_client.llen("train") == 0
 
 
-def test_bad_bodies(client: FlaskClient, alice: dict[str, str]) -> None:
+def test_bad_bodies(client: FlaskClient, alice: dict[str, str], submit: Submit) -> None:
     resp = client.post(
         "/api/v1/jobs", data="not json", headers=alice, content_type="application/json"
     )
@@ -134,7 +121,6 @@ def test_bad_bodies(client: FlaskClient, alice: dict[str, str]) -> None:
         {"type": "Linear", "in_features": 100_000, "out_features": 10},
     ]
     resp = submit(
-        client,
         alice,
         {"model": {"layers": big}, "data": {"dataset": "synthetic", "input_shape": [4096]}},
     )
@@ -143,12 +129,12 @@ def test_bad_bodies(client: FlaskClient, alice: dict[str, str]) -> None:
 
 
 def test_auth_required_and_owner_scoped(
-    client: FlaskClient, alice: dict[str, str], bob: dict[str, str]
+    client: FlaskClient, alice: dict[str, str], bob: dict[str, str], submit: Submit
 ) -> None:
     assert client.get("/api/v1/jobs").status_code == 401
     resp = client.get("/api/v1/jobs", headers={"Authorization": "Bearer ty_nope"})
     assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "unauthorized"
-    job_id = submit(client, alice).get_json()["id"]
+    job_id = submit(alice).get_json()["id"]
     assert client.get(f"/api/v1/jobs/{job_id}", headers=alice).status_code == 200
     for path in (
         "",
@@ -177,8 +163,10 @@ def test_revoked_token_is_refused(client: FlaskClient, sessions: sessionmaker[Se
     assert client.get("/api/v1/jobs", headers=headers).status_code == 401
 
 
-def test_list_newest_first_filters_and_cursor(client: FlaskClient, alice: dict[str, str]) -> None:
-    ids = [submit(client, alice).get_json()["id"] for _ in range(5)]
+def test_list_newest_first_filters_and_cursor(
+    client: FlaskClient, alice: dict[str, str], submit: Submit
+) -> None:
+    ids = [submit(alice).get_json()["id"] for _ in range(5)]
     resp = client.get("/api/v1/jobs?limit=2", headers=alice).get_json()
     seen = [j["id"] for j in resp["jobs"]]
     while resp["next_cursor"]:
@@ -196,8 +184,10 @@ def test_list_newest_first_filters_and_cursor(client: FlaskClient, alice: dict[s
     assert client.get("/api/v1/jobs?kind=infer", headers=alice).get_json()["jobs"] == []
 
 
-def test_cancel_queued_then_conflict(client: FlaskClient, alice: dict[str, str]) -> None:
-    job_id = submit(client, alice).get_json()["id"]
+def test_cancel_queued_then_conflict(
+    client: FlaskClient, alice: dict[str, str], submit: Submit
+) -> None:
+    job_id = submit(alice).get_json()["id"]
     resp = client.post(f"/api/v1/jobs/{job_id}/cancel", headers=alice)
     assert resp.status_code == 202 and resp.get_json()["status"] == "cancelled"
     resp = client.post(f"/api/v1/jobs/{job_id}/cancel", headers=alice)
@@ -207,11 +197,11 @@ def test_cancel_queued_then_conflict(client: FlaskClient, alice: dict[str, str])
 
 
 def test_limits_refuse_before_anything_is_built(
-    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session], submit: Submit
 ) -> None:
     # A synthetic set too big for a worker's memory: 400 naming the data fields.
     huge = {"dataset": "synthetic", "input_shape": [1000, 1000], "size": 200_000}
-    resp = submit(client, alice, {"model": {"preset": "my_model"}, "data": huge})
+    resp = submit(alice, {"model": {"preset": "my_model"}, "data": huge})
     assert resp.status_code == 400
     assert "size x input_shape" in resp.get_json()["error"]["message"]
     # Activations of a wide conv at a huge batch: 413 naming the batch size.
@@ -225,23 +215,25 @@ def test_limits_refuse_before_anything_is_built(
         "data": {"dataset": "digits", "image_size": 32},
         "train": {"batch_size": 8192},
     }
-    resp = submit(client, alice, spec)
+    resp = submit(alice, spec)
     assert resp.status_code == 413
     error = resp.get_json()["error"]
     assert "batch_size 8192" in error["message"] and error["details"][0]["loc"] == (
         "spec.train.batch_size"
     )
     spec["train"] = {"batch_size": 64}
-    assert submit(client, alice, spec).status_code == 202
+    assert submit(alice, spec).status_code == 202
     # A flag given as a string would silently mean True in torch.
     bad = [{"type": "Linear", "in_features": 10, "out_features": 10, "bias": "false"}]
-    resp = submit(client, alice, {"model": {"layers": bad}, "data": {"dataset": "synthetic"}})
+    resp = submit(alice, {"model": {"layers": bad}, "data": {"dataset": "synthetic"}})
     assert resp.status_code == 400
     assert resp.get_json()["error"]["details"][0]["loc"] == "spec.model.layers[0].bias"
 
 
-def test_query_parameters_are_strict(client: FlaskClient, alice: dict[str, str]) -> None:
-    job_id = submit(client, alice).get_json()["id"]
+def test_query_parameters_are_strict(
+    client: FlaskClient, alice: dict[str, str], submit: Submit
+) -> None:
+    job_id = submit(alice).get_json()["id"]
     for path in (
         "/api/v1/jobs?limit=abc",
         "/api/v1/jobs?limit=1000000",

@@ -17,7 +17,7 @@ from api.charts import PLOTS
 from shared import repository
 from shared.db import session_scope
 from shared.models import Job
-from tests.api.test_jobs import submit
+from tests.support.fixture_types import Submit
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 VIRIDIS_LOW, VIRIDIS_HIGH, RED = (68, 1, 84), (253, 231, 37), (255, 0, 0)
@@ -35,14 +35,14 @@ def _metric(split: str, name: str, step: int, value: float) -> dict[str, Any]:
 
 
 def _new_job(
-    client: FlaskClient,
+    submit: Submit,
     headers: dict[str, str],
     sessions: sessionmaker[Session],
     *,
     metrics: Sequence[dict[str, Any]] = (),
     traces: Sequence[dict[str, Any]] = (),
 ) -> str:
-    job_id: str = submit(client, headers).get_json()["id"]
+    job_id: str = submit(headers).get_json()["id"]
     with session_scope(sessions) as session:
         repository.record_metrics(session=session, job_id=uuid.UUID(job_id), rows=metrics)
         repository.record_traces(session=session, job_id=uuid.UUID(job_id), rows=traces)
@@ -83,10 +83,10 @@ def _full_job_rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 
 def test_every_plot_is_a_900x500_png(
-    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session], submit: Submit
 ) -> None:
     metrics, traces = _full_job_rows()
-    job_id = _new_job(client, alice, sessions, metrics=metrics, traces=traces)
+    job_id = _new_job(submit, alice, sessions, metrics=metrics, traces=traces)
     for name in ("loss", "accuracy", "lr", "grad_flow", "zero_frac"):
         resp = client.get(f"/api/v1/jobs/{job_id}/plots/{name}.png", headers=alice)
         assert resp.status_code == 200, (name, resp.get_json())
@@ -98,7 +98,7 @@ def test_every_plot_is_a_900x500_png(
 
 
 def test_grad_flow_colours_each_layer_by_its_norm_in_model_order(
-    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session], submit: Submit
 ) -> None:
     def job(weight: float, bias: float, extra: Sequence[dict[str, Any]] = ()) -> bytes:
         rows = [
@@ -106,7 +106,7 @@ def test_grad_flow_colours_each_layer_by_its_norm_in_model_order(
             for s in range(5, 101, 5)
             for layer, norm in (("conv1.weight", weight), ("conv1.bias", bias))
         ]
-        job_id = _new_job(client, alice, sessions, traces=rows + list(extra))
+        job_id = _new_job(submit, alice, sessions, traces=rows + list(extra))
         resp = client.get(f"/api/v1/jobs/{job_id}/plots/grad_flow.png", headers=alice)
         assert resp.status_code == 200
         return resp.data
@@ -129,10 +129,10 @@ def test_grad_flow_colours_each_layer_by_its_norm_in_model_order(
 
 
 def test_etag_304_and_a_new_image_when_the_job_moves_on(
-    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session], submit: Submit
 ) -> None:
     rows = [_metric("train", "loss", s, 1.0 / s) for s in range(1, 21)]
-    job_id = _new_job(client, alice, sessions, metrics=rows)
+    job_id = _new_job(submit, alice, sessions, metrics=rows)
     url = f"/api/v1/jobs/{job_id}/plots/loss.png"
     first = client.get(url, headers=alice)
     etag = first.headers["ETag"]
@@ -160,8 +160,9 @@ def test_unknown_plot_other_owner_and_no_data(
     alice: dict[str, str],
     bob: dict[str, str],
     sessions: sessionmaker[Session],
+    submit: Submit,
 ) -> None:
-    job_id = _new_job(client, alice, sessions)
+    job_id = _new_job(submit, alice, sessions)
     unknown = client.get(f"/api/v1/jobs/{job_id}/plots/histogram.png", headers=alice)
     assert unknown.status_code == 404
     message = unknown.get_json()["error"]["message"]
@@ -185,10 +186,10 @@ def test_unknown_plot_other_owner_and_no_data(
 
 
 def test_a_job_whose_spec_no_longer_builds_is_still_plotted(
-    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session], submit: Submit
 ) -> None:
     rows = [_trace(s, "fc1.weight", "param_grad", 0.5) for s in range(5, 61, 5)]
-    job_id = _new_job(client, alice, sessions, traces=rows)
+    job_id = _new_job(submit, alice, sessions, traces=rows)
     with session_scope(sessions) as session:  # as an older version might have stored it
         job = session.get(Job, uuid.UUID(job_id))
         assert job is not None

@@ -32,7 +32,7 @@ from shared.net.build import build_model
 from shared.notify import JobEndSignal
 from shared.spec import JobSpec
 from shared.tensors import sha256_hex, state_dict_to_bytes
-from tests.conftest import REDIS_URL, make_token
+from tests.support.servers import REDIS_URL, make_token
 from worker.inference import ModelCache
 from worker.tasks import execute_infer
 

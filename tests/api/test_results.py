@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import repository
 from shared.db import session_scope
 from shared.tensors import bytes_to_state_dict, sha256_hex, state_dict_to_bytes
-from tests.api.test_jobs import submit
+from tests.support.fixture_types import Submit
 
 
 def _trace(step: int, layer: str, kind: str, norm: float) -> dict[str, object]:
@@ -33,9 +33,9 @@ def _trace(step: int, layer: str, kind: str, norm: float) -> dict[str, object]:
 
 
 def test_metrics_grouped_and_nan_spelled(
-    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session], submit: Submit
 ) -> None:
-    job_id = submit(client, alice).get_json()["id"]
+    job_id = submit(alice).get_json()["id"]
     rows = [
         {"split": "train", "name": "loss", "step": s, "epoch": 1, "value": 1.0 / s}
         for s in range(1, 4)
@@ -55,9 +55,9 @@ def test_metrics_grouped_and_nan_spelled(
 
 
 def test_traces_filters(
-    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session], submit: Submit
 ) -> None:
-    job_id = submit(client, alice).get_json()["id"]
+    job_id = submit(alice).get_json()["id"]
     rows = [
         _trace(s, layer, kind, float(s))
         for s in range(1, 6)
@@ -84,9 +84,9 @@ def test_traces_filters(
 
 
 def test_checkpoint_download_is_safetensors(
-    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session], submit: Submit
 ) -> None:
-    job_id = submit(client, alice).get_json()["id"]
+    job_id = submit(alice).get_json()["id"]
     state = {"fc.weight": torch.randn(3, 4), "fc.bias": torch.zeros(3)}
     blob = state_dict_to_bytes(state)
     with session_scope(sessions) as session:
@@ -119,9 +119,9 @@ def test_checkpoint_download_is_safetensors(
 
 
 def test_metrics_step_range_and_limit(
-    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session], submit: Submit
 ) -> None:
-    job_id = submit(client, alice).get_json()["id"]
+    job_id = submit(alice).get_json()["id"]
     rows = [
         {"split": "train", "name": "loss", "step": s, "epoch": 1, "value": float(s)}
         for s in range(1, 101)
@@ -138,9 +138,9 @@ def test_metrics_step_range_and_limit(
 
 
 def test_trace_filters_glob_at_step_stat_and_downsampling(
-    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session], submit: Submit
 ) -> None:
-    job_id = submit(client, alice).get_json()["id"]
+    job_id = submit(alice).get_json()["id"]
     rows = []
     for s in range(1, 101):
         for layer in ("conv1", "conv2", "fc1", "fc_1"):
@@ -168,9 +168,9 @@ def test_trace_filters_glob_at_step_stat_and_downsampling(
 
 
 def test_downsampling_keeps_nan_spikes_and_at_step_excludes_a_range(
-    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session], submit: Submit
 ) -> None:
-    job_id = submit(client, alice).get_json()["id"]
+    job_id = submit(alice).get_json()["id"]
     rows = [_trace(s, "fc1", "backward", math.nan if s == 37 else 1.0) for s in range(1, 101)]
     with session_scope(sessions) as session:
         repository.record_traces(session=session, job_id=uuid.UUID(job_id), rows=rows)

@@ -14,14 +14,9 @@ from shared.db import session_scope
 from shared.net.build import build_model
 from shared.spec import JobSpec
 from shared.tensors import sha256_hex, state_dict_to_bytes
-from tests.api.test_jobs import submit
+from tests.support.fixture_types import Submit
+from tests.support.specs import MLP, RESNETISH
 
-MLP = [
-    {"type": "Flatten"},
-    {"type": "Linear", "name": "fc1", "in_features": 64, "out_features": 32},
-    {"type": "ReLU"},
-    {"type": "Linear", "name": "head", "in_features": 32, "out_features": 10},
-]
 DIGITS = {"dataset": "digits"}
 
 
@@ -32,21 +27,6 @@ def spec(
 ) -> dict[str, Any]:
     return {"model": model or {"layers": MLP}, "data": data or DIGITS, "train": train or {}}
 
-
-RESNETISH = [
-    {"type": "Conv2d", "name": "stem", "in_channels": 1, "out_channels": 8, "kernel_size": 3,
-     "padding": 1},
-    {"type": "Residual", "name": "block1", "layers": [
-        {"type": "Conv2d", "in_channels": 8, "out_channels": 8, "kernel_size": 3, "padding": 1},
-        {"type": "BatchNorm2d", "num_features": 8}, {"type": "ReLU"}]},
-    {"type": "Residual", "name": "block2", "layers": [
-        {"type": "Conv2d", "in_channels": 8, "out_channels": 16, "kernel_size": 3, "padding": 1},
-        {"type": "BatchNorm2d", "num_features": 16}],
-     "shortcut": [{"type": "Conv2d", "in_channels": 8, "out_channels": 16, "kernel_size": 1}]},
-    {"type": "AdaptiveAvgPool2d", "output_size": 1},
-    {"type": "Flatten"},
-    {"type": "Linear", "name": "fc", "in_features": 16, "out_features": 10},
-]  # fmt: skip
 
 BAD_SPECS = [
     # (spec, expected status, a fragment of the message, the details loc)
@@ -131,8 +111,9 @@ def test_bad_specs_are_refused_naming_the_place(
     status: int,
     fragment: str,
     loc: str,
+    submit: Submit,
 ) -> None:
-    resp = submit(client, alice, body)
+    resp = submit(alice, body)
     assert resp.status_code == status, resp.get_json()
     error = resp.get_json()["error"]
     assert fragment in error["message"]
@@ -140,10 +121,10 @@ def test_bad_specs_are_refused_naming_the_place(
 
 
 def test_operator_limits_from_settings(
-    client: FlaskClient, alice: dict[str, str], settings: Any
+    client: FlaskClient, alice: dict[str, str], settings: Any, submit: Submit
 ) -> None:
     settings.max_batch_size = 16
-    resp = submit(client, alice, spec(train={"batch_size": 32}))
+    resp = submit(alice, spec(train={"batch_size": 32}))
     assert resp.status_code == 400
     assert resp.get_json()["error"]["details"][0]["loc"] == "spec.train.batch_size"
     assert "at most 16" in resp.get_json()["error"]["message"]
@@ -198,6 +179,7 @@ def test_init_from_is_checked_at_submit_time(
     alice: dict[str, str],
     bob: dict[str, str],
     sessions: sessionmaker[Session],
+    submit: Submit,
 ) -> None:
     source = _finished_job_with_checkpoint(sessions, "alice")
     # A new 5-class head: skip it, freeze the body.
@@ -208,51 +190,51 @@ def test_init_from_is_checked_at_submit_time(
         "freeze": ["fc1.*"],
         "init_from": {"job_id": str(source), "skip": ["head.*"]},
     }
-    resp = submit(client, alice, spec(fine, data5))
+    resp = submit(alice, spec(fine, data5))
     assert resp.status_code == 202, resp.get_json()
     assert resp.get_json()["spec"]["model"]["init_from"]["job_id"] == str(source)
     # Without skipping the head, strict loading cannot work: shapes differ.
     strict = {**fine, "init_from": {"job_id": str(source)}}
-    resp = submit(client, alice, spec(strict, data5))
+    resp = submit(alice, spec(strict, data5))
     assert resp.status_code == 400
     assert (
         "'head.weight' is (10, 32) in the checkpoint but (5, 32)"
         in (resp.get_json()["error"]["message"])
     )
     # Another owner's job, or a missing checkpoint, is "not found".
-    assert submit(client, bob, spec(fine, data5)).status_code == 400
+    assert submit(bob, spec(fine, data5)).status_code == 400
     missing = {**fine, "init_from": {"job_id": str(source), "checkpoint": "best"}}
-    resp = submit(client, alice, spec(missing, data5))
+    resp = submit(alice, spec(missing, data5))
     assert resp.status_code == 400
     assert resp.get_json()["error"]["details"][0]["loc"] == "spec.model.init_from"
 
 
 def test_max_steps_alone_may_not_imply_too_many_epochs(
-    client: FlaskClient, alice: dict[str, str]
+    client: FlaskClient, alice: dict[str, str], submit: Submit
 ) -> None:
     # 1438 digits at batch 8192: one batch an epoch, so 10M steps would be 10M epochs.
     body = spec(train={"batch_size": 8192, "max_steps": 10_000_000})
-    resp = submit(client, alice, body)
+    resp = submit(alice, body)
     assert resp.status_code == 400
     assert resp.get_json()["error"]["details"][0]["loc"] == "spec.train.max_steps"
-    assert (
-        submit(client, alice, spec(train={"batch_size": 64, "max_steps": 2000})).status_code == 202
-    )
+    assert submit(alice, spec(train={"batch_size": 64, "max_steps": 2000})).status_code == 202
 
 
 def test_init_from_pins_the_checked_checkpoint(
-    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session], submit: Submit
 ) -> None:
     source = _finished_job_with_checkpoint(sessions, "alice")
     body = spec({"layers": MLP, "init_from": {"job_id": str(source), "checkpoint": "latest"}})
-    resp = submit(client, alice, body)
+    resp = submit(alice, body)
     assert resp.status_code == 202, resp.get_json()
     with sessions() as session:
         (ckpt,) = repository.list_checkpoints(session=session, job_id=source)
     assert resp.get_json()["spec"]["model"]["init_from"]["checkpoint"] == str(ckpt.id)
 
 
-def test_nan_and_no_parameters_are_refused(client: FlaskClient, alice: dict[str, str]) -> None:
+def test_nan_and_no_parameters_are_refused(
+    client: FlaskClient, alice: dict[str, str], submit: Submit
+) -> None:
     nan_layers = [{"type": "Flatten"},
                   {"type": "LeakyReLU", "negative_slope": float("nan")},
                   {"type": "Linear", "in_features": 64, "out_features": 10}]  # fmt: skip
@@ -267,7 +249,6 @@ def test_nan_and_no_parameters_are_refused(client: FlaskClient, alice: dict[str,
     assert resp.status_code == 400
     assert resp.get_json()["error"]["details"][0]["loc"] == "spec.model.layers[1].negative_slope"
     resp = submit(
-        client,
         alice,
         spec({"layers": [{"type": "Flatten"}]}, {"dataset": "synthetic", "input_shape": [10]}),
     )
@@ -295,11 +276,12 @@ def test_a_submission_and_a_summary_build_the_model_once(
     alice: dict[str, str],
     sessions: sessionmaker[Session],
     monkeypatch: pytest.MonkeyPatch,
+    submit: Submit,
 ) -> None:
     source = _finished_job_with_checkpoint(sessions, "alice")
     builds = _count_builds(monkeypatch)
     body = spec({"layers": MLP, "init_from": {"job_id": str(source), "checkpoint": "latest"}})
-    assert submit(client, alice, body).status_code == 202
+    assert submit(alice, body).status_code == 202
     assert builds == ["shared.net.dryrun"]  # the init_from check reuses the dry run's model
     builds.clear()
     resp = client.post("/api/v1/models/summary", json={"spec": body}, headers=alice)
@@ -325,12 +307,12 @@ def test_check_init_from_leaves_the_checked_spec_alone(
 
 
 def test_max_steps_epochs_are_counted_as_the_loader_batches(
-    client: FlaskClient, alice: dict[str, str], settings: Any
+    client: FlaskClient, alice: dict[str, str], settings: Any, submit: Submit
 ) -> None:
     # 1438 training digits at batch 3: 1438 % 3 == 1, so the loader drops the last batch
     # of one sample and an epoch is 479 steps (not 480): 959 steps take 3 epochs.
     settings.max_epochs = 2
-    resp = submit(client, alice, spec(train={"batch_size": 3, "max_steps": 959}))
+    resp = submit(alice, spec(train={"batch_size": 3, "max_steps": 959}))
     assert resp.status_code == 400, resp.get_json()
     assert "3 epochs of 479 batches" in resp.get_json()["error"]["message"]
-    assert submit(client, alice, spec(train={"batch_size": 3, "max_steps": 958})).status_code == 202
+    assert submit(alice, spec(train={"batch_size": 3, "max_steps": 958})).status_code == 202

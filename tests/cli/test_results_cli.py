@@ -7,6 +7,7 @@ import csv
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -16,9 +17,9 @@ import requests
 from click.testing import CliRunner
 from PIL import Image
 
+from cli.commands.checkpoints import verified
 from cli.main import main
 from cli.render import EtaClock, progress_line
-from cli.results import verified
 from shared.tensors import bytes_to_state_dict
 from tests.live import LiveService
 
@@ -37,6 +38,9 @@ SPEC = {
 }
 
 
+Run = Callable[..., str]
+
+
 def test_result_commands_against_live_api(live: LiveService, tmp_path: Path) -> None:
     token = live.headers["Authorization"].split()[1]
     runner = CliRunner(env={"TRAINYARD_URL": live.base_url, "TRAINYARD_TOKEN": token})
@@ -50,7 +54,22 @@ def test_result_commands_against_live_api(live: LiveService, tmp_path: Path) -> 
     spec_file.write_text(json.dumps(SPEC))
     job_id = run("submit", str(spec_file)).strip()
     run("watch", job_id)
+    # One trained job, every command on it: a job trains once for the whole module.
+    _check_job_commands(run, job_id)
+    _check_result_commands(run, live, job_id, tmp_path)
+    _check_predict(run, live, job_id, tmp_path)
+    _check_download(run, live, job_id, tmp_path)
 
+    long_spec = {**SPEC, "train": {**SPEC["train"], "epochs": 300}}
+    spec_file.write_text(json.dumps(long_spec))
+    long_id = run("submit", str(spec_file)).strip()
+    assert f"job {long_id}: " in run("cancel", long_id)
+    assert live.wait(long_id)["status"] == "cancelled"
+    failed = runner.invoke(main, ["cancel", long_id])
+    assert failed.exit_code == 1 and "HTTP 409" in failed.output
+
+
+def _check_job_commands(run: Run, job_id: str) -> None:
     listed = run("jobs")
     assert listed.splitlines()[0].split()[:3] == ["id", "kind", "status"]
     assert any(line.startswith(job_id) and "succeeded" in line for line in listed.splitlines())
@@ -63,6 +82,8 @@ def test_result_commands_against_live_api(live: LiveService, tmp_path: Path) -> 
     )
     assert "val/accuracy" in shown and "1,210 parameters (1,210 trainable, 0 frozen)" in shown
 
+
+def _check_result_commands(run: Run, live: LiveService, job_id: str, tmp_path: Path) -> None:
     api = live.get(f"/api/v1/jobs/{job_id}/metrics", name="loss", split="val").json()
     rows = list(
         csv.DictReader(
@@ -76,6 +97,12 @@ def test_result_commands_against_live_api(live: LiveService, tmp_path: Path) -> 
     layers = {line.split()[2] for line in traces.splitlines()[1:]}
     assert layers == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
 
+    plot = tmp_path / "flow.png"
+    assert run("plot", job_id, "--name", "grad_flow", "-o", str(plot)).strip() == str(plot)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _check_predict(run: Run, live: LiveService, job_id: str, tmp_path: Path) -> None:
     # predict: a .json of samples, then PNG files; the answer is the API's.
     samples = np.random.default_rng(0).random((3, 1, 8, 8)).round(3)
     inputs = tmp_path / "inputs.json"
@@ -97,24 +124,14 @@ def test_result_commands_against_live_api(live: LiveService, tmp_path: Path) -> 
     by_image = run("predict", job_id, *pngs).splitlines()
     assert [line.split()[0] for line in by_image[1:]] == ["digit0.png", "digit1.png", "digit2.png"]
 
+
+def _check_download(run: Run, live: LiveService, job_id: str, tmp_path: Path) -> None:
     target = tmp_path / "final.safetensors"
     assert "(verified)" in run("download", job_id, "-o", str(target))
     ckpts = live.get(f"/api/v1/jobs/{job_id}/checkpoints").json()["checkpoints"]
     assert hashlib.sha256(target.read_bytes()).hexdigest() == ckpts[-1]["sha256"]
     keys = set(bytes_to_state_dict(target.read_bytes()))
     assert keys == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
-
-    plot = tmp_path / "flow.png"
-    assert run("plot", job_id, "--name", "grad_flow", "-o", str(plot)).strip() == str(plot)
-    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-    long_spec = {**SPEC, "train": {**SPEC["train"], "epochs": 300}}
-    spec_file.write_text(json.dumps(long_spec))
-    long_id = run("submit", str(spec_file)).strip()
-    assert f"job {long_id}: " in run("cancel", long_id)
-    assert live.wait(long_id)["status"] == "cancelled"
-    failed = runner.invoke(main, ["cancel", long_id])
-    assert failed.exit_code == 1 and "HTTP 409" in failed.output
 
 
 def test_a_download_whose_sha256_differs_is_refused() -> None:

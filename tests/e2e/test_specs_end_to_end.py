@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from shared.tensors import bytes_to_state_dict
-from tests.api.test_specs import MLP, RESNETISH
 from tests.live import LiveService
+from tests.support.specs import MLP, RESNETISH
 
 pytestmark = pytest.mark.e2e
 

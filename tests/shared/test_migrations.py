@@ -19,7 +19,7 @@ from cli.migrate import alembic_config, upgrade
 from shared import repository
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.models import Base, LayerTrace, Metric
-from tests.conftest import create_database, drop_database
+from tests.support.servers import create_database, drop_database
 
 TABLES = {"jobs", "metrics", "layer_traces", "checkpoints", "job_events", "api_tokens"}
 VIEWS = {"job_results", "epoch_metrics"}  # 0003; not in the models' metadata

@@ -9,7 +9,7 @@ import uuid
 import redis
 
 from shared.notify import EXPIRE_SECONDS, JobEndSignal
-from tests.conftest import REDIS_URL
+from tests.support.servers import REDIS_URL
 
 
 def test_an_announcement_before_the_wait_is_not_lost(redis_client: redis.Redis) -> None:

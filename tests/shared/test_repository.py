@@ -16,13 +16,7 @@ from shared.errors import InvalidTransition, LeaseLost
 from shared.models import Job, JobStatus, utcnow
 from shared.queues import make_celery
 from shared.sweeper import sweep_once
-
-
-def _job(sessions: sessionmaker[Session]) -> Job:
-    with session_scope(sessions) as session:
-        return repository.create_job(
-            session=session, owner="o", kind="train", spec={"x": 1}, queue="train"
-        )
+from tests.support.fixture_types import NewJob
 
 
 def _claim(sessions: sessionmaker[Session], job: Job, worker: str, lease: int = 60) -> Job | None:
@@ -32,15 +26,19 @@ def _claim(sessions: sessionmaker[Session], job: Job, worker: str, lease: int = 
         )
 
 
-def test_claim_is_exclusive_while_leased(sessions: sessionmaker[Session], clean_db: None) -> None:
-    job = _job(sessions)
+def test_claim_is_exclusive_while_leased(
+    sessions: sessionmaker[Session], clean_db: None, new_job: NewJob
+) -> None:
+    job = new_job()
     first = _claim(sessions, job, "w1")
     assert first is not None and first.status == "running" and first.attempt == 1
     assert _claim(sessions, job, "w2") is None  # a redelivered message must not train it again
 
 
-def test_expired_lease_can_be_reclaimed(sessions: sessionmaker[Session], clean_db: None) -> None:
-    job = _job(sessions)
+def test_expired_lease_can_be_reclaimed(
+    sessions: sessionmaker[Session], clean_db: None, new_job: NewJob
+) -> None:
+    job = new_job()
     assert _claim(sessions, job, "w1", lease=-1) is not None
     second = _claim(sessions, job, "w2")
     assert second is not None and second.worker == "w2" and second.attempt == 2
@@ -51,8 +49,10 @@ def test_expired_lease_can_be_reclaimed(sessions: sessionmaker[Session], clean_d
         )
 
 
-def test_finish_only_from_running(sessions: sessionmaker[Session], clean_db: None) -> None:
-    job = _job(sessions)
+def test_finish_only_from_running(
+    sessions: sessionmaker[Session], clean_db: None, new_job: NewJob
+) -> None:
+    job = new_job()
     with pytest.raises(InvalidTransition), session_scope(sessions) as session:
         repository.finish_job(
             session=session, job_id=job.id, worker="w1", status=JobStatus.SUCCEEDED
@@ -69,8 +69,10 @@ def test_finish_only_from_running(sessions: sessionmaker[Session], clean_db: Non
         assert row.finished_at is not None
 
 
-def test_cancel_flag_reaches_heartbeat(sessions: sessionmaker[Session], clean_db: None) -> None:
-    job = _job(sessions)
+def test_cancel_flag_reaches_heartbeat(
+    sessions: sessionmaker[Session], clean_db: None, new_job: NewJob
+) -> None:
+    job = new_job()
     _claim(sessions, job, "w1")
     beat = {
         "job_id": job.id,
@@ -92,8 +94,10 @@ def test_cancel_flag_reaches_heartbeat(sessions: sessionmaker[Session], clean_db
         repository.heartbeat(session=session, **{**beat, "worker": "w2"})
 
 
-def test_cancel_is_guarded(sessions: sessionmaker[Session], clean_db: None) -> None:
-    job = _job(sessions)
+def test_cancel_is_guarded(
+    sessions: sessionmaker[Session], clean_db: None, new_job: NewJob
+) -> None:
+    job = new_job()
     with session_scope(sessions) as session:
         repository.request_cancel(session=session, job_id=job.id)
     assert _claim(sessions, job, "w1") is None  # a cancelled job is never claimed
@@ -106,9 +110,10 @@ def test_sweeper_resends_lost_messages_and_fails_abandoned(
     clean_db: None,
     settings: Settings,
     redis_client: redis.Redis,
+    new_job: NewJob,
 ) -> None:
-    lost = _job(sessions)  # never sent
-    abandoned = _job(sessions)
+    lost = new_job()  # never sent
+    abandoned = new_job()
     old = utcnow() - timedelta(hours=1)
     with session_scope(sessions) as session:
         session.execute(update(Job).values(created_at=old))
@@ -137,8 +142,9 @@ def test_sweeper_resends_a_dead_workers_job_once_per_period(
     clean_db: None,
     settings: Settings,
     redis_client: redis.Redis,
+    new_job: NewJob,
 ) -> None:
-    job = _job(sessions)
+    job = new_job()
     assert _claim(sessions, job, "w1") is not None
     now = utcnow()
     with session_scope(sessions) as session:  # sent 100 s ago; the lease ran out 1 s ago
@@ -159,9 +165,13 @@ def test_sweeper_resends_a_dead_workers_job_once_per_period(
 
 
 def test_sweeper_cancels_a_cancelled_job_whose_worker_died(
-    sessions: sessionmaker[Session], clean_db: None, settings: Settings, redis_client: redis.Redis
+    sessions: sessionmaker[Session],
+    clean_db: None,
+    settings: Settings,
+    redis_client: redis.Redis,
+    new_job: NewJob,
 ) -> None:
-    job = _job(sessions)
+    job = new_job()
     assert _claim(sessions, job, "w1", lease=-1) is not None
     with session_scope(sessions) as session:
         repository.request_cancel(session=session, job_id=job.id)

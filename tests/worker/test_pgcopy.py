@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import repository
 from shared.db import session_scope
 from shared.models import Metric
-from tests.conftest import NewJob
+from tests.support.fixture_types import NewJob
 from worker.pgcopy import copy_ignoring_duplicates
 
 

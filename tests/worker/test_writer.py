@@ -22,7 +22,8 @@ from shared.errors import LeaseLost
 from shared.models import Job, LayerTrace, Metric
 from shared.net.build import build_model
 from shared.spec import JobSpec
-from tests.worker.test_tasks import TINY, claimed_sink
+from tests.support.fixture_types import ClaimedSink, CountRows, NewJob
+from tests.support.specs import TINY
 from worker.sinks import DatabaseSink
 from worker.tasks import execute_train, user_message
 from worker.training.callbacks import Callback
@@ -56,20 +57,6 @@ def _trace_rows(steps: range, layers: tuple[str, ...] = LAYERS) -> list[dict[str
     ]
 
 
-def _new_job(sessions: sessionmaker[Session], spec: dict[str, Any] | None = None) -> uuid.UUID:
-    with session_scope(sessions) as session:
-        job = repository.create_job(
-            session=session, owner="o", kind="train", spec=spec or TINY, queue="train"
-        )
-        return job.id
-
-
-def _count(sessions: sessionmaker[Session], model: Any, job_id: uuid.UUID) -> int:
-    with sessions() as session:
-        query = select(func.count()).select_from(model).where(model.job_id == job_id)
-        return int(session.scalar(query) or 0)
-
-
 @contextmanager
 def _table_locked(engine: Engine, *tables: str) -> Iterator[None]:
     """Hold an EXCLUSIVE lock: reads go on, the writer's INSERT waits until the block ends."""
@@ -84,9 +71,9 @@ def _writer_threads(job_id: uuid.UUID) -> list[threading.Thread]:
 
 
 def test_rows_are_written_exactly_once_across_many_batches(
-    sessions: sessionmaker[Session], clean_db: None
+    sessions: sessionmaker[Session], clean_db: None, new_job: NewJob, count_rows: CountRows
 ) -> None:
-    job_id = _new_job(sessions)
+    job_id = new_job(TINY).id
     rows = _trace_rows(range(1, 501))  # 4000 rows
     metrics = [
         {"split": "train", "name": "loss", "step": s, "epoch": 1, "value": 1 / s}
@@ -97,8 +84,8 @@ def test_rows_are_written_exactly_once_across_many_batches(
             writer.put("layer_traces", rows[start : start + 37])
         writer.put("metrics", metrics)
     assert not _writer_threads(job_id)  # close() joined the thread
-    assert _count(sessions, LayerTrace, job_id) == len(rows) == 4000
-    assert _count(sessions, Metric, job_id) == 500
+    assert count_rows(LayerTrace, job_id) == len(rows) == 4000
+    assert count_rows(Metric, job_id) == 500
     with sessions() as session:
         keys = session.execute(
             select(LayerTrace.step, LayerTrace.layer, LayerTrace.kind, LayerTrace.norm).where(
@@ -110,8 +97,10 @@ def test_rows_are_written_exactly_once_across_many_batches(
     assert value == 0.25
 
 
-def test_values_survive_binary_copy(sessions: sessionmaker[Session], clean_db: None) -> None:
-    job_id = _new_job(sessions)
+def test_values_survive_binary_copy(
+    sessions: sessionmaker[Session], clean_db: None, new_job: NewJob
+) -> None:
+    job_id = new_job(TINY).id
     row = {
         **_trace_rows(range(7, 8), layers=("fc1",))[0],
         "norm": math.inf,
@@ -134,9 +123,13 @@ def test_values_survive_binary_copy(sessions: sessionmaker[Session], clean_db: N
 
 
 def test_the_same_rows_twice_are_stored_once(
-    engine: Engine, sessions: sessionmaker[Session], clean_db: None
+    engine: Engine,
+    sessions: sessionmaker[Session],
+    clean_db: None,
+    new_job: NewJob,
+    count_rows: CountRows,
 ) -> None:
-    job_id = _new_job(sessions)
+    job_id = new_job(TINY).id
     rows = _trace_rows(range(1, 101))
     writer = RowWriter(sessions=sessions, job_id=job_id)
     writer.put("layer_traces", rows)
@@ -148,20 +141,24 @@ def test_the_same_rows_twice_are_stored_once(
         writer.put("layer_traces", rows)  # these two (at least) share one batch,
         writer.put("layer_traces", rows)  # duplicates of each other and of stored rows
     writer.close()
-    assert _count(sessions, LayerTrace, job_id) == len(rows)
+    assert count_rows(LayerTrace, job_id) == len(rows)
 
 
 def test_put_does_not_wait_for_a_busy_writer_until_the_buffer_is_full(
-    engine: Engine, sessions: sessionmaker[Session], clean_db: None
+    engine: Engine,
+    sessions: sessionmaker[Session],
+    clean_db: None,
+    new_job: NewJob,
+    count_rows: CountRows,
 ) -> None:
-    job_id = _new_job(sessions)
+    job_id = new_job(TINY).id
     rows = _trace_rows(range(1, 3))  # 16 rows
     writer = RowWriter(sessions=sessions, job_id=job_id, max_rows=10)
     late: list[BaseException | None] = []
     with _table_locked(engine):  # the writer cannot commit anything in this block
         writer.put("layer_traces", rows[0:4], timeout=0)  # returns at once
         writer.put("layer_traces", rows[4:10], timeout=0)  # 10 rows pending: full, not over
-        assert writer.pending == 10 and _count(sessions, LayerTrace, job_id) == 0
+        assert writer.pending == 10 and count_rows(LayerTrace, job_id) == 0
         with pytest.raises(WriterFull):
             writer.put("layer_traces", rows[10:11], timeout=0)
 
@@ -179,7 +176,7 @@ def test_put_does_not_wait_for_a_busy_writer_until_the_buffer_is_full(
     thread.join(30)
     assert late == [None]
     writer.close()
-    assert _count(sessions, LayerTrace, job_id) == 16
+    assert count_rows(LayerTrace, job_id) == 16
 
 
 def test_a_failed_write_surfaces_in_the_training_thread(
@@ -206,25 +203,40 @@ def test_sqlite_falls_back_to_multi_row_inserts(tmp_path: Path) -> None:
     upgrade(url, "head")
     engine = make_engine(url)
     sessions = make_session_factory(engine)
+
+    def count(model: Any) -> int:  # on this SQLite file, not the test PostgreSQL
+        with sessions() as session:
+            query = select(func.count()).select_from(model).where(model.job_id == job_id)
+            return int(session.scalar(query) or 0)
+
     try:
-        job_id = _new_job(sessions)
+        with session_scope(sessions) as session:
+            job_id = repository.create_job(
+                session=session, owner="o", kind="train", spec=TINY, queue="train"
+            ).id
         rows = _trace_rows(range(1, 401))  # 3200 rows: more than one INSERT chunk
         with RowWriter(sessions=sessions, job_id=job_id, batch_rows=500) as writer:
             for start in range(0, len(rows), 100):
                 writer.put("layer_traces", rows[start : start + 100])
             writer.put("layer_traces", rows[:300])  # duplicates are ignored here too
             writer.put("metrics", [{"split": "train", "name": "loss", "step": 1, "value": 0.5}])
-        assert _count(sessions, LayerTrace, job_id) == 3200
-        assert _count(sessions, Metric, job_id) == 1
+        assert count(LayerTrace) == 3200
+        assert count(Metric) == 1
     finally:
         engine.dispose()
 
 
 def test_a_sink_step_hands_rows_over_without_waiting_for_the_database(
-    engine: Engine, sessions: sessionmaker[Session], clean_db: None, settings: Settings
+    engine: Engine,
+    sessions: sessionmaker[Session],
+    clean_db: None,
+    settings: Settings,
+    new_job: NewJob,
+    count_rows: CountRows,
+    claimed_sink: ClaimedSink,
 ) -> None:
-    job_id = _new_job(sessions)
-    sink, writer, now = claimed_sink(sessions, settings, job_id)
+    job_id = new_job(TINY).id
+    sink, writer, now = claimed_sink(settings, job_id)
     rows = [TraceRow(**row) for row in _trace_rows(range(1, 4))]
     try:
         # both tables: a hand-off puts metrics and traces separately, and the writer may
@@ -235,18 +247,18 @@ def test_a_sink_step_hands_rows_over_without_waiting_for_the_database(
                 sink.on_step_end(
                     step=step, epoch=1, loss=1.0, traces=[r for r in rows if r.step == step]
                 )
-            assert writer.pending == 3 + len(rows) and _count(sessions, Metric, job_id) == 0
+            assert writer.pending == 3 + len(rows) and count_rows(Metric, job_id) == 0
     finally:
         sink.close()  # drains the writer
     assert writer.pending == 0 and not _writer_threads(job_id)
-    assert _count(sessions, LayerTrace, job_id) == len(rows)
-    assert _count(sessions, Metric, job_id) == 3
+    assert count_rows(LayerTrace, job_id) == len(rows)
+    assert count_rows(Metric, job_id) == 3
 
 
 def test_a_lost_lease_stops_the_writer(
-    sessions: sessionmaker[Session], clean_db: None, settings: Settings
+    sessions: sessionmaker[Session], clean_db: None, settings: Settings, new_job: NewJob
 ) -> None:
-    job_id = _new_job(sessions)
+    job_id = new_job(TINY).id
     with session_scope(sessions) as session:
         repository.claim_job(
             session=session, job_id=job_id, worker="w", lease_seconds=60, max_attempts=3
@@ -266,7 +278,11 @@ def test_a_lost_lease_stops_the_writer(
 
 
 def test_a_job_with_probes_on_every_step_writes_every_row_once(
-    sessions: sessionmaker[Session], clean_db: None, settings: Settings
+    sessions: sessionmaker[Session],
+    clean_db: None,
+    settings: Settings,
+    new_job: NewJob,
+    count_rows: CountRows,
 ) -> None:
     spec = {
         **TINY,
@@ -280,7 +296,7 @@ def test_a_job_with_probes_on_every_step_writes_every_row_once(
     inputs = len(owners) - 1
     per_step = len(owners) + inputs + sum(1 for p in model.parameters() if p.requires_grad)
     assert per_step == 2 + 1 + 4
-    job_id = _new_job(sessions, spec)
+    job_id = new_job(spec).id
     eager = settings.model_copy(update={"flush_seconds": 0.0})  # a hand-off every step
     assert execute_train(job_id, worker="w", sessions=sessions, settings=eager) == "succeeded"
     with sessions() as session:
@@ -293,7 +309,7 @@ def test_a_job_with_probes_on_every_step_writes_every_row_once(
             .group_by(LayerTrace.step)
         ).all()
     assert steps == 21  # 3 x ceil(51 / 8)
-    assert _count(sessions, LayerTrace, job_id) == steps * per_step
+    assert count_rows(LayerTrace, job_id) == steps * per_step
     assert sorted(per_step_counts) == [(step, per_step) for step in range(1, steps + 1)]
     assert not _writer_threads(job_id)
 
@@ -303,13 +319,14 @@ def test_a_job_whose_rows_cannot_be_saved_fails_with_a_clear_message(
     clean_db: None,
     settings: Settings,
     monkeypatch: pytest.MonkeyPatch,
+    new_job: NewJob,
 ) -> None:
     class WrongJob(RowWriter):  # writes under a job id that does not exist: the FK refuses
         def __init__(self, *, sessions: sessionmaker[Session], job_id: uuid.UUID) -> None:
             super().__init__(sessions=sessions, job_id=uuid.uuid4())
 
     monkeypatch.setattr("worker.sinks.RowWriter", WrongJob)
-    job_id = _new_job(sessions)
+    job_id = new_job(TINY).id
     assert execute_train(job_id, worker="w", sessions=sessions, settings=settings) == "failed"
     with sessions() as session:
         job = session.get(Job, job_id)
@@ -320,16 +337,20 @@ def test_a_job_whose_rows_cannot_be_saved_fails_with_a_clear_message(
 
 
 def test_an_interrupted_fit_leaves_no_writer_thread(
-    sessions: sessionmaker[Session], clean_db: None, settings: Settings
+    sessions: sessionmaker[Session],
+    clean_db: None,
+    settings: Settings,
+    new_job: NewJob,
+    claimed_sink: ClaimedSink,
 ) -> None:
     class Interrupt(Callback):
         def on_step_end(self, *, step: int, epoch: int, loss: float, traces: list[Any]) -> None:
             if step == 3:
                 raise KeyboardInterrupt
 
-    job_id = _new_job(sessions)
+    job_id = new_job(TINY).id
     eager = settings.model_copy(update={"flush_seconds": 0.0})  # a hand-off every step
-    sink, writer, _ = claimed_sink(sessions, eager, job_id)
+    sink, writer, _ = claimed_sink(eager, job_id)
     with pytest.raises(KeyboardInterrupt):
         fit(JobSpec.model_validate(TINY), callbacks=[sink, Interrupt()])
     assert not _writer_threads(job_id)  # the sink's on_fit_error aborted the writer

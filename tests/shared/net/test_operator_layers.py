@@ -19,7 +19,7 @@ from shared.net.layers import LAYERS, operator_modules
 from shared.net.summary import model_summary
 from shared.spec import JobSpec
 
-FIXTURE = Path(__file__).parents[1] / "fixtures" / "opmodules" / "acme_ops.py"
+FIXTURE = Path(__file__).parents[2] / "fixtures" / "opmodules" / "acme_ops.py"
 MODULE = "trainyard_test_acme_ops"  # the name the copy is installed under
 ENTRY_POINTS = f"""\
 [trainyard.modules]

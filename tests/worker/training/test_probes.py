@@ -11,45 +11,13 @@ from torch import nn
 
 from shared.spec import HookSpec
 from shared.spec.hooks import ALL_STATS
-from worker.training.probes import HookRecorder, TraceRow
+from tests.support.fixture_types import TinyModel
+from tests.support.traces import assert_rows_match, expected_row
+from worker.training.probes import HookRecorder
 from worker.training.stats import derive, reduce
 
 
-def tiny_model(inplace: bool) -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 3), nn.ReLU(inplace=inplace), nn.Linear(3, 2))
-
-
-def expected_row(step: int, layer: str, kind: str, grad: torch.Tensor) -> dict[str, object]:
-    g = grad.detach().reshape(-1).double()
-    finite = torch.isfinite(g)
-    return {
-        "step": step,
-        "layer": layer,
-        "kind": kind,
-        "numel": g.numel(),
-        "norm": g.norm().item(),
-        "mean": g.mean().item(),
-        "std": g.std(unbiased=False).item(),
-        "min": g.min().item(),
-        "max": g.max().item(),
-        "zero_frac": (g == 0).double().mean().item(),
-        "nonfinite": int((~finite).sum()),
-    }
-
-
-def assert_rows_match(rows: list[TraceRow], expected: list[dict[str, object]]) -> None:
-    assert [(r.kind, r.layer) for r in rows] == [(e["kind"], e["layer"]) for e in expected]
-    for row, want in zip(rows, expected, strict=True):
-        for key, value in want.items():
-            got = getattr(row, key)
-            if isinstance(value, float):
-                assert got == pytest.approx(value, rel=1e-5, abs=1e-7), (row.layer, key)
-            else:
-                assert got == value, (row.layer, key)
-
-
-def test_rows_match_autograd_through_an_inplace_relu() -> None:
+def test_rows_match_autograd_through_an_inplace_relu(tiny_model: TinyModel) -> None:
     model = tiny_model(inplace=True)
     reference = tiny_model(inplace=False)  # same weights: same seed
     x = torch.randn(6, 4)
@@ -125,7 +93,7 @@ def test_single_element_has_zero_std() -> None:
                                          "zero_frac": 0.0}  # fmt: skip
 
 
-def test_only_every_nth_step_and_the_first_are_recorded() -> None:
+def test_only_every_nth_step_and_the_first_are_recorded(tiny_model: TinyModel) -> None:
     model = tiny_model(inplace=False)
     logged = []
     with HookRecorder(
@@ -142,7 +110,7 @@ def test_only_every_nth_step_and_the_first_are_recorded() -> None:
     assert logged == [1, 3, 6]
 
 
-def test_unarmed_hooks_capture_nothing() -> None:
+def test_unarmed_hooks_capture_nothing(tiny_model: TinyModel) -> None:
     model = tiny_model(inplace=False)
     recorder = HookRecorder(model, HookSpec(kinds=["backward"], every_n_steps=2)).attach()
     recorder.begin_step(2)
@@ -158,7 +126,7 @@ def test_unarmed_hooks_capture_nothing() -> None:
     recorder.detach()
 
 
-def test_kinds_select_rows() -> None:
+def test_kinds_select_rows(tiny_model: TinyModel) -> None:
     model = tiny_model(inplace=False)
     with HookRecorder(model, HookSpec(kinds=["param_grad"], every_n_steps=1)) as recorder:
         recorder.begin_step(1)
@@ -171,7 +139,7 @@ def _hook_count(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
-def test_hooks_exist_only_while_a_logged_step_runs() -> None:
+def test_hooks_exist_only_while_a_logged_step_runs(tiny_model: TinyModel) -> None:
     model = tiny_model(inplace=True)
     recorder = HookRecorder(model, HookSpec(kinds=["backward", "param_grad"], every_n_steps=2))
     recorder.attach()
@@ -194,7 +162,7 @@ def test_hooks_exist_only_while_a_logged_step_runs() -> None:
     assert all(not m._backward_hooks for m in model.modules())
 
 
-def test_context_manager_detaches_on_error() -> None:
+def test_context_manager_detaches_on_error(tiny_model: TinyModel) -> None:
     model = tiny_model(inplace=False)
     with (
         pytest.raises(RuntimeError),
@@ -209,7 +177,7 @@ def test_unknown_kind_is_refused() -> None:
         HookSpec.model_validate({"kinds": ["sideways"]})
 
 
-def test_loss_scale_is_divided_out_of_output_gradients() -> None:
+def test_loss_scale_is_divided_out_of_output_gradients(tiny_model: TinyModel) -> None:
     model = tiny_model(inplace=False)
     x = torch.randn(3, 4)
     plain = HookRecorder(model, HookSpec(kinds=["backward"], every_n_steps=1)).attach()

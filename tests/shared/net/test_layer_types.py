@@ -13,7 +13,7 @@ from shared.net.build import build_model
 from shared.net.dryrun import dry_run
 from shared.net.layers import LAYERS, Residual
 from shared.spec import sample_shape
-from tests.training.test_netspec import SYNTHETIC_10, job, linear, spec_error
+from tests.support.layer_specs import SYNTHETIC_10, job, linear, spec_error
 
 DIGITS = {"dataset": "digits"}
 TOKENS = {

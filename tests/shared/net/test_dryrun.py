@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import pytest
 import torch
@@ -14,22 +13,7 @@ from shared.net.build import build_model
 from shared.net.dryrun import dry_run
 from shared.net.layers import LAYERS
 from shared.spec import JobSpec, ModelSpec
-
-SYNTHETIC_10 = {"dataset": "synthetic", "input_shape": [10], "num_classes": 3}
-
-
-def job(layers: list[dict[str, Any]], data: dict[str, Any] | None = None) -> JobSpec:
-    return JobSpec.model_validate({"model": {"layers": layers}, "data": data or SYNTHETIC_10})
-
-
-def spec_error(layers: list[dict[str, Any]], data: dict[str, Any] | None = None) -> SpecError:
-    with pytest.raises(SpecError) as info:
-        dry_run(job(layers, data))
-    return info.value
-
-
-def linear(i: int, o: int, name: str | None = None) -> dict[str, Any]:
-    return {"type": "Linear", "in_features": i, "out_features": o, "name": name}
+from tests.support.layer_specs import job, linear, spec_error
 
 
 def test_custom_cnn_builds_and_reports_shapes() -> None:

@@ -9,7 +9,8 @@ from torch import nn
 from shared.net.build import build_model
 from shared.spec import AlertSpec, HookSpec, JobSpec
 from shared.tensors import state_dict_to_bytes
-from tests.training.test_probes import assert_rows_match, expected_row, tiny_model
+from tests.support.fixture_types import TinyModel
+from tests.support.traces import assert_rows_match, expected_row
 from worker.training.alerts import AlertWatcher
 from worker.training.callbacks import Callback
 from worker.training.diagnose import TrainingDiverged, first_nonfinite, nonfinite_message
@@ -30,7 +31,7 @@ def run_step(model: nn.Module, spec: HookSpec, x: torch.Tensor, lr: float = 0.1)
         return recorder.collect()
 
 
-def test_forward_pre_and_forward_match_the_tensors() -> None:
+def test_forward_pre_and_forward_match_the_tensors(tiny_model: TinyModel) -> None:
     model = tiny_model(inplace=False)
     x = torch.randn(5, 4)
     rows = run_step(model, HookSpec(kinds=["forward_pre", "forward"]), x)
@@ -57,7 +58,7 @@ def test_forward_pre_and_forward_match_the_tensors() -> None:
     )
 
 
-def test_forward_output_is_seen_before_an_inplace_relu_changes_it() -> None:
+def test_forward_output_is_seen_before_an_inplace_relu_changes_it(tiny_model: TinyModel) -> None:
     model = tiny_model(inplace=True)
     x = torch.randn(64, 4)
     rows = {(r.kind, r.layer): r for r in run_step(model, HookSpec(kinds=["forward"]), x)}
@@ -67,7 +68,7 @@ def test_forward_output_is_seen_before_an_inplace_relu_changes_it() -> None:
     assert rows[("forward", "1")].min == 0.0 and rows[("forward", "1")].zero_frac > 0
 
 
-def test_update_ratio_and_weights() -> None:
+def test_update_ratio_and_weights(tiny_model: TinyModel) -> None:
     model = tiny_model(inplace=False)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     rows = run_step(model, HookSpec(kinds=["param_grad", "weights"]), torch.randn(5, 4))
@@ -79,7 +80,7 @@ def test_update_ratio_and_weights() -> None:
         assert by_key[("weights", name)].update_ratio is None
 
 
-def test_layer_globs_stats_and_histograms() -> None:
+def test_layer_globs_stats_and_histograms(tiny_model: TinyModel) -> None:
     model = tiny_model(inplace=False)
     spec = HookSpec(kinds=["backward", "param_grad"], layers=["2*"], stats=["norm", "max"],
                     histogram_bins=8)  # fmt: skip
@@ -96,7 +97,7 @@ def test_layer_globs_stats_and_histograms() -> None:
         assert sum(row.histogram) == row.numel
 
 
-def test_frozen_parameters_have_weights_rows_but_no_gradient_rows() -> None:
+def test_frozen_parameters_have_weights_rows_but_no_gradient_rows(tiny_model: TinyModel) -> None:
     model = tiny_model(inplace=False)
     for p in model[0].parameters():
         p.requires_grad_(False)
@@ -220,7 +221,9 @@ def test_alerts_reach_callbacks_as_events() -> None:
     assert kinds == ["exploding_gradient"] * 7
 
 
-def test_std_is_accurate_for_large_means_and_histograms_carry_their_range() -> None:
+def test_std_is_accurate_for_large_means_and_histograms_carry_their_range(
+    tiny_model: TinyModel,
+) -> None:
     x = 1.0 + 1e-3 * torch.randn(10_000)
     raw = reduce([x], ["std"], shifted=True)[0].tolist()
     assert derive(raw, x.numel(), ["std"])["std"] == pytest.approx(x.std(unbiased=False).item(),

@@ -13,7 +13,7 @@ from torch import nn
 from shared.errors import SpecError
 from shared.net.build import build_model
 from shared.spec import JobSpec
-from tests.training.test_loop import Recorder
+from tests.support.callbacks import Recorder
 from worker.training.checkpoint import restore_model
 from worker.training.data import make_datasets, make_loader
 from worker.training.evaluate import evaluate
