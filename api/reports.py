@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from shared import repository
 from shared.errors import TrainyardError
-from shared.jsonvalues import json_safe
+from shared.jsonvalues import json_safe_object
 from shared.models import Job
 from shared.net.dryrun import checked_model
 from shared.net.summary import model_summary
@@ -23,7 +23,7 @@ def metrics_at_a_glance(session: Session, job: Job) -> dict[str, Any]:
     series = repository.metric_overview(session=session, job_id=job.id)
     final = {f"{s['split']}_{s['name']}": s["last"]["value"] for s in series}
     best = {f"{s['split']}_{s['name']}": s["best"] for s in series if s["best"] is not None}
-    return json_safe({"final": final, "best": best, "series": series})
+    return json_safe_object({"final": final, "best": best, "series": series})
 
 
 def model_description(job: Job, max_params: int) -> dict[str, Any] | None:

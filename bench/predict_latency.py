@@ -107,21 +107,19 @@ def print_breakdown(sessions: sessionmaker[Session]) -> None:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-
+def create_database() -> tuple[str, str]:
+    """A fresh PostgreSQL database migrated to head: (name, SQLAlchemy URL)."""
     name = f"trainyard_bench_predict_{os.getpid()}"
     with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
     url = f"{SERVER.replace('postgresql://', 'postgresql+psycopg://')}/{name}"
     upgrade(url)
-    redis.Redis.from_url(REDIS).flushdb()
-    engine = make_engine(url)
-    sessions = make_session_factory(engine)
+    return name, url
+
+
+def trained_model_job(sessions: sessionmaker[Session]) -> tuple[str, str]:
+    """A token and a succeeded LeNet job with a final checkpoint: (token, job id)."""
     spec = JobSpec.model_validate(SPEC)
     blob = state_dict_to_bytes(build_model(spec.model).state_dict())
     with session_scope(sessions) as session:
@@ -135,9 +133,11 @@ def main() -> None:
             session=session, job_id=job.id, step=1, epoch=1, tag="final",
             model_state=blob, optimizer_state=None, sha256=sha256_hex(blob),
         )  # fmt: skip
-        model_job = str(job.id)
+        return token, str(job.id)
 
-    port = free_port()
+
+def start_services(url: str, port: int) -> list[subprocess.Popen[bytes]]:
+    """The API, an inference worker and the raw Celery worker, as child processes."""
     logs = Path(tempfile.mkdtemp(prefix="trainyard-bench-"))
     env = {**os.environ, "TRAINYARD_DATABASE_URL": url, "TRAINYARD_BROKER_URL": REDIS,
            "TRAINYARD_HOME": str(logs), "PYTHONPATH": str(ROOT)}  # fmt: skip
@@ -150,46 +150,66 @@ def main() -> None:
             "--without-gossip", "--without-mingle",
         ],
     }  # fmt: skip
-    procs = [
+    return [
         subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=(logs / f"{n}.log").open("w"),
                          stderr=subprocess.STDOUT)
         for n, cmd in commands.items()
     ]  # fmt: skip
+
+
+def measure(base: str, token: str, model_job: str, requests_: int, rounds: int) -> None:
+    """Interleaved rounds of raw round trips and warm predictions; prints the ratio."""
+    http = requests.Session()
+    http.headers["Authorization"] = f"Bearer {token}"
+    sample = torch.rand(1, 32, 32).tolist()
+    predict_url = f"{base}/api/v1/models/{model_job}/predict"
+    warm = [False]
+
+    def predict() -> None:
+        resp = http.post(predict_url, json={"inputs": sample}, timeout=30)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["cached_model"] is True or not warm[0]
+
+    def round_trip() -> None:
+        assert add.delay(1, 2).get(timeout=30) == 3
+
+    predict()  # loads the model into the worker's cache
+    warm[0] = True
+    timed(predict, 20)
+    timed(round_trip, 20)
+    raw_ms: list[float] = []
+    predict_ms: list[float] = []
+    for _ in range(rounds):
+        raw_ms += timed(round_trip, requests_)
+        predict_ms += timed(predict, requests_)
+    p50_raw, p50_predict = statistics.median(raw_ms), statistics.median(predict_ms)
+    print(f"{len(raw_ms)} requests each, {rounds} interleaved rounds; lenet, 1 sample")
+    p99_raw = percentile(raw_ms, 0.99)
+    print(f"  raw Celery round trip   p50 {p50_raw:6.2f} ms   p99 {p99_raw:6.2f} ms")
+    print(
+        f"  POST .../predict (warm) p50 {p50_predict:6.2f} ms   "
+        f"p99 {percentile(predict_ms, 0.99):6.2f} ms"
+    )
+    print(f"  predict / raw round trip (p50): {p50_predict / p50_raw:.2f}x   (target < 2x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    name, url = create_database()
+    redis.Redis.from_url(REDIS).flushdb()
+    engine = make_engine(url)
+    sessions = make_session_factory(engine)
+    token, model_job = trained_model_job(sessions)
+    port = free_port()
+    procs = start_services(url, port)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_healthy(base, timeout=120)
-        http = requests.Session()
-        http.headers["Authorization"] = f"Bearer {token}"
-        sample = torch.rand(1, 32, 32).tolist()
-        predict_url = f"{base}/api/v1/models/{model_job}/predict"
-
-        def predict() -> None:
-            resp = http.post(predict_url, json={"inputs": sample}, timeout=30)
-            assert resp.status_code == 200, resp.text
-            assert resp.json()["cached_model"] is True or warmups == 0
-
-        def round_trip() -> None:
-            assert add.delay(1, 2).get(timeout=30) == 3
-
-        warmups = 0
-        predict()  # loads the model into the worker's cache
-        warmups = 1
-        timed(predict, 20)
-        timed(round_trip, 20)
-        raw_ms: list[float] = []
-        predict_ms: list[float] = []
-        for _ in range(args.rounds):
-            raw_ms += timed(round_trip, args.requests)
-            predict_ms += timed(predict, args.requests)
-        p50_raw, p50_predict = statistics.median(raw_ms), statistics.median(predict_ms)
-        print(f"{len(raw_ms)} requests each, {args.rounds} interleaved rounds; lenet, 1 sample")
-        p99_raw = percentile(raw_ms, 0.99)
-        print(f"  raw Celery round trip   p50 {p50_raw:6.2f} ms   p99 {p99_raw:6.2f} ms")
-        print(
-            f"  POST .../predict (warm) p50 {p50_predict:6.2f} ms   "
-            f"p99 {percentile(predict_ms, 0.99):6.2f} ms"
-        )
-        print(f"  predict / raw round trip (p50): {p50_predict / p50_raw:.2f}x   (target < 2x)")
+        measure(base, token, model_job, args.requests, args.rounds)
         print_breakdown(sessions)
     finally:
         stop_children(procs)

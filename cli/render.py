@@ -46,7 +46,8 @@ class EtaClock:
         done = prog["step"] - s0
         if done <= 0 or now <= t0:
             return None
-        return max(0.0, (prog["total_steps"] - prog["step"]) * (now - t0) / done)
+        left: float = (prog["total_steps"] - prog["step"]) * (now - t0) / done
+        return max(0.0, left)
 
 
 def _last_loss(client: ApiClient, job: dict[str, Any]) -> float | None:

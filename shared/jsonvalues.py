@@ -15,6 +15,12 @@ def json_float(value: float) -> float | str:
     return "Infinity" if value > 0 else "-Infinity"
 
 
+def json_safe_object(value: dict[str, Any]) -> dict[str, Any]:
+    """json_safe of a JSON object (a dict stays a dict)."""
+    safe: dict[str, Any] = json_safe(value)
+    return safe
+
+
 def json_safe(value: Any) -> Any:
     """`value` with every float inside dicts and lists passed through json_float."""
     if isinstance(value, float):

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from shared.jsonvalues import json_safe
+from shared.jsonvalues import json_safe_object
 from shared.net.build import build_model
 from shared.spec import JobSpec
 from shared.tensors import bytes_to_state_dict
@@ -117,4 +117,4 @@ def predict(loaded: LoadedModel, inputs: torch.Tensor) -> dict[str, Any]:
         ]
     else:
         outputs = [{"output": row} for row in out.reshape(out.shape[0], -1).tolist()]
-    return json_safe({"task": task, "samples": len(outputs), "outputs": outputs})
+    return json_safe_object({"task": task, "samples": len(outputs), "outputs": outputs})

@@ -17,7 +17,7 @@ from shared.config import Settings, get_settings
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.errors import InvalidTransition, LeaseLost, TrainyardError
 from shared.infer_inputs import InputLimits, inputs_tensor
-from shared.jsonvalues import json_safe
+from shared.jsonvalues import json_safe_object
 from shared.models import JobStatus
 from shared.notify import JobEndSignal
 from shared.queues import INFER_TASK, TRAIN_TASK
@@ -188,7 +188,7 @@ def _initial_state(session: Session, spec: JobSpec) -> bytes | None:
 
 
 def _summary(result: FitResult) -> dict[str, Any]:
-    return json_safe(
+    return json_safe_object(
         {
             "steps": result.steps,
             "epochs": result.epochs,

@@ -61,7 +61,8 @@ class Residual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Sum of the two branches (same shape: the dry run checks it)."""
-        return self.body(x) + self.shortcut(x)
+        out: torch.Tensor = self.body(x) + self.shortcut(x)
+        return out
 
 
 LAYERS: dict[str, type[nn.Module]] = {

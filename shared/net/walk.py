@@ -6,7 +6,9 @@ each Residual's branches must give the same shape (no silent broadcasting).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -102,44 +104,70 @@ def _run_leaf(module: nn.Module, x: torch.Tensor, qual: str, walk: Walk) -> torc
                 problem = f"returns {type(out).__name__}, not a tensor"
     if problem is not None:
         raise site.error(problem)
-    walk.shapes.append((qual, type(module).__name__, tuple(out.shape)))
-    return out
+    tensor: torch.Tensor = out  # a tensor: checked above
+    walk.shapes.append((qual, type(module).__name__, tuple(tensor.shape)))
+    return tensor
 
 
 def _input_problem(module: nn.Module, x: torch.Tensor) -> str | None:
     """A plain-words complaint for the common layers, before torch's own message."""
     shape = tuple(x.shape)
     got = f"(input shape {shape})"
-    builtin = type(module) in LAYERS.values()
     if isinstance(module, nn.Embedding):
         if x.is_floating_point():
             return f"expects integer token ids, got floats {got}: use data.input_kind 'tokens'"
         return None
+    builtin = type(module) in LAYERS.values()
     if builtin and not x.is_floating_point() and not isinstance(module, _TAKES_IDS):
         return f"gets integer token ids {got}: start the model with an Embedding"
-    if isinstance(module, nn.Linear):
-        if shape[-1] != module.in_features:
-            return f"expects last dimension {module.in_features}, got {shape[-1]} {got}"
-    elif isinstance(module, Bilinear):
-        if shape[-1] != module.in1_features:
-            return f"expects last dimension {module.in1_features}, got {shape[-1]} {got}"
-    elif isinstance(module, nn.modules.conv._ConvNd):
-        rank = len(module.kernel_size) + 2
-        if len(shape) != rank:
-            return f"expects {rank}-D input (batch, channels, ...) {got}"
-        if shape[1] != module.in_channels:
-            return f"expects {module.in_channels} input channels, got {shape[1]} {got}"
-    elif isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
-        ranks = (2, 3) if isinstance(module, nn.BatchNorm1d) else (4,)
-        if len(shape) not in ranks:
-            return f"expects {' or '.join(str(r) for r in ranks)}-D input {got}"
-        if shape[1] != module.num_features:
-            return f"expects {module.num_features} features in dimension 1, got {shape[1]} {got}"
-    elif isinstance(module, nn.GroupNorm):
-        if len(shape) < 2 or shape[1] != module.num_channels:
-            return f"expects {module.num_channels} channels in dimension 1 {got}"
-    elif isinstance(module, nn.LayerNorm):
-        want = tuple(module.normalized_shape)
-        if shape[-len(want) :] != want:
-            return f"expects trailing dimensions {want} {got}"
+    for kind, check in _SHAPE_CHECKS:
+        if isinstance(module, kind):
+            problem = check(module, shape)
+            return f"{problem} {got}" if problem else None
     return None
+
+
+def _last_dimension(width: int, shape: tuple[int, ...]) -> str | None:
+    return None if shape[-1] == width else f"expects last dimension {width}, got {shape[-1]}"
+
+
+def _conv(module: nn.modules.conv._ConvNd, shape: tuple[int, ...]) -> str | None:
+    rank = len(module.kernel_size) + 2
+    if len(shape) != rank:
+        return f"expects {rank}-D input (batch, channels, ...)"
+    if shape[1] != module.in_channels:
+        return f"expects {module.in_channels} input channels, got {shape[1]}"
+    return None
+
+
+def _batch_norm(module: nn.modules.batchnorm._BatchNorm, shape: tuple[int, ...]) -> str | None:
+    ranks = (2, 3) if isinstance(module, nn.BatchNorm1d) else (4,)
+    if len(shape) not in ranks:
+        return f"expects {' or '.join(str(r) for r in ranks)}-D input"
+    if shape[1] != module.num_features:
+        return f"expects {module.num_features} features in dimension 1, got {shape[1]}"
+    return None
+
+
+def _group_norm(module: nn.GroupNorm, shape: tuple[int, ...]) -> str | None:
+    if len(shape) < 2 or shape[1] != module.num_channels:
+        return f"expects {module.num_channels} channels in dimension 1"
+    return None
+
+
+def _layer_norm(module: nn.LayerNorm, shape: tuple[int, ...]) -> str | None:
+    want = tuple(module.normalized_shape)
+    return None if shape[-len(want) :] == want else f"expects trailing dimensions {want}"
+
+
+# The first class a module is an instance of picks its check (module, input shape) ->
+# what is wrong without the "(input shape ...)" suffix, or None.
+_SHAPE_CHECKS: tuple[tuple[type[nn.Module], Callable[[Any, tuple[int, ...]], str | None]], ...] = (
+    (nn.Linear, lambda m, shape: _last_dimension(m.in_features, shape)),
+    (Bilinear, lambda m, shape: _last_dimension(m.in1_features, shape)),
+    (nn.modules.conv._ConvNd, _conv),
+    (nn.BatchNorm1d, _batch_norm),
+    (nn.BatchNorm2d, _batch_norm),
+    (nn.GroupNorm, _group_norm),
+    (nn.LayerNorm, _layer_norm),
+)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -29,8 +30,8 @@ class AlertWatcher:
             if row.kind not in ("backward", "param_grad") or not math.isfinite(row.norm):
                 continue
             for name, limit, crossed in (
-                ("vanishing_gradient", self.spec.vanishing_below, lambda n, x: n < x),
-                ("exploding_gradient", self.spec.exploding_above, lambda n, x: n > x),
+                ("vanishing_gradient", self.spec.vanishing_below, operator.lt),
+                ("exploding_gradient", self.spec.exploding_above, operator.gt),
             ):
                 key = (name, row.kind, row.layer)
                 if limit is None or key in self._seen or not crossed(row.norm, limit):

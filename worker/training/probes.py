@@ -361,7 +361,7 @@ class HookRecorder:
                 if self._armed:
                     self._capture("backward", f"{name}:input", grad)
 
-            view.register_hook(on_grad)
+            view.register_hook(on_grad)  # type: ignore[no-untyped-call]  # torch: untyped
             return (view, *args[1:])
 
         return on_input
@@ -379,6 +379,6 @@ class HookRecorder:
                 if self._armed:
                     self._capture("backward", name, grad)  # reduced with the rest, batched
 
-            output.register_hook(on_grad)
+            output.register_hook(on_grad)  # type: ignore[no-untyped-call]  # torch: untyped
 
         return on_output

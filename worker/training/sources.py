@@ -133,4 +133,4 @@ def _token_features(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
 
 def _initialized_cuda_devices() -> list[int]:
     # Saving CUDA RNG state would initialize CUDA in a process that never used it.
-    return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []  # type: ignore[no-untyped-call]

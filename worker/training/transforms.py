@@ -68,7 +68,8 @@ def _deterministic(t: TransformSpec) -> TransformSpec:
 def _compose(specs: Sequence[TransformSpec]) -> Transform | None:
     if not specs:
         return None
-    return v2.Compose([_op(t) for t in specs])
+    composed: Transform = v2.Compose([_op(t) for t in specs])
+    return composed
 
 
 def _op(t: TransformSpec) -> v2.Transform:
