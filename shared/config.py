@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=2.0, description="Progress / lease update period")
     flush_seconds: float = Field(default=1.0, description="Metric and trace batch write period")
     max_attempts: int = Field(default=3, description="Claims before a lost job is failed")
+    checkpoint_seconds: float = Field(
+        default=120.0, description="A running job takes a resumable checkpoint at least this often"
+    )
+    keep_checkpoints: int = Field(
+        default=2, ge=1, description="Resume states kept per job (plus best and final)"
+    )
     requeue_after_seconds: int = Field(
         default=300, description="A queued job untouched this long has its message re-sent"
     )

@@ -206,11 +206,16 @@ class LayerTrace(Base):
 
 
 class Checkpoint(Base):
-    """A model state_dict (safetensors) plus optimizer state, taken at an epoch end or the end."""
+    """A model state_dict (safetensors) plus optimizer state, taken at an epoch end ("epoch"),
+    every N steps or seconds ("step"), on improvement ("best") or at the end ("final").
+
+    `resume_state` (epoch and step checkpoints) holds what a fit needs besides weights and
+    optimizer state to continue exactly from `step` (worker/training/resume.py).
+    """
 
     __tablename__ = "checkpoints"
     __table_args__ = (
-        CheckConstraint("tag IN ('epoch', 'best', 'final')", name="tag"),
+        CheckConstraint("tag IN ('epoch', 'step', 'best', 'final')", name="tag"),
         Index("ix_checkpoints_job_step", "job_id", "step"),
     )
 
@@ -221,6 +226,7 @@ class Checkpoint(Base):
     tag: Mapped[str] = mapped_column(String(16))
     model_state: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     optimizer_state: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    resume_state: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -108,6 +108,8 @@ class DatabaseSink(Callback):
                 model_state=blob.model_state,
                 optimizer_state=blob.optimizer_state,
                 sha256=blob.sha256,
+                resume_state=blob.resume_state,
+                keep_resumable=self._settings.keep_checkpoints,
             )
 
     def should_stop(self) -> bool:

@@ -15,10 +15,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import repository
 from shared.config import Settings, get_settings
 from shared.db import make_engine, make_session_factory, session_scope
-from shared.errors import InvalidTransition, LeaseLost, TrainyardError
+from shared.errors import InvalidTransition, LeaseLost, NotFound, TrainyardError
 from shared.infer_inputs import InputLimits, inputs_tensor
 from shared.jsonvalues import json_safe_object
-from shared.models import JobStatus
+from shared.models import Job, JobStatus
 from shared.notify import JobEndSignal
 from shared.queues import INFER_TASK, TRAIN_TASK
 from shared.spec import InferSpec, JobSpec
@@ -30,6 +30,7 @@ from worker.training.callbacks import FitResult
 from worker.training.device import resolve_device
 from worker.training.diagnose import TrainingDiverged
 from worker.training.loop import fit
+from worker.training.resume import ResumePoint
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +107,14 @@ def execute_train(
     job_id: uuid.UUID, *, worker: str, sessions: sessionmaker[Session], settings: Settings
 ) -> str:
     """queued -> running -> succeeded | failed | cancelled; never leaves a job running."""
-    raw_spec = _claim(sessions, job_id, worker, settings)
-    if raw_spec is None:
+    job = _claim(sessions, job_id, worker, settings)
+    if job is None:
         return "skipped"
 
     sink = DatabaseSink(sessions=sessions, job_id=job_id, worker=worker, settings=settings)
     status, summary, error = JobStatus.FAILED, None, None
     try:
-        spec = load_stored_spec(raw_spec, job_id=job_id)
+        spec = load_stored_spec(job.spec, job_id=job_id)
         with sessions() as session:
             initial_state = _initial_state(session, spec)
         result = fit(
@@ -122,6 +123,8 @@ def execute_train(
             max_params=settings.max_params,
             data_dir=settings.data_dir,
             initial_state=initial_state,
+            resume=_resume_point(sessions, job_id, attempt=job.attempt),
+            checkpoint_seconds=settings.checkpoint_seconds,
         )
         summary = _summary(result)
         status = JobStatus.CANCELLED if result.stopped else JobStatus.SUCCEEDED
@@ -161,9 +164,9 @@ def _finish(
 
 def _claim(
     sessions: sessionmaker[Session], job_id: uuid.UUID, worker: str, settings: Settings
-) -> dict[str, Any] | None:
-    """Claim the job for this worker; its spec, or None when it is not claimable (final,
-    cancelled, or leased by another worker)."""
+) -> Job | None:
+    """Claim the job for this worker; the claimed row, or None when it is not claimable
+    (final, cancelled, or leased by another worker)."""
     with session_scope(sessions) as session:
         job = repository.claim_job(
             session=session,
@@ -175,7 +178,38 @@ def _claim(
         if job is None:
             log.info("job %s not claimable (final, cancelled or leased elsewhere)", job_id)
             return None
-        return job.spec
+        return job
+
+
+def _resume_point(
+    sessions: sessionmaker[Session], job_id: uuid.UUID, *, attempt: int
+) -> ResumePoint | None:
+    """Where a re-claimed job goes on from: its newest resumable checkpoint (None: from
+    the start). Rows and checkpoints the earlier attempt wrote past that step go, so each
+    step keeps exactly one row of each kind."""
+    if attempt == 1:
+        return None  # nothing was written before the first claim
+    with session_scope(sessions) as session:
+        ckpt = repository.latest_resumable(session=session, job_id=job_id)
+        step = ckpt.step if ckpt is not None else 0
+        repository.delete_rows_after(session=session, job_id=job_id, step=step)
+        repository.delete_checkpoints_after(session=session, job_id=job_id, step=step)
+        message = f"resumed from step {step} (attempt {attempt})"
+        repository.add_event(session=session, job_id=job_id, kind="resumed", message=message,
+                             data={"step": step, "attempt": attempt})  # fmt: skip
+        if ckpt is None or ckpt.optimizer_state is None or ckpt.resume_state is None:
+            return None
+        try:
+            best = repository.get_checkpoint(session=session, job_id=job_id, ref="best")
+        except NotFound:
+            best = None
+        return ResumePoint(
+            step=ckpt.step,
+            model_state=ckpt.model_state,
+            optimizer_state=ckpt.optimizer_state,
+            resume_state=ckpt.resume_state,
+            best_model_state=best.model_state if best is not None else None,
+        )
 
 
 def _initial_state(session: Session, spec: JobSpec) -> bytes | None:
@@ -201,6 +235,7 @@ def _summary(result: FitResult) -> dict[str, Any]:
             "frozen_count": result.param_count - result.trainable_count,
             "stopped_early": result.stopped_early,
             "best_epoch": result.best_epoch,
+            "resumed_from_step": result.resumed_from_step,
             "device": result.device,
             "stopped": result.stopped,
         }
@@ -218,12 +253,12 @@ def execute_infer(
 ) -> str:
     """queued -> running -> succeeded | failed, with the predictions as the summary;
     `ended` wakes an API process waiting for the answer."""
-    raw_spec = _claim(sessions, job_id, worker, settings)
-    if raw_spec is None:
+    job = _claim(sessions, job_id, worker, settings)
+    if job is None:
         return "skipped"
     status, summary, error = JobStatus.FAILED, None, None
     try:
-        request = InferSpec.model_validate(raw_spec)
+        request = InferSpec.model_validate(job.spec)
         assert request.checkpoint_id is not None, "the API pins the checkpoint"
         loaded = cache.get(request.checkpoint_id)
         warm = loaded is not None

@@ -3,7 +3,7 @@
     jobs         create, read, list, cancel; the event log
     leases       claim, heartbeat, finish; what the sweeper re-sends or ends
     results      metric and trace rows: idempotent batch writes, bounded reads
-    checkpoints  store, list, find by id or tag
+    checkpoints  store (pruning old resume states), list, find by id or tag, resume
 
 Call sites use the package (`repository.claim_job(session=..., ...)`); the modules keep
 each level of the data model apart.
@@ -11,7 +11,9 @@ each level of the data model apart.
 
 from shared.repository.checkpoints import (
     checkpoint_id,
+    delete_checkpoints_after,
     get_checkpoint,
+    latest_resumable,
     list_checkpoints,
     save_checkpoint,
 )
@@ -33,6 +35,7 @@ from shared.repository.leases import (
     jobs_to_resend,
 )
 from shared.repository.results import (
+    delete_rows_after,
     glob_to_like,
     list_metrics,
     list_traces,
@@ -46,6 +49,8 @@ __all__ = [
     "checkpoint_id",
     "claim_job",
     "create_job",
+    "delete_checkpoints_after",
+    "delete_rows_after",
     "end_abandoned_jobs",
     "finish_job",
     "get_checkpoint",
@@ -53,6 +58,7 @@ __all__ = [
     "glob_to_like",
     "heartbeat",
     "jobs_to_resend",
+    "latest_resumable",
     "list_checkpoints",
     "list_events",
     "list_jobs",

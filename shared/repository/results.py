@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, Table, func, select
+from sqlalchemy import Select, Table, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -45,6 +45,13 @@ def record_traces(*, session: Session, job_id: uuid.UUID, rows: Iterable[dict[st
     batch = [{**row, "job_id": job_id} for row in rows]
     if batch:
         _insert_ignoring_duplicates(session, LayerTrace.__table__, batch)  # type: ignore[arg-type]
+
+
+def delete_rows_after(*, session: Session, job_id: uuid.UUID, step: int) -> None:
+    """Metric and trace rows past `step`: a resumed attempt writes those steps again, so
+    each step keeps exactly one row of each kind."""
+    for model in (Metric, LayerTrace):
+        session.execute(delete(model).where(model.job_id == job_id, model.step > step))
 
 
 def _step_range(query: Select[T], column: Any, low: int | None, high: int | None) -> Select[T]:

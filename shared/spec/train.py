@@ -124,6 +124,12 @@ class TrainSpec(Strict):
         default="fp32", description="autocast dtype on CUDA (fp16 with a GradScaler)"
     )
     num_workers: int = Field(default=0, ge=0, le=16, description="DataLoader worker processes")
+    checkpoint_every_steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="a resumable checkpoint every N steps (epoch ends always take one)",
+    )
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

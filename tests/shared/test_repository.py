@@ -6,14 +6,14 @@ from datetime import timedelta
 
 import pytest
 import redis
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import repository
 from shared.config import Settings
 from shared.db import session_scope
 from shared.errors import InvalidTransition, LeaseLost
-from shared.models import Job, JobStatus, utcnow
+from shared.models import Checkpoint, Job, JobStatus, utcnow
 from shared.queues import make_celery
 from shared.sweeper import sweep_once
 from tests.support.fixture_types import NewJob
@@ -180,3 +180,39 @@ def test_sweeper_cancels_a_cancelled_job_whose_worker_died(
     with sessions() as session:
         row = session.get(Job, job.id)
         assert row is not None and row.status == "cancelled" and row.finished_at is not None
+
+
+def test_resume_states_beyond_the_newest_are_pruned_with_the_write(
+    sessions: sessionmaker[Session], new_job: NewJob
+) -> None:
+    job = new_job()
+
+    def save(step: int, tag: str, resume: bool) -> None:
+        with session_scope(sessions) as session:
+            repository.save_checkpoint(
+                session=session, job_id=job.id, step=step, epoch=1, tag=tag,
+                model_state=b"w%d" % step, optimizer_state=b"o", sha256="0" * 64,
+                resume_state=b"r%d" % step if resume else None, keep_resumable=2,
+            )  # fmt: skip
+
+    save(5, "step", True)
+    save(10, "epoch", True)
+    save(10, "best", False)
+    save(15, "step", True)
+    save(20, "epoch", True)
+    with sessions() as session:
+        rows = session.execute(
+            select(Checkpoint.step, Checkpoint.tag, Checkpoint.resume_state.is_not(None))
+            .where(Checkpoint.job_id == job.id)
+            .order_by(Checkpoint.step, Checkpoint.tag)
+        ).all()
+        latest = repository.latest_resumable(session=session, job_id=job.id)
+    # The step checkpoint at 5 is gone; the epoch one at 10 keeps its weights, not its state.
+    assert [tuple(r) for r in rows] == [
+        (10, "best", False), (10, "epoch", False), (15, "step", True), (20, "epoch", True)
+    ]  # fmt: skip
+    assert latest is not None and latest.step == 20 and latest.resume_state == b"r20"
+    with session_scope(sessions) as session:  # a resumed attempt drops what came after
+        repository.delete_checkpoints_after(session=session, job_id=job.id, step=15)
+        left = repository.list_checkpoints(session=session, job_id=job.id)
+    assert [(c.step, c.tag) for c in left] == [(10, "epoch"), (10, "best"), (15, "step")]

@@ -17,7 +17,7 @@ class AlertWatcher:
     """Gradient norms crossing the spec's thresholds, reported once per layer and kind."""
 
     spec: AlertSpec | None
-    _seen: set[tuple[str, str, str]] = field(default_factory=set)
+    seen: set[tuple[str, str, str]] = field(default_factory=set)  # (alert, kind, layer)
 
     def check(self, rows: Sequence[TraceRow]) -> list[Event]:
         """Events for rows crossing a threshold for the first time."""
@@ -34,9 +34,9 @@ class AlertWatcher:
                 ("exploding_gradient", self.spec.exploding_above, operator.gt),
             ):
                 key = (name, row.kind, row.layer)
-                if limit is None or key in self._seen or not crossed(row.norm, limit):
+                if limit is None or key in self.seen or not crossed(row.norm, limit):
                     continue
-                self._seen.add(key)
+                self.seen.add(key)
                 events.append(
                     Event(
                         kind=name,

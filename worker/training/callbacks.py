@@ -41,6 +41,7 @@ class FitResult:
     device: str
     stopped_early: bool = False  # early stopping ended training
     best_epoch: int | None = None
+    resumed_from_step: int = 0  # where this fit began: a resumable checkpoint's step, or 0
 
 
 class Callback:

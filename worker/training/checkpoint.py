@@ -23,15 +23,22 @@ class CheckpointBlob:
 
     step: int
     epoch: int
-    tag: str  # "epoch" | "best" | "final"
+    tag: str  # "epoch" | "step" | "best" | "final"
     model_state: bytes
     optimizer_state: bytes
     sha256: str
     size: int
+    resume_state: bytes | None = None  # set on resumable ("epoch", "step") checkpoints
 
 
 def capture(
-    model: nn.Module, optimizer: torch.optim.Optimizer, *, step: int, epoch: int, tag: str
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    step: int,
+    epoch: int,
+    tag: str,
+    resume_state: bytes | None = None,
 ) -> CheckpointBlob:
     """Snapshot model and optimizer state (copied to the host) into a CheckpointBlob."""
     model_state = state_dict_to_bytes(model.state_dict())
@@ -45,6 +52,7 @@ def capture(
         optimizer_state=buffer.getvalue(),
         sha256=sha256_hex(model_state),
         size=len(model_state),
+        resume_state=resume_state,
     )
 
 

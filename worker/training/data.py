@@ -16,9 +16,10 @@ process loads the sample, and it leaves the global RNG (dropout) alone.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from shared.dataset_files import check_data_available, check_transforms
 from shared.steps import drops_last_batch
@@ -57,14 +58,17 @@ def make_loader(
     generator = torch.Generator().manual_seed(seed)
     n = len(ds)  # type: ignore[arg-type]
     drop_last = train and drops_last_batch(n, batch_size)
-    sampler = None
+    inner: Sampler[Any]
     if isinstance(ds, SplitDataset) and ds.augments:
-        sampler = SeededSampler(n, shuffle=shuffle, generator=generator)
+        inner = SeededSampler(n, shuffle=shuffle, generator=generator)
+    elif shuffle:  # what DataLoader(shuffle=True, generator=...) builds: the same draws
+        inner = RandomSampler(ds, generator=generator)  # type: ignore[arg-type]
+    else:
+        inner = SequentialSampler(ds)  # type: ignore[arg-type]
     return DataLoader(
         ds,
         batch_size=batch_size,
-        shuffle=shuffle if sampler is None else None,
-        sampler=sampler,
+        sampler=ResumableSampler(inner),
         generator=generator,
         # Fresh workers every epoch: persistent ones would skip the per-epoch seed draw
         # and change the order, so num_workers could change the training run.
@@ -72,6 +76,30 @@ def make_loader(
         pin_memory=pin_memory and torch.cuda.is_available(),
         drop_last=drop_last,
     )
+
+
+class ResumableSampler(Sampler[Any]):
+    """Another sampler's order, with the first `skip` items of the next pass left out.
+
+    A fit resumed part-way into an epoch puts the loader's generator back to its state at
+    that epoch's start and skips the samples the epoch had already taken: the inner
+    sampler makes exactly the draws it made then (the order, augmentation seeds, and the
+    trailing draw at its end), and no sample is loaded just to be thrown away.
+    """
+
+    def __init__(self, inner: Sampler[Any]) -> None:
+        self.inner = inner
+        self.skip = 0
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[Any]:
+        items = iter(self.inner)
+        skip, self.skip = self.skip, 0
+        for _ in range(skip):
+            next(items, None)
+        yield from items
 
 
 class SeededSampler(Sampler[tuple[int, int]]):

@@ -1,18 +1,17 @@
 """fit(): the seed's training loop over epochs, with evaluation, checkpoints and callbacks.
 
-Read it top to bottom: `fit` prepares a run and trains it; `train` runs epochs until the
-plan's steps are done (or a callback or early stopping ends it); an epoch is the seed's
-step (step.py) over the training data, then evaluation and a checkpoint. Everything that
-touches the outside world is a Callback (callbacks.py), so this is plain PyTorch.
+Read it top to bottom: `fit` prepares a run (and puts it back where a resumable checkpoint
+left it) and trains it; `train` runs epochs until the plan's steps are done (or a callback
+or early stopping ends it); an epoch is the seed's step (step.py) over the training data,
+with a resumable checkpoint now and then, then evaluation and an epoch checkpoint.
+Everything that touches the outside world is a Callback (callbacks.py): plain PyTorch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -22,23 +21,10 @@ from shared.spec import JobSpec
 from worker.training.callbacks import Callback, CallbackList, FitResult
 from worker.training.checkpoint import CheckpointBlob, capture, restore_model
 from worker.training.evaluate import evaluate, train_mode
+from worker.training.progress import Progress
+from worker.training.resume import Cadence, ResumePoint, restore, resume_state
 from worker.training.setup import Run, prepare
 from worker.training.step import micro_batches, train_step
-
-
-@dataclass
-class Progress:
-    """Where a fit stands; what its FitResult reports."""
-
-    step: int = 0
-    epoch: int = 0
-    loss: float = math.nan  # the last step's
-    metrics: dict[str, float] = field(default_factory=dict)  # the last evaluated epoch's
-    logged_lr: float = math.nan
-    stopped: bool = False  # a callback asked to stop
-    stopped_early: bool = False  # early stopping ended training
-    last: CheckpointBlob | None = None  # the last epoch checkpoint
-    best: CheckpointBlob | None = None  # early stopping's best epoch
 
 
 def fit(
@@ -49,16 +35,25 @@ def fit(
     max_params: int = DEFAULT_MAX_PARAMS,
     data_dir: Path | None = None,
     initial_state: bytes | None = None,
+    resume: ResumePoint | None = None,
+    checkpoint_seconds: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> FitResult:
-    """Train the spec's model on its data; see Callback for what is reported along the way."""
+    """Train the spec's model on its data, or go on from `resume`; see Callback for what
+    is reported along the way. Resumable checkpoints come at epoch ends, every
+    `train.checkpoint_every_steps` steps and every `checkpoint_seconds`."""
     cb = CallbackList(callbacks)
     try:
         run = prepare(
             spec, device=device, max_params=max_params, data_dir=data_dir,
             initial_state=initial_state,
         )  # fmt: skip
+        state = Progress()
+        if resume is not None:
+            restore(run, state, resume)
+        cadence = Cadence(spec.train.checkpoint_every_steps, checkpoint_seconds, clock)
         cb.on_fit_start(model=run.model, total_steps=run.plan.total_steps, device=run.device)
-        result = train(run, cb)
+        result = train(run, cb, state, cadence)
         cb.on_fit_end(result=result)
     except BaseException as error:
         cb.on_fit_error(error=error)
@@ -66,44 +61,50 @@ def fit(
     return result
 
 
-def train(run: Run, cb: Callback) -> FitResult:
+def train(run: Run, cb: Callback, state: Progress, cadence: Cadence) -> FitResult:
     """Epochs until the plan's steps are done, a callback stops it, or early stopping does."""
-    state = Progress()
     started = time.perf_counter()
     with run.recorder:
         train_mode(run.model)
         while state.step < run.plan.total_steps and not (state.stopped or state.stopped_early):
-            state.epoch += 1
-            losses = train_epoch(run, cb, state)
+            if state.epoch_step == 0:  # a new epoch (a resumed one may be part-way in)
+                state.epoch += 1
+                state.epoch_losses = []
+                generator = run.loader.generator
+                state.epoch_start = generator.get_state() if generator is not None else None
+            train_epoch(run, cb, state, cadence)
             if state.stopped:
                 break  # a stopped epoch is not evaluated; the final checkpoint still comes
-            end_epoch(run, cb, state, losses)
+            end_epoch(run, cb, state)
+            cadence.taken()
         cb.on_checkpoint(blob=final_checkpoint(run, state))
     if run.test_loader is not None and not state.stopped:
         report_test_metrics(run, cb, state)
     wall_s = time.perf_counter() - started
+    steps = state.step - state.first_step  # taken by this attempt
     return FitResult(
         steps=state.step,
         epochs=state.epoch,
         final_loss=state.loss,
         metrics=state.metrics,
         wall_s=wall_s,
-        steps_per_s=state.step / wall_s if wall_s > 0 else 0.0,
+        steps_per_s=steps / wall_s if wall_s > 0 else 0.0,
         param_count=run.param_count,
         trainable_count=sum(p.numel() for p in run.model.parameters() if p.requires_grad),
         stopped=state.stopped,
         device=str(run.device),
         stopped_early=state.stopped_early,
         best_epoch=run.early.best_epoch if run.early is not None else None,
+        resumed_from_step=state.first_step,
     )
 
 
-def train_epoch(run: Run, cb: Callback, state: Progress) -> list[float]:
-    """One pass over the training data, a step per group of micro-batches; returns the
-    losses of the steps that updated the model."""
-    losses: list[float] = []
+def train_epoch(run: Run, cb: Callback, state: Progress, cadence: Cadence) -> None:
+    """The rest of the epoch over the training data, a step per group of micro-batches;
+    the losses of the steps that updated the model go to `state.epoch_losses`."""
     for batches in micro_batches(run.loader, run.train.accumulate_steps):
         state.step += 1
+        state.epoch_step += 1
         done = train_step(run, batches, state.step)
         state.loss = done.loss
         if done.problem is not None:  # non-finite: the step was undone
@@ -112,7 +113,7 @@ def train_epoch(run: Run, cb: Callback, state: Progress) -> list[float]:
             run.guard.give_up_if_stuck(done.problem)
         else:
             run.guard.passed()
-            losses.append(done.loss)
+            state.epoch_losses.append(done.loss)
             for event in run.alerts.check(done.traces):
                 cb.on_event(event=event)
             cb.on_step_end(step=state.step, epoch=state.epoch, loss=done.loss, traces=done.traces)
@@ -123,43 +124,55 @@ def train_epoch(run: Run, cb: Callback, state: Progress) -> list[float]:
         state.stopped = cb.should_stop()
         if state.stopped or state.step >= run.plan.total_steps:
             break
-    return losses
+        # Not at the epoch's end, whose own checkpoint comes after evaluation.
+        if state.epoch_step < run.plan.steps_per_epoch and cadence.due(state.step):
+            cb.on_checkpoint(blob=resumable(run, state, tag="step"))
+            cadence.taken()
 
 
-def end_epoch(run: Run, cb: Callback, state: Progress, losses: list[float]) -> None:
+def end_epoch(run: Run, cb: Callback, state: Progress) -> None:
     """Evaluate, report, advance an epoch schedule, checkpoint (and keep the best)."""
-    # Every step of the epoch skipped (hooks.on_nonfinite "skip_step"): no mean.
-    mean_loss = sum(losses) / len(losses) if losses else math.nan
-    state.metrics = {"train_loss": mean_loss}
+    losses = state.epoch_losses  # every step skipped ("skip_step"): no mean
+    state.metrics = {"train_loss": sum(losses) / len(losses) if losses else float("nan")}
     if run.val_loader is not None:
         state.metrics |= evaluate(
             run.model, run.val_loader, run.criterion, run.device, run.classification, "val"
         )
     cb.on_epoch_end(step=state.step, epoch=state.epoch, metrics=state.metrics)
     run.schedule.after_epoch(state.metrics)
-    state.last = capture(run.model, run.optimizer, step=state.step, epoch=state.epoch, tag="epoch")
-    blobs = [state.last]
+    best = run.early is not None and run.early.update(state.epoch, state.metrics)
     if run.early is not None:
-        if run.early.update(state.epoch, state.metrics):
-            state.best = dataclasses.replace(state.last, tag="best")
-            blobs.append(state.best)
         state.stopped_early = run.early.should_stop
+    state.epoch_step, state.epoch_losses = 0, []
+    state.last = resumable(run, state, tag="epoch")
+    blobs = [state.last]
+    if best:
+        blobs.append(dataclasses.replace(state.last, tag="best", resume_state=None))
+        state.best_model_state = state.last.model_state
     for blob in blobs:
         cb.on_checkpoint(blob=blob)
+
+
+def resumable(run: Run, state: Progress, *, tag: str) -> CheckpointBlob:
+    """A checkpoint that a fit can go on from: weights, optimizer and the resume state."""
+    return capture(
+        run.model, run.optimizer, step=state.step, epoch=state.epoch, tag=tag,
+        resume_state=resume_state(run, state),
+    )  # fmt: skip
 
 
 def final_checkpoint(run: Run, state: Progress) -> CheckpointBlob:
     """The "final" checkpoint; weights unchanged since the last epoch's reuse its bytes."""
     if state.last is not None and state.last.step == state.step:
-        return dataclasses.replace(state.last, tag="final")
+        return dataclasses.replace(state.last, tag="final", resume_state=None)
     return capture(run.model, run.optimizer, step=state.step, epoch=state.epoch, tag="final")
 
 
 def report_test_metrics(run: Run, cb: Callback, state: Progress) -> None:
     """Test metrics, of the best epoch when early stopping kept one."""
     assert run.test_loader is not None
-    if state.best is not None:
-        restore_model(run.model, state.best.model_state)
+    if state.best_model_state is not None:
+        restore_model(run.model, state.best_model_state)
     scores = evaluate(
         run.model, run.test_loader, run.criterion, run.device, run.classification, "test"
     )
