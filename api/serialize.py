@@ -40,6 +40,7 @@ def job_json(job: Job, *, with_spec: bool = True) -> dict[str, Any]:
         "summary": job.summary,
         "error": job.error,
         "cancel_requested": job.cancel_requested,
+        "preempt_requested": job.preempt_requested,
         "created_at": _ts(job.created_at),
         "started_at": _ts(job.started_at),
         "finished_at": _ts(job.finished_at),

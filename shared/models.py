@@ -29,6 +29,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     Uuid,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -140,6 +141,8 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Checkpoint, hand back to the queue, resume later (API preempt); not a crash.
+    preempt_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     progress_step: Mapped[int] = mapped_column(Integer, default=0)
     progress_total: Mapped[int | None] = mapped_column(Integer)
     progress_epoch: Mapped[int] = mapped_column(Integer, default=0)

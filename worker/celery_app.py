@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from shared.config import get_settings
 from shared.queues import make_celery
+from worker import shutdown  # noqa: F401  (connects the warm-shutdown signal)
 
 app = make_celery(get_settings(), include=["worker.tasks"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from shared.db import session_scope
 from shared.errors import LeaseLost
 from shared.jsonvalues import json_safe
 from shared.models import LayerTrace
+from worker.shutdown import SHUTTING_DOWN
 from worker.training.callbacks import Callback, Event, FitResult
 from worker.training.checkpoint import CheckpointBlob
 from worker.training.probes import TraceRow
@@ -34,9 +36,10 @@ class DatabaseSink(Callback):
     append, and a hand-off waits only when the writer's bounded buffer is full. Epoch
     ends, checkpoints and close wait until the rows are committed, so what the API shows
     at an epoch boundary is complete. The heartbeat that extends the job's lease (on
-    the training thread, every `heartbeat_seconds`) also reads its cancel flag, which
-    `should_stop` reports to the loop; a lost lease raises LeaseLost and drops the rows
-    not yet written (another worker owns the job now).
+    the training thread, every `heartbeat_seconds`) also reads its cancel and preempt
+    flags, which `should_stop` / `should_suspend` report to the loop (a warm shutdown of
+    the worker, `shutting_down`, suspends too); a lost lease raises LeaseLost and drops
+    the rows not yet written (another worker owns the job now).
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class DatabaseSink(Callback):
         settings: Settings,
         clock: Callable[[], float] = time.monotonic,
         writer: RowWriter | None = None,
+        shutting_down: threading.Event = SHUTTING_DOWN,
     ) -> None:
         self._sessions = sessions
         self._job_id = job_id
@@ -62,6 +66,8 @@ class DatabaseSink(Callback):
         self._epoch = 0
         self._total: int | None = None
         self._cancel = False
+        self._preempt = False
+        self._shutting_down = shutting_down
 
     def on_fit_start(
         self, *, model: torch.nn.Module, total_steps: int, device: torch.device
@@ -114,6 +120,16 @@ class DatabaseSink(Callback):
 
     def should_stop(self) -> bool:
         return self._cancel
+
+    def should_suspend(self) -> bool:
+        # The shutdown flag is read every step (a redeploy waits on it); a preempt request
+        # arrives with the next heartbeat.
+        return self._preempt or self._shutting_down.is_set()
+
+    @property
+    def preempted(self) -> bool:
+        """Whether a user asked to preempt the job (else a suspension is a shutdown)."""
+        return self._preempt
 
     def on_event(self, *, event: Event) -> None:
         # Alerts and skipped steps are rare: written at once, where the API lists events.
@@ -175,7 +191,7 @@ class DatabaseSink(Callback):
     def _heartbeat(self) -> None:
         try:
             with session_scope(self._sessions) as session:
-                self._cancel = repository.heartbeat(
+                requests = repository.heartbeat(
                     session=session,
                     job_id=self._job_id,
                     worker=self._worker,
@@ -187,6 +203,7 @@ class DatabaseSink(Callback):
         except LeaseLost:
             self._writer.abort()  # the job is another worker's now; stop writing for it
             raise
+        self._cancel, self._preempt = requests.cancel, requests.preempt
         self._last_beat = self._clock()
 
 

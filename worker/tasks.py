@@ -20,7 +20,7 @@ from shared.infer_inputs import InputLimits, inputs_tensor
 from shared.jsonvalues import json_safe_object
 from shared.models import Job, JobStatus
 from shared.notify import JobEndSignal
-from shared.queues import INFER_TASK, TRAIN_TASK
+from shared.queues import INFER_TASK, TRAIN_TASK, make_celery, send_job
 from shared.spec import InferSpec, JobSpec
 from shared.spec_check import load_stored_spec
 from worker.celery_app import app
@@ -126,6 +126,8 @@ def execute_train(
             resume=_resume_point(sessions, job_id, attempt=job.attempt),
             checkpoint_seconds=settings.checkpoint_seconds,
         )
+        if result.suspended:
+            return _requeue(sessions, job_id, worker, settings, preempted=sink.preempted)
         summary = _summary(result)
         status = JobStatus.CANCELLED if result.stopped else JobStatus.SUCCEEDED
     except LeaseLost:
@@ -162,6 +164,32 @@ def _finish(
     return True
 
 
+def _requeue(
+    sessions: sessionmaker[Session],
+    job_id: uuid.UUID,
+    worker: str,
+    settings: Settings,
+    *,
+    preempted: bool,
+) -> str:
+    """Back to the queue after a resumable checkpoint (the attempt is given back), and a
+    new message; a send that fails is left to the sweeper, like any lost message."""
+    reason = "preempted" if preempted else "the worker is shutting down"
+    with session_scope(sessions) as session:
+        repository.requeue_job(session=session, job_id=job_id, worker=worker, reason=reason)
+        job = repository.get_job(session=session, job_id=job_id)
+        kind, queue = job.kind, job.queue
+    try:
+        with make_celery(settings) as celery:  # rare: a connection of its own is fine
+            send_job(celery, job_id=str(job_id), kind=kind, queue=queue)
+        with session_scope(sessions) as session:
+            repository.mark_enqueued(session=session, job_id=job_id)
+    except Exception:
+        log.exception("job %s: requeued, but its message could not be sent", job_id)
+    log.info("job %s requeued: %s", job_id, reason)
+    return "requeued"
+
+
 def _claim(
     sessions: sessionmaker[Session], job_id: uuid.UUID, worker: str, settings: Settings
 ) -> Job | None:
@@ -187,10 +215,10 @@ def _resume_point(
     """Where a re-claimed job goes on from: its newest resumable checkpoint (None: from
     the start). Rows and checkpoints the earlier attempt wrote past that step go, so each
     step keeps exactly one row of each kind."""
-    if attempt == 1:
-        return None  # nothing was written before the first claim
     with session_scope(sessions) as session:
         ckpt = repository.latest_resumable(session=session, job_id=job_id)
+        if ckpt is None and attempt == 1:
+            return None  # a first run (a preempted job has its checkpoint)
         step = ckpt.step if ckpt is not None else 0
         repository.delete_rows_after(session=session, job_id=job_id, step=step)
         repository.delete_checkpoints_after(session=session, job_id=job_id, step=step)

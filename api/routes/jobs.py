@@ -125,6 +125,18 @@ def cancel(job_id: str) -> tuple[Response, int]:
     return jsonify(job_json(job)), 202
 
 
+@bp.post("/jobs/<job_id>/preempt")
+def preempt(job_id: str) -> tuple[Response, int]:
+    """A running job checkpoints at its next heartbeat, goes back to the queue and resumes
+    from there later, without using an attempt (409 unless it is running)."""
+    session = db()
+    job = owned_job(job_id)
+    repository.request_preempt(session=session, job_id=job.id)
+    session.commit()
+    session.refresh(job)
+    return jsonify(job_json(job)), 202
+
+
 @bp.get("/jobs/<job_id>/events")
 def events(job_id: str) -> Response:
     """The job's lifecycle log, oldest first."""

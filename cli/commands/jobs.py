@@ -120,4 +120,13 @@ def cancel_cmd(job_id: str, url: str, token: str) -> None:
     click.echo(f"job {job['id']}: {state}")
 
 
-COMMANDS = (submit_cmd, watch_cmd, jobs_cmd, show_cmd, cancel_cmd)
+@click.command("preempt")
+@click.argument("job_id")
+@client_options
+def preempt_cmd(job_id: str, url: str, token: str) -> None:
+    """Checkpoint a running job and put it back in the queue; it resumes from there."""
+    job = make_client(url, token).post_json(f"/api/v1/jobs/{job_id}/preempt", {})
+    click.echo(f"job {job['id']}: preempt requested")
+
+
+COMMANDS = (submit_cmd, watch_cmd, jobs_cmd, show_cmd, cancel_cmd, preempt_cmd)

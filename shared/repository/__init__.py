@@ -1,7 +1,7 @@
 """Keyword-only data functions over the job tables; every job status change is a guarded UPDATE.
 
     jobs         create, read, list, cancel; the event log
-    leases       claim, heartbeat, finish; what the sweeper re-sends or ends
+    leases       claim, heartbeat, finish, requeue; what the sweeper re-sends or ends
     results      metric and trace rows: idempotent batch writes, bounded reads
     checkpoints  store (pruning old resume states), list, find by id or tag, resume
 
@@ -26,13 +26,16 @@ from shared.repository.jobs import (
     mark_enqueued,
     relax_durability,
     request_cancel,
+    request_preempt,
 )
 from shared.repository.leases import (
+    Requests,
     claim_job,
     end_abandoned_jobs,
     finish_job,
     heartbeat,
     jobs_to_resend,
+    requeue_job,
 )
 from shared.repository.results import (
     delete_rows_after,
@@ -45,6 +48,7 @@ from shared.repository.results import (
 )
 
 __all__ = [
+    "Requests",
     "add_event",
     "checkpoint_id",
     "claim_job",
@@ -70,5 +74,7 @@ __all__ = [
     "record_traces",
     "relax_durability",
     "request_cancel",
+    "request_preempt",
+    "requeue_job",
     "save_checkpoint",
 ]

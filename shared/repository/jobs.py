@@ -115,6 +115,19 @@ def request_cancel(*, session: Session, job_id: uuid.UUID) -> None:
     add_event(session=session, job_id=job_id, kind="cancel_requested")
 
 
+def request_preempt(*, session: Session, job_id: uuid.UUID) -> None:
+    """A running job checkpoints at its next step, goes back to the queue and resumes later
+    (one guarded UPDATE; 409 when the job is not running)."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+        .values(preempt_requested=True)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise InvalidTransition(f"job {job_id} is not running; only a running job is preempted")
+    add_event(session=session, job_id=job_id, kind="preempt_requested")
+
+
 def add_event(
     *,
     session: Session,

@@ -7,6 +7,7 @@ sweeper) racing on one job cannot both win.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -59,6 +60,14 @@ def claim_job(
     return job
 
 
+@dataclass(frozen=True, slots=True)
+class Requests:
+    """What the users asked of a running job, as its heartbeat reads them."""
+
+    cancel: bool  # stop for good (cancelled)
+    preempt: bool  # checkpoint and go back to the queue, to resume later
+
+
 def heartbeat(
     *,
     session: Session,
@@ -68,14 +77,14 @@ def heartbeat(
     step: int,
     total: int | None,
     epoch: int,
-) -> bool:
-    """Extend the lease and store progress; returns True when a cancel was requested.
+) -> Requests:
+    """Extend the lease and store progress; returns the cancel and preempt requests.
 
     Raises LeaseLost when this worker no longer holds the job (its lease expired and
     another worker claimed it, or the sweeper ended it): the caller must stop training.
     """
     now = utcnow()
-    result = session.execute(
+    row = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
         .values(
@@ -85,12 +94,31 @@ def heartbeat(
             progress_total=total,
             progress_epoch=epoch,
         )
-        .returning(Job.cancel_requested)
-    )
-    cancel = result.scalar_one_or_none()
-    if cancel is None:
+        .returning(Job.cancel_requested, Job.preempt_requested)
+    ).one_or_none()
+    if row is None:
         raise LeaseLost(f"job {job_id} is no longer held by {worker}")
-    return bool(cancel)
+    return Requests(cancel=bool(row.cancel_requested), preempt=bool(row.preempt_requested))
+
+
+def requeue_job(*, session: Session, job_id: uuid.UUID, worker: str, reason: str) -> None:
+    """running -> queued by the worker holding it, after its resumable checkpoint: a
+    preemption or a shutdown is not a crash, so the attempt it used is given back."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
+        .values(
+            status=JobStatus.QUEUED,
+            worker=None,
+            lease_expires_at=None,
+            attempt=Job.attempt - 1,
+            preempt_requested=False,
+            enqueued_at=None,  # not sent yet: the sweeper re-sends it if the send fails
+        )
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise InvalidTransition(f"job {job_id} is not running on {worker}")
+    add_event(session=session, job_id=job_id, kind="requeued", message=reason)
 
 
 def finish_job(

@@ -11,6 +11,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import repository
+from shared.db import session_scope
 from shared.models import Job, JobEvent
 from tests.support.fixture_types import Submit
 from tests.support.specs import LENET
@@ -251,3 +253,29 @@ def test_query_parameters_are_strict(
             "to_step",
             "cursor",
         )
+
+
+def test_preempt_asks_a_running_job_to_checkpoint_and_requeue(
+    client: FlaskClient,
+    alice: dict[str, str],
+    bob: dict[str, str],
+    sessions: sessionmaker[Session],
+    submit: Submit,
+) -> None:
+    job_id = submit(alice).get_json()["id"]
+    resp = client.post(f"/api/v1/jobs/{job_id}/preempt", headers=alice)
+    assert resp.status_code == 409  # queued: nothing to preempt yet
+    with session_scope(sessions) as session:
+        repository.claim_job(
+            session=session, job_id=uuid.UUID(job_id), worker="w", lease_seconds=60,
+            max_attempts=3,
+        )  # fmt: skip
+    assert client.post(f"/api/v1/jobs/{job_id}/preempt", headers=bob).status_code == 404
+    resp = client.post(f"/api/v1/jobs/{job_id}/preempt", headers=alice)
+    assert resp.status_code == 202 and resp.get_json()["preempt_requested"] is True
+    with session_scope(sessions) as session:
+        beat = repository.heartbeat(
+            session=session, job_id=uuid.UUID(job_id), worker="w", lease_seconds=60,
+            step=3, total=10, epoch=1,
+        )  # fmt: skip
+    assert beat.preempt is True and beat.cancel is False

@@ -83,10 +83,10 @@ def test_cancel_flag_reaches_heartbeat(
         "epoch": 1,
     }
     with session_scope(sessions) as session:
-        assert repository.heartbeat(session=session, **beat) is False
+        assert repository.heartbeat(session=session, **beat).cancel is False
         repository.request_cancel(session=session, job_id=job.id)
     with session_scope(sessions) as session:
-        assert repository.heartbeat(session=session, **beat) is True
+        assert repository.heartbeat(session=session, **beat).cancel is True
         row = session.get(Job, job.id)
         assert row is not None and row.status == "running" and row.progress_step == 5
     # Another worker's heartbeat on this job is refused: it no longer holds the claim.

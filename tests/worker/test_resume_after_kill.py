@@ -11,14 +11,15 @@ import time
 import uuid
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import repository
 from shared.config import Settings
 from shared.db import session_scope
-from shared.models import Checkpoint, Job, LayerTrace, Metric
+from shared.models import Job, LayerTrace, Metric
 from tests.support.fixture_types import NewJob
+from tests.support.jobs import job_outcome
 from worker.tasks import execute_train
 
 SPEC: dict[str, Any] = {
@@ -53,32 +54,6 @@ def train_slowly(database_url: str, job_id: str) -> None:
     sessions = make_session_factory(make_engine(database_url))
     settings = _fast(Settings(database_url=database_url))
     execute_train(uuid.UUID(job_id), worker="doomed", sessions=sessions, settings=settings)
-
-
-def _rows(sessions: sessionmaker[Session], job_id: uuid.UUID) -> dict[str, Any]:
-    with sessions() as session:
-        metrics = session.execute(
-            select(Metric.split, Metric.name, Metric.step, Metric.epoch, Metric.value)
-            .where(Metric.job_id == job_id)
-            .order_by(Metric.split, Metric.name, Metric.step)
-        ).all()
-        traces = session.execute(
-            select(LayerTrace.step, LayerTrace.layer, LayerTrace.kind, LayerTrace.norm,
-                   LayerTrace.std, LayerTrace.update_ratio)
-            .where(LayerTrace.job_id == job_id)
-            .order_by(LayerTrace.step, LayerTrace.kind, LayerTrace.layer)
-        ).all()  # fmt: skip
-        final = session.scalars(
-            select(Checkpoint.sha256).where(Checkpoint.job_id == job_id, Checkpoint.tag == "final")
-        ).all()
-        job = session.get(Job, job_id)
-        assert job is not None and job.summary is not None
-        return {
-            "metrics": [tuple(r) for r in metrics],
-            "traces": [tuple(r) for r in traces],
-            "final": final,
-            "results": (job.summary["metrics"], job.summary["final_loss"], job.summary["steps"]),
-        }
 
 
 def test_a_killed_worker_s_job_resumes_and_ends_as_if_never_stopped(
@@ -138,4 +113,6 @@ def test_a_killed_worker_s_job_resumes_and_ends_as_if_never_stopped(
         job = session.get(Job, killed)
         assert job is not None and job.summary is not None
         assert job.summary["resumed_from_step"] == resumed_from
-    assert _rows(sessions, killed) == _rows(sessions, whole), f"killed after step {stopped_at}"
+    assert job_outcome(sessions, killed) == job_outcome(sessions, whole), (
+        f"killed after step {stopped_at}"
+    )

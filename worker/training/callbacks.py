@@ -42,6 +42,7 @@ class FitResult:
     stopped_early: bool = False  # early stopping ended training
     best_epoch: int | None = None
     resumed_from_step: int = 0  # where this fit began: a resumable checkpoint's step, or 0
+    suspended: bool = False  # ended at a resumable checkpoint, to go on later
 
 
 class Callback:
@@ -67,6 +68,11 @@ class Callback:
 
     def should_stop(self) -> bool:
         """Polled once per step; True ends training early (FitResult.stopped)."""
+        return False
+
+    def should_suspend(self) -> bool:
+        """Polled once per step; True takes a resumable checkpoint and ends the fit there,
+        to be resumed later (FitResult.suspended): a preemption or a shutdown."""
         return False
 
     def on_event(self, *, event: Event) -> None:
@@ -111,6 +117,9 @@ class CallbackList(Callback):
 
     def should_stop(self) -> bool:
         return any(cb.should_stop() for cb in self.callbacks)
+
+    def should_suspend(self) -> bool:
+        return any(cb.should_suspend() for cb in self.callbacks)
 
     def on_event(self, *, event: Event) -> None:
         for cb in self.callbacks:

@@ -1,10 +1,11 @@
 """fit(): the seed's training loop over epochs, with evaluation, checkpoints and callbacks.
 
 Read it top to bottom: `fit` prepares a run (and puts it back where a resumable checkpoint
-left it) and trains it; `train` runs epochs until the plan's steps are done (or a callback
-or early stopping ends it); an epoch is the seed's step (step.py) over the training data,
-with a resumable checkpoint now and then, then evaluation and an epoch checkpoint.
-Everything that touches the outside world is a Callback (callbacks.py): plain PyTorch.
+left it) and trains it; `train` runs epochs until the plan's steps are done, a callback
+stops it, early stopping does, or a callback suspends it (a resumable checkpoint to go on
+from later); an epoch is the seed's step (step.py) over the training data, with a
+resumable checkpoint now and then, then evaluation and an epoch checkpoint. Everything
+that touches the outside world is a Callback (callbacks.py): plain PyTorch.
 """
 
 from __future__ import annotations
@@ -73,12 +74,13 @@ def train(run: Run, cb: Callback, state: Progress, cadence: Cadence) -> FitResul
                 generator = run.loader.generator
                 state.epoch_start = generator.get_state() if generator is not None else None
             train_epoch(run, cb, state, cadence)
-            if state.stopped:
+            if state.stopped or state.suspended:
                 break  # a stopped epoch is not evaluated; the final checkpoint still comes
             end_epoch(run, cb, state)
             cadence.taken()
-        cb.on_checkpoint(blob=final_checkpoint(run, state))
-    if run.test_loader is not None and not state.stopped:
+        if not state.suspended:  # a suspended fit is not over: its resumed one ends it
+            cb.on_checkpoint(blob=final_checkpoint(run, state))
+    if run.test_loader is not None and not (state.stopped or state.suspended):
         report_test_metrics(run, cb, state)
     wall_s = time.perf_counter() - started
     steps = state.step - state.first_step  # taken by this attempt
@@ -96,6 +98,7 @@ def train(run: Run, cb: Callback, state: Progress, cadence: Cadence) -> FitResul
         stopped_early=state.stopped_early,
         best_epoch=run.early.best_epoch if run.early is not None else None,
         resumed_from_step=state.first_step,
+        suspended=state.suspended,
     )
 
 
@@ -123,6 +126,10 @@ def train_epoch(run: Run, cb: Callback, state: Progress, cadence: Cadence) -> No
                               values={"lr": done.lr})  # fmt: skip
         state.stopped = cb.should_stop()
         if state.stopped or state.step >= run.plan.total_steps:
+            break
+        if cb.should_suspend():  # checkpoint here; a resumed fit takes the next step
+            state.suspended = True
+            cb.on_checkpoint(blob=resumable(run, state, tag="step"))
             break
         # Not at the epoch's end, whose own checkpoint comes after evaluation.
         if state.epoch_step < run.plan.steps_per_epoch and cadence.due(state.step):

@@ -26,6 +26,7 @@ class Progress:
     logged_lr: float = math.nan
     stopped: bool = False  # a callback asked to stop
     stopped_early: bool = False  # early stopping ended training
+    suspended: bool = False  # a callback asked to checkpoint and stop, to resume later
     last: CheckpointBlob | None = None  # the last epoch checkpoint
     best_model_state: bytes | None = None  # early stopping's best epoch (safetensors)
     first_step: int = 0  # where this attempt began: 0, or the step it resumed from

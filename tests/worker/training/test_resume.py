@@ -176,3 +176,28 @@ def _pickled_call() -> bytes:
     buffer = io.BytesIO()
     pickle.dump({"format": 1, "x": Boom()}, buffer, protocol=2)
     return buffer.getvalue()
+
+
+class SuspendAt(Tape):
+    """Asks the fit to suspend (as a preemption would) after step `at`."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def should_suspend(self) -> bool:
+        return max(self.losses, default=0) >= self.at
+
+
+def test_a_suspended_fit_checkpoints_where_it_stops_and_resumes_exactly() -> None:
+    spec, _, _ = CASES["one-cycle, accumulation"]
+    whole = Tape()
+    fit(spec, callbacks=[whole])
+    suspended = SuspendAt(7)  # mid-epoch: 6 steps an epoch
+    result = fit(spec, callbacks=[suspended])
+    assert result.suspended and result.steps == 7
+    assert [(b.step, b.tag) for b in suspended.blobs][-1] == (7, "step")  # no final one
+    resumed = Tape()
+    fit(spec, callbacks=[resumed], resume=point_from(suspended))
+    assert resumed.after(7) == whole.after(7)
+    assert resumed.blobs[-1].sha256 == whole.blobs[-1].sha256
