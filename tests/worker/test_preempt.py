@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import redis
 from celery.signals import worker_shutting_down
 from sqlalchemy.orm import Session, sessionmaker
@@ -95,15 +96,23 @@ def _check_requeued_then_resumed(
     assert job_outcome(sessions, job_id) == job_outcome(sessions, whole)
 
 
+@pytest.fixture()
+def twins(
+    sessions: sessionmaker[Session], settings: Settings, new_job: NewJob
+) -> tuple[uuid.UUID, uuid.UUID]:
+    """(a job of SPEC trained without interruption, a queued job of the same SPEC)."""
+    whole = new_job(SPEC).id
+    assert execute_train(whole, worker="w", sessions=sessions, settings=settings) == "succeeded"
+    return whole, new_job(SPEC).id
+
+
 def test_a_warm_shutdown_requeues_the_job_without_using_an_attempt(
     sessions: sessionmaker[Session],
     settings: Settings,
-    new_job: NewJob,
+    twins: tuple[uuid.UUID, uuid.UUID],
     redis_client: redis.Redis,
 ) -> None:
-    whole = new_job(SPEC).id
-    assert execute_train(whole, worker="w", sessions=sessions, settings=settings) == "succeeded"
-    job_id = new_job(SPEC).id
+    whole, job_id = twins
     try:
         result = _interrupt_mid_run(sessions, settings, job_id, SHUTTING_DOWN.set)
     finally:
@@ -117,12 +126,10 @@ def test_a_warm_shutdown_requeues_the_job_without_using_an_attempt(
 def test_a_preempted_job_resumes_where_it_was(
     sessions: sessionmaker[Session],
     settings: Settings,
-    new_job: NewJob,
+    twins: tuple[uuid.UUID, uuid.UUID],
     redis_client: redis.Redis,
 ) -> None:
-    whole = new_job(SPEC).id
-    assert execute_train(whole, worker="w", sessions=sessions, settings=settings) == "succeeded"
-    job_id = new_job(SPEC).id
+    whole, job_id = twins
 
     def preempt() -> None:
         with session_scope(sessions) as session:
