@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import sqlalchemy.exc
 from flask import Flask, Response, jsonify
 from pydantic import ValidationError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from shared.errors import TrainyardError
 
 log = logging.getLogger(__name__)
+RETRY_AFTER_SECONDS = 5  # what a 503 asks a client to wait before trying again
 
 
 def problem(
@@ -50,6 +53,23 @@ def register(app: Flask) -> None:
     def _http(exc: HTTPException) -> tuple[Response, int]:
         code = (exc.name or "error").lower().replace(" ", "_")
         return problem(exc.code or 500, code, exc.description or exc.name)
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    @app.errorhandler(DisconnectionError)
+    @app.errorhandler(sqlalchemy.exc.TimeoutError)
+    def _database_unavailable(exc: Exception) -> tuple[Response, int]:
+        # The database is down, restarting or out of connections: nothing the client did.
+        # The driver's text (hosts, SQL) stays in the log.
+        log.warning("database unavailable: %s", exc)
+        if "disk is full" in str(exc):  # SQLite's SQLITE_FULL
+            message = "the server's disk is full; nothing was stored"
+            response, status = problem(507, "insufficient_storage", message)
+        else:
+            message = "the database is unavailable right now; retry in a few seconds"
+            response, status = problem(503, "database_unavailable", message)
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response, status
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> tuple[Response, int]:

@@ -6,10 +6,12 @@ import logging
 import uuid
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.auth import current_owner
 from api.context import db, services
+from api.idempotency import Idempotency, replayed
 from api.inference import validate_infer
 from shared import repository
 from shared.models import Job, utcnow
@@ -26,20 +28,32 @@ def enqueue(
     spec: dict[str, Any],
     queue: str,
     source_job_id: uuid.UUID | None = None,
+    idempotency: Idempotency | None = None,
 ) -> Job:
     """Commit the queued job, then send "work on job X"; a send that fails is left to the
-    sweeper (the job stays queued and is re-sent), so the caller still gets its job."""
+    sweeper (the job stays queued and is re-sent), so the caller still gets its job. A
+    concurrent request with the same Idempotency-Key that committed first wins: its job
+    is the answer, and nothing is sent twice."""
     transient = kind == "infer"
     if transient:
         # One short transaction that skips the WAL flush (repository.relax_durability),
         # stamped as sent: the sweeper treats a send that then fails the same way as a
         # message lost later (re-sent once requeue_after_seconds have passed).
         repository.relax_durability(session)
-    job = repository.create_job(
-        session=session, owner=owner, kind=kind, spec=spec, queue=queue,
-        source_job_id=source_job_id, enqueued_at=utcnow() if transient else None,
-    )  # fmt: skip
-    session.commit()
+    try:
+        job = repository.create_job(
+            session=session, owner=owner, kind=kind, spec=spec, queue=queue,
+            source_job_id=source_job_id, enqueued_at=utcnow() if transient else None,
+            idempotency_key=idempotency.key if idempotency else None,
+            request_sha256=idempotency.request_sha256 if idempotency else None,
+        )  # fmt: skip
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        first = replayed(session, owner, idempotency)
+        if first is None:
+            raise
+        return first
     try:
         send_job(services().celery, job_id=str(job.id), kind=kind, queue=queue)
         if not transient:
@@ -52,7 +66,7 @@ def enqueue(
     return job
 
 
-def queue_infer(fields: dict[str, Any]) -> Job:
+def queue_infer(fields: dict[str, Any], idempotency: Idempotency | None = None) -> Job:
     """Check an inference request ({"model_job_id", "checkpoint", "inputs"}) and queue it
     on the `infer` queue; POST /jobs and POST /models/<id>/predict both come here."""
     request = validate_infer(
@@ -65,4 +79,5 @@ def queue_infer(fields: dict[str, Any]) -> Job:
         spec=request.model_dump(mode="json"),
         queue=QUEUE_INFER,
         source_job_id=request.model_job_id,
+        idempotency=idempotency,
     )

@@ -72,6 +72,13 @@ class NoData(NotFound):
     code = "no_data"
 
 
+class IdempotencyConflict(TrainyardError):
+    """An Idempotency-Key the caller already used for a different request."""
+
+    status = 422
+    code = "idempotency_key_reused"
+
+
 class InvalidTransition(TrainyardError):
     """A job status change that the state machine does not allow (e.g. succeeded -> running)."""
 

@@ -127,6 +127,8 @@ class Job(Base):
         ),
         Index("ix_jobs_owner_created", "owner", "created_at"),
         Index("ix_jobs_status_created", "status", "created_at"),
+        # A retried submission with the same Idempotency-Key finds the first job.
+        Index("ix_jobs_owner_idempotency_key", "owner", "idempotency_key", unique=True),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -141,6 +143,8 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    request_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
     # Checkpoint, hand back to the queue, resume later (API preempt); not a crash.
     preempt_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     progress_step: Mapped[int] = mapped_column(Integer, default=0)

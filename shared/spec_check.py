@@ -90,6 +90,14 @@ def _check_run_length(spec: JobSpec, plan: StepPlan, limits: SpecLimits) -> None
                 f"train.{field} is {value:,}; this service allows at most {limit:,}",
                 details=[{"loc": f"train.{field}", "msg": f"at most {limit}"}],
             )
+    # However it is asked for, the run's length is within the limit: epochs x steps.
+    if limits.max_steps is not None and plan.total_steps > limits.max_steps:
+        raise SpecError(
+            f"train.epochs {train.epochs:,} at batch_size {train.batch_size:,} over "
+            f"{plan.samples:,} samples means {plan.total_steps:,} steps; this service allows "
+            f"at most {limits.max_steps:,}: lower epochs, raise batch_size or set max_steps",
+            details=[{"loc": "train.epochs", "msg": "too many steps"}],
+        )
     # max_steps alone runs as many epochs as it takes: each one evaluates and checkpoints.
     if limits.max_epochs is not None and plan.epochs > limits.max_epochs:
         raise SpecError(

@@ -13,6 +13,8 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from api.auth import current_owner
 from api.body import json_object, refuse_unknown
 from api.context import db, services
+from api.idempotency import Idempotency, replayed
+from api.idempotency import from_request as idempotency_of
 from api.ownership import owned_job
 from api.params import choice_arg, int_arg
 from api.serialize import event_json, job_json
@@ -32,18 +34,24 @@ JOB_KINDS = ("train", "infer")
 def submit() -> tuple[Response, int, dict[str, str]]:
     """Validate, store as queued, then send the message (the row exists before the message)."""
     body = json_object('{"kind": "train", "spec": {...}}')
+    idempotency = idempotency_of(body)
+    first = replayed(db(), current_owner(), idempotency)
+    if first is not None:  # a retry: the job the first request made
+        location = url_for("api_v1.jobs.get_job", job_id=str(first.id))
+        return jsonify(job_json(first)), 202, {"Location": location}
     kind = body.get("kind", "train")
     if kind not in JOB_KINDS:
         raise SpecError(
             f"kind must be one of {list(JOB_KINDS)}, got {kind!r}",
             details=[{"loc": "kind", "msg": "unsupported job kind"}],
         )
-    job = submit_infer(body) if kind == "infer" else submit_train(body)
+    submit_kind = submit_infer if kind == "infer" else submit_train
+    job = submit_kind(body, idempotency)
     location = url_for("api_v1.jobs.get_job", job_id=str(job.id))
     return jsonify(job_json(job)), 202, {"Location": location}
 
 
-def submit_train(body: dict[str, Any]) -> Job:
+def submit_train(body: dict[str, Any], idempotency: Idempotency | None = None) -> Job:
     """A training job from {"kind": "train", "spec": {...}}."""
     spec = validate_train_spec(
         body.get("spec"), settings=services().settings, session=db(), owner=current_owner()
@@ -56,17 +64,18 @@ def submit_train(body: dict[str, Any]) -> Job:
         spec=spec.model_dump(mode="json"),
         queue=queue_for_device(spec.train.device),
         source_job_id=spec.model.init_from.job_id if spec.model.init_from else None,
+        idempotency=idempotency,
     )
 
 
-def submit_infer(body: dict[str, Any]) -> Job:
+def submit_infer(body: dict[str, Any], idempotency: Idempotency | None = None) -> Job:
     """An inference job from {"kind": "infer", "model_job_id", "checkpoint", "inputs"}."""
     refuse_unknown(
         body,
         {"kind", "model_job_id", "checkpoint", "inputs"},
         "an inference job is {'kind', 'model_job_id', 'checkpoint', 'inputs'}",
     )
-    return queue_infer({k: v for k, v in body.items() if k != "kind"})
+    return queue_infer({k: v for k, v in body.items() if k != "kind"}, idempotency)
 
 
 def _decode_cursor(raw: str) -> tuple[datetime, uuid.UUID]:

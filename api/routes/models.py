@@ -8,6 +8,8 @@ from flask import Blueprint, Response, jsonify, url_for
 from api.auth import current_owner
 from api.body import json_object, refuse_unknown
 from api.context import db, services
+from api.idempotency import from_request as idempotency_of
+from api.idempotency import replayed
 from api.inference import wait_final
 from api.ownership import parse_job_id
 from api.serialize import job_json
@@ -41,6 +43,7 @@ def predict(job_id: str) -> tuple[Response, int, dict[str, str]]:
     TRAINYARD_PREDICT_MAX_WAITING requests waiting; 422 when the inference job failed.
     """
     body = json_object('{"inputs": [...]}')
+    idempotency = idempotency_of(body)
     settings = services().settings
     wait = body.pop("wait_seconds", settings.predict_wait_seconds)
     if not isinstance(wait, int | float) or isinstance(wait, bool) or not 0 <= wait <= 600:
@@ -51,7 +54,9 @@ def predict(job_id: str) -> tuple[Response, int, dict[str, str]]:
     refuse_unknown(
         body, {"checkpoint", "inputs"}, "a prediction is {'inputs', 'checkpoint', 'wait_seconds'}"
     )
-    job = queue_infer({**body, "model_job_id": parse_job_id(job_id)})
+    # A retry with the same Idempotency-Key waits for (or answers with) the first job.
+    first = replayed(db(), current_owner(), idempotency)
+    job = first or queue_infer({**body, "model_job_id": parse_job_id(job_id)}, idempotency)
     location = url_for("api_v1.jobs.get_job", job_id=str(job.id))
     headers = {"Location": location}
     waiters = services().predict_waiters

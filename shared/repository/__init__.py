@@ -20,6 +20,7 @@ from shared.repository.checkpoints import (
 from shared.repository.jobs import (
     add_event,
     create_job,
+    database_now,
     get_job,
     list_events,
     list_jobs,
@@ -53,6 +54,7 @@ __all__ = [
     "checkpoint_id",
     "claim_job",
     "create_job",
+    "database_now",
     "delete_checkpoints_after",
     "delete_rows_after",
     "end_abandoned_jobs",

@@ -6,11 +6,18 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select, text, update
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from shared.errors import InvalidTransition, JobNotFound
-from shared.models import Job, JobEvent, JobStatus, utcnow
+from shared.models import Job, JobEvent, JobStatus, UTCDateTime, utcnow
+
+
+def database_now(session: Session) -> datetime:
+    """The database server's current time, UTC (PostgreSQL: the transaction's start)."""
+    now: datetime | None = session.scalar(select(func.now(type_=UTCDateTime())))
+    assert now is not None
+    return now
 
 
 def create_job(
@@ -23,6 +30,8 @@ def create_job(
     priority: int = 0,
     source_job_id: uuid.UUID | None = None,
     enqueued_at: datetime | None = None,
+    idempotency_key: str | None = None,
+    request_sha256: str | None = None,
 ) -> Job:
     """Insert a queued job and its 'queued' event (the caller commits before sending)."""
     job = Job(
@@ -34,6 +43,8 @@ def create_job(
         priority=priority,
         status=JobStatus.QUEUED,
         source_job_id=source_job_id,
+        idempotency_key=idempotency_key,
+        request_sha256=request_sha256,
         created_at=utcnow(),
     )
     session.add(job)
@@ -73,8 +84,9 @@ def list_jobs(
 
 
 def mark_enqueued(*, session: Session, job_id: uuid.UUID) -> datetime:
-    """Remember when the job's message was last sent (the sweeper re-sends stale ones)."""
-    now = utcnow()
+    """Remember when the job's message was last sent (the sweeper re-sends stale ones),
+    on the database's clock, which the sweeper judges with."""
+    now = database_now(session)
     session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=now))
     return now
 

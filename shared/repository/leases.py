@@ -1,7 +1,9 @@
 """Who runs a job: claims, heartbeats, the final status, and what the sweeper looks for.
 
 Every status change here is one guarded UPDATE, so two workers (or a worker and the
-sweeper) racing on one job cannot both win.
+sweeper) racing on one job cannot both win. Leases are written and judged with the
+database server's clock, never a host's: a worker or sweeper whose clock is off cannot
+take a healthy job or keep a dead one.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.errors import InvalidTransition, LeaseLost
-from shared.models import FINAL_STATUSES, Job, JobStatus, utcnow
-from shared.repository.jobs import add_event
+from shared.models import FINAL_STATUSES, Job, JobStatus
+from shared.repository.jobs import add_event, database_now
 
 
 def claim_job(
@@ -27,7 +29,7 @@ def claim_job(
     Returns None when another worker holds a live lease or the job is already final, so a
     redelivered message never trains the same job twice at once.
     """
-    now = utcnow()
+    now = database_now(session)
     claimable = or_(
         Job.status == JobStatus.QUEUED,
         and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now),
@@ -83,7 +85,7 @@ def heartbeat(
     Raises LeaseLost when this worker no longer holds the job (its lease expired and
     another worker claimed it, or the sweeper ended it): the caller must stop training.
     """
-    now = utcnow()
+    now = database_now(session)
     row = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
@@ -136,7 +138,7 @@ def finish_job(
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
-        .values(status=status, summary=summary, error=error, finished_at=utcnow())
+        .values(status=status, summary=summary, error=error, finished_at=database_now(session))
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         raise InvalidTransition(f"job {job_id} is not running on {worker}")
@@ -150,7 +152,7 @@ def jobs_to_resend(*, session: Session, older_than: timedelta, max_attempts: int
     whose worker stopped heartbeating while attempts are left: re-sent once right after
     the lease runs out, then again every `older_than` while nobody claims them.
     """
-    now = utcnow()
+    now = database_now(session)
     cutoff = now - older_than
     stale_queued = and_(
         Job.status == JobStatus.QUEUED,
@@ -177,7 +179,7 @@ def end_abandoned_jobs(*, session: Session, max_attempts: int) -> dict[str, int]
     A cancel request makes them cancelled; having used every attempt makes them failed.
     Each is one guarded UPDATE on the expired lease, so a job that just heartbeated stays.
     """
-    now = utcnow()
+    now = database_now(session)
     expired = and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
     outcomes = (
         (JobStatus.CANCELLED, Job.cancel_requested.is_(True), "cancelled; its worker was gone"),

@@ -27,3 +27,21 @@ def test_readyz_503_when_broker_down(settings: Settings) -> None:
 def test_unknown_route_is_json_404(client: FlaskClient) -> None:
     resp = client.get("/nope")
     assert resp.status_code == 404 and resp.get_json()["error"]["code"] == "not_found"
+
+
+def test_requests_get_503_with_retry_after_while_the_database_is_down(
+    settings: Settings,
+) -> None:
+    dead = settings.model_copy(update={"database_url": "postgresql+psycopg://x@127.0.0.1:1/x"})
+    client = create_app(dead).test_client()
+    headers = {"Authorization": "Bearer some-token"}
+    for resp in (
+        client.get("/api/v1/jobs", headers=headers),
+        client.post("/api/v1/jobs", json={"kind": "train", "spec": {}}, headers=headers),
+    ):
+        assert resp.status_code == 503, resp.get_json()
+        assert resp.headers["Retry-After"] == "5"
+        error = resp.get_json()["error"]
+        assert error["code"] == "database_unavailable" and "127.0.0.1" not in error["message"]
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.get_json()["checks"]["database"] != "ok"

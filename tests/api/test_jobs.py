@@ -6,6 +6,7 @@ import base64
 import json
 import uuid
 
+import pytest
 import redis
 from flask.testing import FlaskClient
 from sqlalchemy import select
@@ -279,3 +280,35 @@ def test_preempt_asks_a_running_job_to_checkpoint_and_requeue(
             step=3, total=10, epoch=1,
         )  # fmt: skip
     assert beat.preempt is True and beat.cancel is False
+
+
+def test_a_retried_submission_with_its_idempotency_key_gets_the_first_job(
+    client: FlaskClient,
+    alice: dict[str, str],
+    bob: dict[str, str],
+    sessions: sessionmaker[Session],
+    redis_client: redis.Redis,
+    submit: Submit,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    keyed = {**alice, "Idempotency-Key": "order-42"}
+    first = submit(keyed)
+    again = submit(keyed)
+    assert first.status_code == again.status_code == 202
+    assert again.get_json()["id"] == first.get_json()["id"]
+    assert redis_client.llen("train") == 1  # one message too
+    # The same key for another request is refused; another owner's keys are their own.
+    other = submit(keyed, {**LENET, "train": {"epochs": 2}})
+    assert other.status_code == 422
+    assert other.get_json()["error"]["details"][0]["loc"] == "Idempotency-Key"
+    assert submit({**bob, "Idempotency-Key": "order-42"}).status_code == 202
+    bad = submit({**alice, "Idempotency-Key": "x" * 256})
+    assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "invalid_parameter"
+    # Two requests racing past the lookup: the unique index lets one row in, and the
+    # loser answers with the winner's job.
+    monkeypatch.setattr("api.routes.jobs.replayed", lambda *args: None)
+    raced = submit(keyed)
+    assert raced.status_code == 202 and raced.get_json()["id"] == first.get_json()["id"]
+    with sessions() as session:
+        rows = session.scalars(select(Job).where(Job.owner == "alice")).all()
+    assert len(rows) == 1 and redis_client.llen("train") == 2  # alice's and bob's jobs

@@ -21,6 +21,7 @@ import torch
 from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
@@ -293,3 +294,24 @@ def test_a_model_whose_stored_spec_no_longer_validates_is_refused_naming_it(
     error = resp.get_json()["error"]
     assert error["details"][0]["loc"] == "model_job_id"
     assert f"job {model_job}'s spec no longer validates" in error["message"]
+
+
+def test_a_retried_prediction_with_its_idempotency_key_is_the_same_job(
+    client: FlaskClient,
+    alice: dict[str, str],
+    sessions: sessionmaker[Session],
+    infer_worker: ModelCache,
+) -> None:
+    model_job = _trained_job(sessions)
+    body = {"inputs": [_digit_png(0)]}
+    keyed = {**alice, "Idempotency-Key": "predict-1"}
+    url = f"/api/v1/models/{model_job}/predict"
+    first, again = (
+        client.post(url, json=body, headers=keyed),
+        client.post(url, json=body, headers=keyed),
+    )
+    assert first.status_code == again.status_code == 200, again.get_json()
+    assert again.get_json() == first.get_json()  # the first answer, from the first job
+    with sessions() as session:
+        infer_jobs = session.scalars(select(Job).where(Job.kind == "infer")).all()
+    assert len(infer_jobs) == 1

@@ -316,3 +316,18 @@ def test_max_steps_epochs_are_counted_as_the_loader_batches(
     assert resp.status_code == 400, resp.get_json()
     assert "3 epochs of 479 batches" in resp.get_json()["error"]["message"]
     assert submit(alice, spec(train={"batch_size": 3, "max_steps": 958})).status_code == 202
+
+
+def test_the_steps_that_epochs_imply_are_within_the_limit(
+    client: FlaskClient, alice: dict[str, str], submit: Submit
+) -> None:
+    # 1000 epochs at batch 1 over 160,000 samples: 160M steps, whatever max_steps says.
+    data = {"dataset": "synthetic", "size": 200_000, "input_shape": [4], "num_classes": 3}
+    layers = [{"type": "Linear", "in_features": 4, "out_features": 3}]
+    body = spec({"layers": layers}, data, {"epochs": 1000, "batch_size": 1})
+    resp = submit(alice, body)
+    assert resp.status_code == 400, resp.get_json()
+    error = resp.get_json()["error"]
+    assert error["details"][0]["loc"] == "spec.train.epochs"
+    assert "160,000,000 steps" in error["message"]
+    assert submit(alice, {**body, "train": {"epochs": 1000, "batch_size": 64}}).status_code == 202

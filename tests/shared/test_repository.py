@@ -216,3 +216,16 @@ def test_resume_states_beyond_the_newest_are_pruned_with_the_write(
         repository.delete_checkpoints_after(session=session, job_id=job.id, step=15)
         left = repository.list_checkpoints(session=session, job_id=job.id)
     assert [(c.step, c.tag) for c in left] == [(10, "epoch"), (10, "best"), (15, "step")]
+
+
+def test_leases_are_written_with_the_database_clock(
+    sessions: sessionmaker[Session], new_job: NewJob
+) -> None:
+    job = new_job()
+    with session_scope(sessions) as session:  # PostgreSQL's now() is the transaction's start
+        claimed = repository.claim_job(
+            session=session, job_id=job.id, worker="w", lease_seconds=60, max_attempts=3
+        )
+        now = repository.database_now(session)
+    assert claimed is not None and claimed.heartbeat_at == now  # not a host's clock
+    assert claimed.lease_expires_at == now + timedelta(seconds=60)
