@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -9,6 +10,7 @@ import uuid
 from functools import cache
 from typing import Any
 
+import torch
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -88,12 +90,27 @@ def infer(job_id: str) -> str:
     )
 
 
+# What allocators and storage say when they run out, across torch's CPU and CUDA paths.
+OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "Cannot allocate memory")
+DISK_FULL = ("No space left on device", "database or disk is full")
+
+
 def user_message(exc: BaseException) -> str:
     """One line a user can act on; tracebacks stay in the worker log."""
+    raw = str(exc)
     if isinstance(exc, TrainyardError | TrainingDiverged):
         text = str(exc.message if isinstance(exc, TrainyardError) else exc)
-    elif isinstance(exc, MemoryError) or "out of memory" in str(exc):
-        text = "out of memory: use a smaller model or batch_size"
+    elif isinstance(exc, MemoryError | torch.OutOfMemoryError) or any(
+        words in raw for words in OUT_OF_MEMORY
+    ):
+        where = (
+            "the GPU" if isinstance(exc, torch.OutOfMemoryError) or "CUDA" in raw else "the worker"
+        )
+        text = f"out of memory on {where}: use a smaller model or batch_size"
+    elif (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or any(
+        words in raw for words in DISK_FULL
+    ):
+        text = "disk full on the worker: free space where it writes (TRAINYARD_HOME, the database)"
     elif isinstance(exc, SQLAlchemyError):
         # Driver messages carry SQL, hosts and user names: keep them in the worker log.
         text = "the worker could not save results to the database; see the worker log"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 
+import sqlalchemy.exc
+import torch
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -13,7 +16,7 @@ from shared.db import session_scope
 from shared.models import Checkpoint, Job, LayerTrace, Metric
 from tests.support.fixture_types import ClaimedSink, CountRows, NewJob
 from tests.support.specs import TINY
-from worker.tasks import execute_train
+from worker.tasks import execute_train, user_message
 from worker.training.probes import TraceRow
 
 
@@ -119,3 +122,19 @@ def test_a_job_whose_stored_spec_no_longer_validates_fails_naming_it(
         job = session.get(Job, job_id)
         assert job is not None and job.error is not None
         assert job.error.startswith(f"spec: job {job_id}'s spec no longer validates")
+
+
+def test_failures_a_user_can_cause_say_what_to_do_in_one_line() -> None:
+    cpu = RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory:"
+        " you tried to allocate 81920000000 bytes. Error code 12 (Cannot allocate memory)"
+    )
+    assert user_message(cpu) == "out of memory on the worker: use a smaller model or batch_size"
+    gpu = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    assert user_message(gpu) == "out of memory on the GPU: use a smaller model or batch_size"
+    disk = OSError(errno.ENOSPC, "No space left on device")
+    full = Exception("database or disk is full")
+    sqlite = sqlalchemy.exc.OperationalError("INSERT ...", {}, full)
+    for exc in (disk, sqlite):
+        assert user_message(exc).startswith("disk full on the worker: ")
+    assert "\n" not in user_message(RuntimeError("first line\nsecond line"))
