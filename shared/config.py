@@ -66,7 +66,12 @@ class Settings(BaseSettings):
         default=2, ge=1, description="Resume states kept per job (plus best and final)"
     )
     requeue_after_seconds: int = Field(
-        default=300, description="A queued job untouched this long has its message re-sent"
+        default=300,
+        description="Without a view into the broker: a queued job untouched this long is re-sent",
+    )
+    resend_grace_seconds: float = Field(
+        default=10.0,
+        description="With Redis: a job whose message is gone this long is re-sent (once)",
     )
 
     def resolved_database_url(self) -> str:

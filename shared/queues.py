@@ -21,6 +21,7 @@ QUEUE_CPU = "train.cpu"  # device "cpu"
 ALL_TRAIN_QUEUES = (QUEUE_DEFAULT, QUEUE_GPU, QUEUE_CPU)
 # Predictions have their own queue and worker, so they never wait behind training.
 QUEUE_INFER = "infer"
+ALL_QUEUES = (*ALL_TRAIN_QUEUES, QUEUE_INFER)
 TASK_FOR_KIND = {"train": TRAIN_TASK, "infer": INFER_TASK}
 
 

@@ -1,5 +1,9 @@
 """Re-send lost job messages and fail jobs whose workers vanished too often.
 
+With Redis the sweeper looks into the broker (shared.broker_view) and re-sends a job's
+message only when none is alive, a few seconds after it went missing; otherwise it goes
+by the message's age (TRAINYARD_REQUEUE_AFTER_SECONDS).
+
 The database row is the truth; Redis may lose a message (restart without persistence,
 a send that failed after the row was committed). This pass makes the queue eventually
 match the table.
@@ -15,9 +19,10 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import repository
+from shared.broker_view import waiting_job_ids
 from shared.config import Settings
 from shared.db import session_scope
-from shared.queues import send_job
+from shared.queues import ALL_QUEUES, send_job
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +32,24 @@ def sweep_once(
 ) -> dict[str, int]:
     """One pass; returns how many messages were re-sent and jobs failed or cancelled."""
     resent = 0
+    grace = settings.resend_grace_seconds
+    try:
+        waiting = waiting_job_ids(celery, ALL_QUEUES, delivered_within=grace)
+    except Exception:
+        log.warning("broker unreachable; nothing is re-sent this sweep")
+        waiting = set()  # nothing is sent anyway; abandoned jobs still end below
+    # Looking into Redis, a message gone is known at once; otherwise go by its age.
+    older_than = grace if waiting is not None else settings.requeue_after_seconds
     with session_scope(sessions) as session:
         ended = repository.end_abandoned_jobs(session=session, max_attempts=settings.max_attempts)
         jobs = repository.jobs_to_resend(
             session=session,
-            older_than=timedelta(seconds=settings.requeue_after_seconds),
+            older_than=timedelta(seconds=older_than),
             max_attempts=settings.max_attempts,
         )
         for job in jobs:
+            if waiting is not None and str(job.id) in waiting:
+                continue  # its message is alive: a second one would only multiply
             try:
                 send_job(celery, job_id=str(job.id), kind=job.kind, queue=job.queue)
             except Exception:

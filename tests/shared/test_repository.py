@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from datetime import timedelta
 
 import pytest
@@ -14,7 +16,7 @@ from shared.config import Settings
 from shared.db import session_scope
 from shared.errors import InvalidTransition, LeaseLost
 from shared.models import Checkpoint, Job, JobStatus, utcnow
-from shared.queues import make_celery
+from shared.queues import make_celery, send_job
 from shared.sweeper import sweep_once
 from tests.support.fixture_types import NewJob
 
@@ -229,3 +231,34 @@ def test_leases_are_written_with_the_database_clock(
         now = repository.database_now(session)
     assert claimed is not None and claimed.heartbeat_at == now  # not a host's clock
     assert claimed.lease_expires_at == now + timedelta(seconds=60)
+
+
+def test_the_sweeper_resends_only_the_messages_the_broker_lost(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    redis_client: redis.Redis,
+    new_job: NewJob,
+) -> None:
+    celery = make_celery(settings)
+    jobs = [new_job() for _ in range(5)]
+    for job in jobs:
+        send_job(celery, job_id=str(job.id), kind="train", queue="train")
+
+    def age_everything() -> None:  # as if created and sent an hour ago
+        old = utcnow() - timedelta(hours=1)
+        with session_scope(sessions) as session:
+            session.execute(update(Job).values(created_at=old, enqueued_at=old))
+
+    sweep = {"sessions": sessions, "celery": celery, "settings": settings}
+    age_everything()
+    assert sweep_once(**sweep)["resent"] == 0  # every message still waits: no second one
+    assert redis_client.llen("train") == 5
+    redis_client.delete("train")  # Redis restarted without persistence
+    assert sweep_once(**sweep)["resent"] == 5
+    age_everything()
+    assert sweep_once(**sweep)["resent"] == 0
+    waiting = sorted(
+        json.loads(base64.b64decode(json.loads(raw)["body"]))[0][0]
+        for raw in redis_client.lrange("train", 0, -1)
+    )
+    assert waiting == sorted(str(job.id) for job in jobs)  # one message per job
