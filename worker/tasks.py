@@ -144,7 +144,7 @@ def execute_train(
             checkpoint_seconds=settings.checkpoint_seconds,
         )
         if result.suspended:
-            return _requeue(sessions, job_id, worker, settings, preempted=sink.preempted)
+            return _requeue(sessions, job, worker, settings, preempted=sink.preempted)
         summary = _summary(result)
         status = JobStatus.CANCELLED if result.stopped else JobStatus.SUCCEEDED
     except LeaseLost:
@@ -183,7 +183,7 @@ def _finish(
 
 def _requeue(
     sessions: sessionmaker[Session],
-    job_id: uuid.UUID,
+    job: Job,
     worker: str,
     settings: Settings,
     *,
@@ -193,17 +193,15 @@ def _requeue(
     new message; a send that fails is left to the sweeper, like any lost message."""
     reason = "preempted" if preempted else "the worker is shutting down"
     with session_scope(sessions) as session:
-        repository.requeue_job(session=session, job_id=job_id, worker=worker, reason=reason)
-        job = repository.get_job(session=session, job_id=job_id)
-        kind, queue = job.kind, job.queue
+        repository.requeue_job(session=session, job_id=job.id, worker=worker, reason=reason)
     try:
         with make_celery(settings) as celery:  # rare: a connection of its own is fine
-            send_job(celery, job_id=str(job_id), kind=kind, queue=queue)
+            send_job(celery, job_id=str(job.id), kind=job.kind, queue=job.queue)
         with session_scope(sessions) as session:
-            repository.mark_enqueued(session=session, job_id=job_id)
+            repository.mark_enqueued(session=session, job_id=job.id)
     except Exception:
-        log.exception("job %s: requeued, but its message could not be sent", job_id)
-    log.info("job %s requeued: %s", job_id, reason)
+        log.exception("job %s: requeued, but its message could not be sent", job.id)
+    log.info("job %s requeued: %s", job.id, reason)
     return "requeued"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -126,21 +127,21 @@ def get_job(job_id: str) -> Response:
 @bp.post("/jobs/<job_id>/cancel")
 def cancel(job_id: str) -> tuple[Response, int]:
     """Queued jobs end at once; running ones stop at their next step (409 if already final)."""
-    session = db()
-    job = owned_job(job_id)
-    repository.request_cancel(session=session, job_id=job.id)
-    session.commit()
-    session.refresh(job)
-    return jsonify(job_json(job)), 202
+    return _ask(job_id, repository.request_cancel)
 
 
 @bp.post("/jobs/<job_id>/preempt")
 def preempt(job_id: str) -> tuple[Response, int]:
     """A running job checkpoints at its next heartbeat, goes back to the queue and resumes
     from there later, without using an attempt (409 unless it is running)."""
+    return _ask(job_id, repository.request_preempt)
+
+
+def _ask(job_id: str, request: Callable[..., None]) -> tuple[Response, int]:
+    """Record a request on the caller's job; 202 with the job as it is now."""
     session = db()
     job = owned_job(job_id)
-    repository.request_preempt(session=session, job_id=job.id)
+    request(session=session, job_id=job.id)
     session.commit()
     session.refresh(job)
     return jsonify(job_json(job)), 202

@@ -10,14 +10,16 @@ from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from shared.errors import InvalidTransition, JobNotFound
-from shared.models import Job, JobEvent, JobStatus, UTCDateTime, utcnow
+from shared.models import Job, JobEvent, JobStatus, utcnow
 
 
-def database_now(session: Session) -> datetime:
-    """The database server's current time, UTC (PostgreSQL: the transaction's start)."""
-    now: datetime | None = session.scalar(select(func.now(type_=UTCDateTime())))
-    assert now is not None
-    return now
+def database_now(session: Session) -> Any:
+    """The database's clock for a statement to use: PostgreSQL's now() (the transaction's
+    start), evaluated by the server, so it costs no round trip of its own; the embedded
+    SQLite runs on this host, whose clock is then the database's."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.now()
+    return utcnow()
 
 
 def create_job(
@@ -86,9 +88,14 @@ def list_jobs(
 def mark_enqueued(*, session: Session, job_id: uuid.UUID) -> datetime:
     """Remember when the job's message was last sent (the sweeper re-sends stale ones),
     on the database's clock, which the sweeper judges with."""
-    now = database_now(session)
-    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=now))
-    return now
+    sent: datetime | None = session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(enqueued_at=database_now(session))
+        .returning(Job.enqueued_at)
+    ).scalar_one()
+    assert sent is not None
+    return sent
 
 
 def relax_durability(session: Session) -> None:

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 import redis
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import repository
@@ -228,7 +228,7 @@ def test_leases_are_written_with_the_database_clock(
         claimed = repository.claim_job(
             session=session, job_id=job.id, worker="w", lease_seconds=60, max_attempts=3
         )
-        now = repository.database_now(session)
+        now = session.scalar(select(func.now()))
     assert claimed is not None and claimed.heartbeat_at == now  # not a host's clock
     assert claimed.lease_expires_at == now + timedelta(seconds=60)
 

@@ -8,7 +8,7 @@ from torch.utils.data import TensorDataset
 
 from shared.spec import JobSpec, TrainSpec
 from shared.spec_check import check_spec
-from shared.steps import StepPlan, drops_last_batch
+from shared.steps import StepPlan
 from worker.training.callbacks import Callback
 from worker.training.data import make_loader
 from worker.training.loop import fit
@@ -24,7 +24,6 @@ def test_batches_per_epoch_are_what_the_training_loader_yields(batch_size: int) 
         )  # fmt: skip
         plan = StepPlan.of(train, samples)
         assert plan.batches_per_epoch == len(loader) == sum(1 for _ in loader), samples
-        assert drops_last_batch(samples, batch_size) == (samples % batch_size == 1 and samples > 1)
 
 
 def test_steps_group_micro_batches_and_max_steps_caps_the_epochs() -> None:

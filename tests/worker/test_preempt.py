@@ -24,6 +24,7 @@ from tests.support.fixture_types import NewJob
 from tests.support.jobs import job_outcome
 from worker.shutdown import SHUTTING_DOWN
 from worker.tasks import execute_train
+from worker.training import loop
 
 SPEC: dict[str, Any] = {
     "model": {"preset": "neural_network"},
@@ -35,13 +36,22 @@ SPEC: dict[str, Any] = {
 
 
 def _interrupt_mid_run(
+    monkeypatch: pytest.MonkeyPatch,
     sessions: sessionmaker[Session],
     settings: Settings,
     job_id: uuid.UUID,
     interrupt: Callable[[], None],
 ) -> str:
-    """Run the task in a thread; once it has stored progress, call `interrupt`."""
+    """Run the task in a thread; once it has stored progress, call `interrupt` (steps are
+    slowed down so the interrupt lands part-way even on a fast machine; no number changes)."""
     outcome: list[str] = []
+    real_step = loop.train_step
+
+    def slow_step(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.01)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", slow_step)
     fast = settings.model_copy(update={"heartbeat_seconds": 0.02, "flush_seconds": 0.0})
     thread = threading.Thread(
         target=lambda: outcome.append(
@@ -58,6 +68,7 @@ def _interrupt_mid_run(
         time.sleep(0.01)
     interrupt()
     thread.join(60)
+    monkeypatch.setattr(loop, "train_step", real_step)
     return outcome[0]
 
 
@@ -111,10 +122,11 @@ def test_a_warm_shutdown_requeues_the_job_without_using_an_attempt(
     settings: Settings,
     twins: tuple[uuid.UUID, uuid.UUID],
     redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     whole, job_id = twins
     try:
-        result = _interrupt_mid_run(sessions, settings, job_id, SHUTTING_DOWN.set)
+        result = _interrupt_mid_run(monkeypatch, sessions, settings, job_id, SHUTTING_DOWN.set)
     finally:
         SHUTTING_DOWN.clear()
     assert result == "requeued"
@@ -128,6 +140,7 @@ def test_a_preempted_job_resumes_where_it_was(
     settings: Settings,
     twins: tuple[uuid.UUID, uuid.UUID],
     redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     whole, job_id = twins
 
@@ -135,7 +148,7 @@ def test_a_preempted_job_resumes_where_it_was(
         with session_scope(sessions) as session:
             repository.request_preempt(session=session, job_id=job_id)
 
-    assert _interrupt_mid_run(sessions, settings, job_id, preempt) == "requeued"
+    assert _interrupt_mid_run(monkeypatch, sessions, settings, job_id, preempt) == "requeued"
     _check_requeued_then_resumed(sessions, settings, redis_client, job_id, whole, "preempted")
 
 

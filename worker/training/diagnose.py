@@ -22,7 +22,7 @@ from shared.spec import HookSpec
 from worker.training.callbacks import Event
 from worker.training.probes import HookRecorder, TraceRow
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[torch.Tensor, torch.Tensor]  # (inputs, targets) of one micro-batch
 
 # What a re-run of a bad step records: every hook, only what locates a NaN / Inf.
 NONFINITE_PROBE = HookSpec(

@@ -15,12 +15,16 @@ import torch
 from torch import nn
 
 from shared.spec import TrainSpec
-from worker.training.diagnose import Replay, first_nonfinite, nonfinite_message, replay_step
+from worker.training.diagnose import (
+    Batch,
+    Replay,
+    first_nonfinite,
+    nonfinite_message,
+    replay_step,
+)
 from worker.training.optim import current_lr
 from worker.training.probes import HookRecorder, TraceRow
 from worker.training.setup import Loader, Run
-
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True, slots=True)
