@@ -9,6 +9,7 @@ from flask import Flask
 
 from api import auth, errors
 from api.context import Services, close_session
+from api.quotas import install_rate_limit
 from api.routes import checkpoints, health, jobs, models, plots, reports, results
 from shared.config import Settings, get_settings
 from shared.db import make_engine, make_session_factory
@@ -34,6 +35,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.teardown_appcontext(close_session)
 
     errors.register(app)
+    limiter = install_rate_limit(app, settings)
+    if limiter is not None:
+        limiter.exempt(health.bp)  # load balancers and compose probe it all the time
     app.register_blueprint(health.bp)
     api_v1 = auth.protected_blueprint()
     for bp in (jobs.bp, results.bp, checkpoints.bp, models.bp, reports.bp, plots.bp):

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from shared.errors import TrainyardError
+from shared.errors import QuotaExceeded, TrainyardError
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 5  # what a 503 asks a client to wait before trying again
@@ -41,7 +41,10 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(TrainyardError)
     def _domain(exc: TrainyardError) -> tuple[Response, int]:
-        return problem(exc.status, exc.code, exc.message, exc.details)
+        response, status = problem(exc.status, exc.code, exc.message, exc.details)
+        if isinstance(exc, QuotaExceeded):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response, status
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge) -> tuple[Response, int]:

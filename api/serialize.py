@@ -29,6 +29,7 @@ def job_json(job: Job, *, with_spec: bool = True) -> dict[str, Any]:
         "status": job.status,
         "owner": job.owner,
         "queue": job.queue,
+        "priority": job.priority,
         "attempt": job.attempt,
         "worker": job.worker,
         "progress": {

@@ -14,6 +14,8 @@ from api.context import db, services
 from api.idempotency import Idempotency, replayed
 from api.inference import validate_infer
 from shared import repository
+from shared.disk import disk_room
+from shared.errors import DiskFull
 from shared.models import Job, utcnow
 from shared.queues import QUEUE_INFER, send_job
 
@@ -27,23 +29,28 @@ def enqueue(
     kind: str,
     spec: dict[str, Any],
     queue: str,
+    priority: int = 5,
     source_job_id: uuid.UUID | None = None,
     idempotency: Idempotency | None = None,
 ) -> Job:
     """Commit the queued job, then send "work on job X"; a send that fails is left to the
     sweeper (the job stays queued and is re-sent), so the caller still gets its job. A
     concurrent request with the same Idempotency-Key that committed first wins: its job
-    is the answer, and nothing is sent twice."""
-    transient = kind == "infer"
-    if transient:
-        # One short transaction that skips the WAL flush (repository.relax_durability),
-        # stamped as sent: the sweeper treats a send that then fails the same way as a
-        # message lost later (re-sent once requeue_after_seconds have passed).
+    is the answer, and nothing is sent twice.
+
+    One short transaction, stamped as sent: the sweeper treats a send that then fails
+    the same way as a message lost later (with Redis it sees the queue short of a
+    message within TRAINYARD_RESEND_GRACE_SECONDS), so a second commit to record the send
+    would buy nothing."""
+    refuse_when_disk_full()
+    if kind == "infer":
+        # Inference rows are transient: their commit skips the WAL flush
+        # (repository.relax_durability).
         repository.relax_durability(session)
     try:
         job = repository.create_job(
             session=session, owner=owner, kind=kind, spec=spec, queue=queue,
-            source_job_id=source_job_id, enqueued_at=utcnow() if transient else None,
+            priority=priority, source_job_id=source_job_id, enqueued_at=utcnow(),
             idempotency_key=idempotency.key if idempotency else None,
             request_sha256=idempotency.request_sha256 if idempotency else None,
         )  # fmt: skip
@@ -56,14 +63,17 @@ def enqueue(
         return first
     try:
         send_job(services().celery, job_id=str(job.id), kind=kind, queue=queue)
-        if not transient:
-            job.enqueued_at = repository.mark_enqueued(session=session, job_id=job.id)
-            session.commit()
     except Exception:
         log.exception("could not send job %s to the broker; the sweeper will retry", job.id)
-        session.rollback()
-        session.refresh(job)
     return job
+
+
+def refuse_when_disk_full() -> None:
+    """507 before storing a job on the embedded SQLite database whose disk is full, as
+    /readyz says (SQLite would still take a few jobs into its WAL file, then fail)."""
+    settings = services().settings
+    if settings.database_url is None and disk_room(settings.home).full:
+        raise DiskFull(f"the server's disk is full (under {settings.home}); nothing was stored")
 
 
 def queue_infer(fields: dict[str, Any], idempotency: Idempotency | None = None) -> Job:

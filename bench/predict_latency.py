@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import psycopg
 import redis
 import requests
 import torch
+from benchkit import free_port, percentile
 from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -64,17 +64,6 @@ raw.conf.update(task_default_queue="bench_raw", worker_hijack_root_logger=False)
 def add(x: int, y: int) -> int:
     """The canonical round trip."""
     return x + y
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def timed(call: Callable[[], object], n: int) -> list[float]:

@@ -149,7 +149,7 @@ def run_serve(settings: Settings, *, demo: bool, exit_after_demo: bool, api_work
     sweeper = threading.Thread(
         target=run_forever,
         kwargs={"sessions": sessions, "celery": make_celery(settings), "settings": settings,
-                "every_seconds": 30.0, "stop": stop},
+                "every_seconds": settings.sweep_seconds, "stop": stop},
         daemon=True,
     )  # fmt: skip
     sweeper.start()

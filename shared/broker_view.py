@@ -1,12 +1,13 @@
-"""What the broker holds: the jobs whose "work on job X" message is still alive in Redis.
+"""What the broker holds: the "work on job X" messages still alive in Redis, per queue.
 
-The sweeper re-sends a job's message only when the broker has none for it, so a backlog
-of queued jobs is never multiplied and a message lost with Redis (a restart without AOF)
-is sent again within one sweep. A message is alive while it waits in a queue, or for a
-short while after a worker took it (Celery keeps it "unacked" until the task ends; a
-worker that died before claiming the job leaves it there until Redis' visibility timeout,
-an hour, which is why only fresh deliveries count). Only Redis can be looked into; other
-brokers (the embedded filesystem transport) answer None and the sweeper goes by time.
+The sweeper re-sends messages only while a queue holds fewer than it has queued jobs, so
+a backlog of queued jobs is never multiplied, and a message lost with Redis (a restart
+without AOF) is sent again within a sweep or two. A message is alive while it waits in a
+queue, or for a short while after a worker took it (Celery keeps it "unacked" until the
+task ends; a worker that died before claiming the job leaves it there until Redis'
+visibility timeout, an hour, which is why only fresh deliveries count). Only Redis can
+be looked into; other brokers (the embedded filesystem transport) answer None and the
+sweeper goes by time.
 """
 
 from __future__ import annotations
@@ -23,21 +24,27 @@ from celery import Celery
 UNACKED, UNACKED_INDEX = "unacked", "unacked_index"
 
 
-def waiting_job_ids(
+def live_messages(
     celery: Celery, queues: Iterable[str], *, delivered_within: float
-) -> set[str] | None:
-    """Ids of the jobs with a live message, or None when the broker is not Redis."""
+) -> dict[str, list[str]] | None:
+    """queue -> the job ids its live messages carry (a repeat shows twice), or None when
+    the broker is not Redis."""
     if not str(celery.conf.broker_url).startswith(("redis://", "rediss://", "unix://")):
         return None
+    live: dict[str, list[str]] = {}
+    wanted = list(queues)
     with celery.connection_for_read() as connection:
         client: Any = connection.default_channel.client
-        ids = {_job_id(raw) for queue in queues for raw in client.lrange(queue, 0, -1)}
+        for queue in wanted:
+            live[queue] = [_job_id(raw) for raw in client.lrange(queue, 0, -1)]
         fresh = client.zrangebyscore(UNACKED_INDEX, time.time() - delivered_within, "+inf")
         for raw in client.hmget(UNACKED, fresh) if fresh else ():
-            if raw is not None:
-                ids.add(_job_id(json.loads(raw)[0]))
-    ids.discard("")
-    return ids
+            if raw is None:
+                continue
+            message, _exchange, routing_key = json.loads(raw)
+            if routing_key in live:
+                live[routing_key].append(_job_id(message))
+    return {queue: [i for i in ids if i] for queue, ids in live.items()}
 
 
 def _job_id(raw: bytes | str | dict[str, Any]) -> str:

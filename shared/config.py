@@ -21,6 +21,10 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite")
     broker_url: str | None = Field(default=None, description="Celery broker; default filesystem")
 
+    min_free_disk_mb: int = Field(
+        default=512, description="/readyz fails when less is free under home (nearly full)"
+    )
+
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     public_url: str | None = Field(default=None, description="Base URL printed to users")
@@ -32,6 +36,18 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=8192, description="Largest batch_size a job may ask for")
     max_train_memory_mb: int = Field(
         default=8192, description="Largest estimated training footprint (weights + activations)"
+    )
+    # Quotas per owner (0: none). Over one, a submission gets 429 naming it.
+    quota_max_queued: int = Field(default=200, ge=0, description="Queued jobs one owner may have")
+    quota_max_running: int = Field(
+        default=0, ge=0, description="Jobs of one owner running at once; more wait their turn"
+    )
+    quota_max_job_seconds: float = Field(
+        default=0.0, ge=0, description="Wall-clock seconds a job may train, over all attempts"
+    )
+    rate_limit: str = Field(
+        default="600 per minute;50 per second",
+        description="Requests per token (flask-limiter syntax; empty: no limit)",
     )
     page_limit: int = Field(default=100, description="Default and maximum page size")
     max_result_rows: int = Field(
@@ -55,8 +71,20 @@ class Settings(BaseSettings):
         default=1024, description="Memory an inference worker keeps loaded models in (LRU)"
     )
 
-    lease_seconds: int = Field(default=120, description="A running job's claim without heartbeat")
-    heartbeat_seconds: float = Field(default=2.0, description="Progress / lease update period")
+    # A dead worker's job is re-sent once its lease runs out and the sweeper next looks:
+    # lease + sweep period stays under 30 s. The heartbeat runs on a thread of its own, so
+    # a long step never lets the lease run out.
+    lease_seconds: int = Field(default=20, description="A running job's claim without heartbeat")
+    heartbeat_seconds: float = Field(default=5.0, description="Progress / lease update period")
+    sweep_seconds: float = Field(default=5.0, description="Period of the sweeper's passes")
+    shutdown_grace_seconds: float = Field(
+        default=30.0,
+        description="A worker told to stop exits at most this long after (compose waits 60 s)",
+    )
+    db_outage_seconds: float = Field(
+        default=60.0,
+        description="How long a worker retries database writes before the job fails",
+    )
     flush_seconds: float = Field(default=1.0, description="Metric and trace batch write period")
     max_attempts: int = Field(default=3, description="Claims before a lost job is failed")
     checkpoint_seconds: float = Field(

@@ -93,6 +93,24 @@ class LeaseLost(TrainyardError):
     code = "lease_lost"
 
 
+class QuotaExceeded(TrainyardError):
+    """An owner is over one of its quotas (the message names it); retry after a while."""
+
+    status = 429
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, quota: str, retry_after: int) -> None:
+        super().__init__(message, details=[{"loc": "quota", "msg": quota}])
+        self.retry_after = retry_after
+
+
+class DiskFull(TrainyardError):
+    """The disk the embedded database writes to is full: nothing new is stored."""
+
+    status = 507
+    code = "insufficient_storage"
+
+
 class Unauthorized(TrainyardError):
     """Missing, unknown or revoked bearer token."""
 

@@ -129,6 +129,10 @@ class Job(Base):
         Index("ix_jobs_status_created", "status", "created_at"),
         # A retried submission with the same Idempotency-Key finds the first job.
         Index("ix_jobs_owner_idempotency_key", "owner", "idempotency_key", unique=True),
+        # The claim order: priority, then fair share between owners (leases.claim_next).
+        Index("ix_jobs_queue_status_priority", "queue", "status", "priority", "created_at"),
+        Index("ix_jobs_owner_status", "owner", "status"),
+        Index("ix_jobs_owner_started", "owner", "started_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -137,7 +141,7 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
     queue: Mapped[str] = mapped_column(String(32))
-    priority: Mapped[int] = mapped_column(Integer, default=0)
+    priority: Mapped[int] = mapped_column(Integer, default=5)  # 0-9; 9 runs first
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(255))
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -10,7 +10,10 @@ so nothing is dry-run or counted twice. Errors locate fields relative to the spe
 
 from __future__ import annotations
 
+import json
+import threading
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,9 +76,43 @@ def check_spec(
     plan = StepPlan.of(spec.train, train_size(spec.data))
     _check_run_length(spec, plan, limits)
     check_data_available(spec.data, data_dir)
-    model, report = checked_model(spec, limits.max_params)
+    model, report = _DRY_RUNS.checked_model(spec, limits.max_params)
     _check_memory(spec, report, limits)
     return CheckedSpec(spec=spec, model=model, dry_run=report, plan=plan)
+
+
+class DryRunCache:
+    """The last `size` successful dry runs, by what they read: the model, the data and
+    the loss (a sweep or a resubmission repeats them, and the dry run is most of what a
+    submission costs). The cached meta model is shared: callers only read it.
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._runs: OrderedDict[str, tuple[nn.Sequential, DryRun]] = OrderedDict()
+
+    def checked_model(self, spec: JobSpec, max_params: int) -> tuple[nn.Sequential, DryRun]:
+        """checked_model(spec, max_params), from the cache when it ran before."""
+        key = json.dumps(
+            [spec.model.model_dump(mode="json"), spec.data.model_dump(mode="json"),
+             spec.train.loss, max_params],
+            sort_keys=True,
+        )  # fmt: skip
+        with self._lock:
+            hit = self._runs.get(key)
+            if hit is not None:
+                self._runs.move_to_end(key)
+                return hit
+        result = checked_model(spec, max_params)  # errors are not kept: they name the spec
+        with self._lock:
+            self._runs[key] = result
+            while len(self._runs) > self._size:
+                self._runs.popitem(last=False)
+        return result
+
+
+_DRY_RUNS = DryRunCache()
 
 
 def _check_run_length(spec: JobSpec, plan: StepPlan, limits: SpecLimits) -> None:

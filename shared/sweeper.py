@@ -1,8 +1,8 @@
 """Re-send lost job messages and fail jobs whose workers vanished too often.
 
-With Redis the sweeper looks into the broker (shared.broker_view) and re-sends a job's
-message only when none is alive, a few seconds after it went missing; otherwise it goes
-by the message's age (TRAINYARD_REQUEUE_AFTER_SECONDS).
+With Redis the sweeper looks into the broker (shared.broker_view) and re-sends messages
+only while a queue holds fewer than it has queued jobs, a few seconds after they went
+missing; otherwise it goes by the message's age (TRAINYARD_REQUEUE_AFTER_SECONDS).
 
 The database row is the truth; Redis may lose a message (restart without persistence,
 a send that failed after the row was committed). This pass makes the queue eventually
@@ -13,43 +13,60 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import timedelta
 
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import repository
-from shared.broker_view import waiting_job_ids
+from shared.broker_view import live_messages
 from shared.config import Settings
 from shared.db import session_scope
+from shared.db_retry import is_transient
+from shared.models import Job, JobStatus
 from shared.queues import ALL_QUEUES, send_job
 
 log = logging.getLogger(__name__)
 
 
 def sweep_once(
-    *, sessions: sessionmaker[Session], celery: Celery, settings: Settings
+    *,
+    sessions: sessionmaker[Session],
+    celery: Celery,
+    settings: Settings,
+    judge_leases: bool = True,
 ) -> dict[str, int]:
-    """One pass; returns how many messages were re-sent and jobs failed or cancelled."""
+    """One pass; returns how many messages were re-sent and jobs failed or cancelled.
+
+    `judge_leases=False` leaves running jobs alone (their leases may have run out only
+    because their heartbeats could not reach the database).
+    """
     resent = 0
     grace = settings.resend_grace_seconds
     try:
-        waiting = waiting_job_ids(celery, ALL_QUEUES, delivered_within=grace)
+        live = live_messages(celery, ALL_QUEUES, delivered_within=grace)
     except Exception:
         log.warning("broker unreachable; nothing is re-sent this sweep")
-        waiting = set()  # nothing is sent anyway; abandoned jobs still end below
+        live = {}  # nothing is sent anyway; abandoned jobs still end below
     # Looking into Redis, a message gone is known at once; otherwise go by its age.
-    older_than = grace if waiting is not None else settings.requeue_after_seconds
+    older_than = timedelta(seconds=grace if live is not None else settings.requeue_after_seconds)
     with session_scope(sessions) as session:
-        ended = repository.end_abandoned_jobs(session=session, max_attempts=settings.max_attempts)
+        ended = (
+            repository.end_abandoned_jobs(session=session, max_attempts=settings.max_attempts)
+            if judge_leases
+            else {}
+        )
         jobs = repository.jobs_to_resend(
             session=session,
-            older_than=timedelta(seconds=older_than),
+            older_than=older_than,
             max_attempts=settings.max_attempts,
+            lost_running=judge_leases,
         )
+        if live is not None:
+            queued = repository.queued_counts(session=session, older_than=older_than)
+            jobs = _missing_turns(jobs, live, queued)
         for job in jobs:
-            if waiting is not None and str(job.id) in waiting:
-                continue  # its message is alive: a second one would only multiply
             try:
                 send_job(celery, job_id=str(job.id), kind=job.kind, queue=job.queue)
             except Exception:
@@ -61,6 +78,31 @@ def sweep_once(
     return {"resent": resent, **ended}
 
 
+def _missing_turns(
+    due: list[Job], live: dict[str, list[str]], queued: dict[str, int]
+) -> list[Job]:
+    """Of the jobs due a re-send, those whose turn the broker lacks.
+
+    A lost running job needs a message with its own id. A queued job needs a turn in its
+    queue: a worker runs whichever queued job comes first there, so any message counts,
+    and a queue holding as many messages as it has queued jobs gets none more (oldest
+    jobs without a message of their own first).
+    """
+    lost = [job for job in due if job.status == JobStatus.RUNNING]
+    lost_ids = {str(job.id) for job in lost}
+    chosen = [job for job in lost if str(job.id) not in live.get(job.queue, [])]
+    for queue, count in queued.items():
+        messages = live.get(queue, [])
+        turns = sum(1 for job_id in messages if job_id not in lost_ids)
+        own = set(messages)
+        waiting = [
+            job for job in due
+            if job.queue == queue and job.status == JobStatus.QUEUED and str(job.id) not in own
+        ]  # fmt: skip
+        chosen.extend(waiting[: max(0, count - turns)])
+    return chosen
+
+
 def run_forever(
     *,
     sessions: sessionmaker[Session],
@@ -69,11 +111,27 @@ def run_forever(
     every_seconds: float,
     stop: threading.Event,
 ) -> None:
-    """Sweep until `stop` is set; errors are logged and retried, never fatal."""
+    """Sweep until `stop` is set; errors are logged and retried, never fatal.
+
+    After a database outage the sweeper waits one lease before judging leases again: the
+    workers' heartbeats could not land while it lasted, and they need that long to renew.
+    """
+    database_down, judge_from = False, 0.0
     while not stop.wait(every_seconds):
+        judge = not database_down and time.monotonic() >= judge_from
         try:
-            counts = sweep_once(sessions=sessions, celery=celery, settings=settings)
-            if any(counts.values()):
-                log.info("sweep: %s", counts)
-        except Exception:
-            log.exception("sweep failed; retrying in %ss", every_seconds)
+            counts = sweep_once(
+                sessions=sessions, celery=celery, settings=settings, judge_leases=judge
+            )
+        except Exception as exc:
+            if is_transient(exc):
+                database_down = True
+                log.warning("sweep: database unreachable; retrying in %ss", every_seconds)
+            else:
+                log.exception("sweep failed; retrying in %ss", every_seconds)
+            continue
+        if database_down:
+            database_down, judge_from = False, time.monotonic() + settings.lease_seconds
+            log.info("sweep: database back; judging leases again in %ss", settings.lease_seconds)
+        if any(counts.values()):
+            log.info("sweep: %s", counts)

@@ -97,7 +97,11 @@ def redis_client() -> Iterator[redis.Redis]:
 
 @pytest.fixture()
 def settings(pg_url: str, tmp_path: Path) -> Settings:
-    return Settings(database_url=pg_url, broker_url=REDIS_URL, home=tmp_path / "home")
+    # No request rate limit: in-process tests fire requests faster than any client would
+    # (tests/api/test_quotas.py turns it on).
+    return Settings(
+        database_url=pg_url, broker_url=REDIS_URL, home=tmp_path / "home", rate_limit=""
+    )
 
 
 @pytest.fixture()

@@ -1,16 +1,17 @@
 """A real Celery worker process and a real gunicorn API on PostgreSQL + Redis.
 
-The processes start once per test session; each test gets a fresh token, since other
-tests empty the tables between tests.
+The processes start once per test session on a database of their own: the worker runs
+whichever queued job comes first in its queue, so it must not see the rows other tests
+leave behind. Each test gets a token of a fresh owner.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,13 @@ import redis
 import requests
 from sqlalchemy.orm import Session, sessionmaker
 
+from cli.migrate import upgrade
 from cli.serve import api_command, stop_children, wait_healthy, worker_command
+from shared.db import make_engine, make_session_factory
 from shared.models import FINAL_STATUSES
 from shared.queues import ALL_TRAIN_QUEUES, QUEUE_INFER
-from tests.support.servers import LIVE_REDIS_URL, make_token
+from tests.support.processes import die_with_parent, free_port
+from tests.support.servers import LIVE_REDIS_URL, create_database, drop_database, make_token
 
 ROOT = Path(__file__).resolve().parents[2]
 FINAL = tuple(str(s) for s in FINAL_STATUSES)
@@ -73,22 +77,32 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@pytest.fixture(scope="session")
+def live_db_url(pg_url: str) -> Iterator[str]:
+    """The live processes' database, migrated to head."""
+    name = pg_url.rsplit("/", 1)[1] + "_live"
+    url = create_database(name)
+    upgrade(url, "head")
+    yield url
+    drop_database(name)
 
 
 @pytest.fixture(scope="session")
-def live_url(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def live_sessions(live_db_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(live_db_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def live_url(live_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Start `celery worker` and gunicorn as child processes; stop them after the session."""
     redis.Redis.from_url(LIVE_REDIS_URL).flushdb()
     port = free_port()
     logs = tmp_path_factory.mktemp("live")
     env = {
         **os.environ,
-        "TRAINYARD_DATABASE_URL": pg_url,
+        "TRAINYARD_DATABASE_URL": live_db_url,
         "TRAINYARD_BROKER_URL": LIVE_REDIS_URL,
         "TRAINYARD_HOME": str(logs),
         "TRAINYARD_API_PORT": str(port),
@@ -103,9 +117,11 @@ def live_url(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         ("api", api_command("127.0.0.1", port, 2)),
     ):
         out = (logs / f"{name}.log").open("w")
-        procs.append(
-            (name, subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT))
-        )
+        child = subprocess.Popen(
+            cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,  # no orphan may consume the next run's messages
+        )  # fmt: skip
+        procs.append((name, child))
     base = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(base, timeout=90)
@@ -118,6 +134,7 @@ def live_url(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 @pytest.fixture()
-def live(live_url: str, sessions: sessionmaker[Session]) -> LiveService:
+def live(live_url: str, live_sessions: sessionmaker[Session]) -> LiveService:
     """The live service with a token of a fresh owner."""
-    return LiveService(live_url, {"Authorization": f"Bearer {make_token(sessions, 'e2e')}"})
+    owner = f"e2e-{uuid.uuid4().hex[:8]}"
+    return LiveService(live_url, {"Authorization": f"Bearer {make_token(live_sessions, owner)}"})

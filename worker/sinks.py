@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from sqlalchemy.orm import Session, sessionmaker
@@ -16,9 +16,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import repository
 from shared.config import Settings
 from shared.db import session_scope
+from shared.db_retry import retry_database
 from shared.errors import LeaseLost
 from shared.jsonvalues import json_safe
 from shared.models import LayerTrace
+from worker.lease_keeper import LeaseKeeper
 from worker.shutdown import SHUTTING_DOWN
 from worker.training.callbacks import Callback, Event, FitResult
 from worker.training.checkpoint import CheckpointBlob
@@ -26,6 +28,8 @@ from worker.training.probes import TraceRow
 from worker.writer import RowWriter
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class DatabaseSink(Callback):
@@ -35,11 +39,12 @@ class DatabaseSink(Callback):
     goes to the writer, which commits it off the training thread; a step costs a list
     append, and a hand-off waits only when the writer's bounded buffer is full. Epoch
     ends, checkpoints and close wait until the rows are committed, so what the API shows
-    at an epoch boundary is complete. The heartbeat that extends the job's lease (on
-    the training thread, every `heartbeat_seconds`) also reads its cancel and preempt
+    at an epoch boundary is complete. The heartbeat that extends the job's lease (a
+    LeaseKeeper thread, every `heartbeat_seconds`) also reads its cancel and preempt
     flags, which `should_stop` / `should_suspend` report to the loop (a warm shutdown of
-    the worker, `shutting_down`, suspends too); a lost lease raises LeaseLost and drops
-    the rows not yet written (another worker owns the job now).
+    the worker, `shutting_down`, suspends too); a lost lease raises LeaseLost at the next
+    step and drops the rows not yet written (another worker owns the job now). Every
+    write rides through a database outage of up to `db_outage_seconds`.
     """
 
     def __init__(
@@ -58,25 +63,33 @@ class DatabaseSink(Callback):
         self._worker = worker
         self._settings = settings
         self._clock = clock
-        self._writer = writer or RowWriter(sessions=sessions, job_id=job_id)
+        self._writer = writer or RowWriter(
+            sessions=sessions, job_id=job_id, outage_seconds=settings.db_outage_seconds
+        )
+        self._lease = LeaseKeeper(
+            sessions=sessions,
+            job_id=job_id,
+            worker=worker,
+            settings=settings,
+            on_lost=self._writer.abort,  # the job is another worker's now; stop writing for it
+        )
         self._metrics: list[dict[str, Any]] = []
         self._traces: list[dict[str, Any]] = []
-        self._last_flush = self._last_beat = clock()
-        self._step = 0
-        self._epoch = 0
+        self._last_flush = clock()
         self._total: int | None = None
-        self._cancel = False
-        self._preempt = False
         self._shutting_down = shutting_down
 
     def on_fit_start(
         self, *, model: torch.nn.Module, total_steps: int, device: torch.device
     ) -> None:
         self._total = total_steps
-        self._heartbeat()
+        self._lease.report(step=0, total=total_steps, epoch=0)
+        self._lease.beat()
+        self._lease.start()
 
     def on_step_end(self, *, step: int, epoch: int, loss: float, traces: list[TraceRow]) -> None:
-        self._step, self._epoch = step, epoch
+        self._lease.check()  # LeaseLost / DatabaseGone seen by the heartbeat thread
+        self._lease.report(step=step, total=self._total, epoch=epoch)
         self._metrics.append(
             {"split": "train", "name": "loss", "step": step, "epoch": epoch, "value": loss}
         )
@@ -84,8 +97,6 @@ class DatabaseSink(Callback):
         now = self._clock()
         if now - self._last_flush >= self._settings.flush_seconds:
             self._hand_off()
-        if now - self._last_beat >= self._settings.heartbeat_seconds:
-            self._heartbeat()
 
     def on_metrics(self, *, step: int, epoch: int, split: str, values: dict[str, float]) -> None:
         for name, value in values.items():
@@ -100,10 +111,13 @@ class DatabaseSink(Callback):
             row = {"split": split, "name": name, "step": step, "epoch": epoch, "value": value}
             self._metrics.append(row)
         self.flush()
-        self._heartbeat()
+        self._lease.beat()  # progress at the epoch boundary, at once
 
     def on_checkpoint(self, *, blob: CheckpointBlob) -> None:
         self.flush()
+        self._retrying(f"saving the step {blob.step} checkpoint", self._save_checkpoint, blob)
+
+    def _save_checkpoint(self, blob: CheckpointBlob) -> None:
         with session_scope(self._sessions) as session:
             repository.save_checkpoint(
                 session=session,
@@ -119,20 +133,23 @@ class DatabaseSink(Callback):
             )
 
     def should_stop(self) -> bool:
-        return self._cancel
+        return self._lease.requests.cancel
 
     def should_suspend(self) -> bool:
         # The shutdown flag is read every step (a redeploy waits on it); a preempt request
         # arrives with the next heartbeat.
-        return self._preempt or self._shutting_down.is_set()
+        return self._lease.requests.preempt or self._shutting_down.is_set()
 
     @property
     def preempted(self) -> bool:
         """Whether a user asked to preempt the job (else a suspension is a shutdown)."""
-        return self._preempt
+        return self._lease.requests.preempt
 
     def on_event(self, *, event: Event) -> None:
         # Alerts and skipped steps are rare: written at once, where the API lists events.
+        self._retrying(f"saving a {event.kind} event", self._save_event, event)
+
+    def _save_event(self, event: Event) -> None:
         with session_scope(self._sessions) as session:
             repository.add_event(
                 session=session,
@@ -147,6 +164,7 @@ class DatabaseSink(Callback):
 
     def on_fit_error(self, *, error: BaseException) -> None:
         if isinstance(error, LeaseLost):
+            self._lease.stop()
             return  # the heartbeat stopped the writer: the job is another worker's now
         if not isinstance(error, Exception):
             # KeyboardInterrupt / SystemExit in the long-lived worker: no writer thread may
@@ -166,11 +184,14 @@ class DatabaseSink(Callback):
         try:
             self._hand_off()
         finally:
+            self._lease.stop()
             self._writer.close()  # joins the writer thread even when the hand-off raised
-        self._heartbeat()
+        self._lease.beat()
 
     def abort(self) -> None:
-        """Stop the writer thread without writing more (the job ended some other way)."""
+        """Stop the writer and heartbeat threads without writing more (the job ended some
+        other way)."""
+        self._lease.stop()
         self._writer.abort()
 
     def flush(self) -> None:
@@ -188,23 +209,10 @@ class DatabaseSink(Callback):
             self._writer.put("layer_traces", traces)
         self._last_flush = self._clock()
 
-    def _heartbeat(self) -> None:
-        try:
-            with session_scope(self._sessions) as session:
-                requests = repository.heartbeat(
-                    session=session,
-                    job_id=self._job_id,
-                    worker=self._worker,
-                    lease_seconds=self._settings.lease_seconds,
-                    step=self._step,
-                    total=self._total,
-                    epoch=self._epoch,
-                )
-        except LeaseLost:
-            self._writer.abort()  # the job is another worker's now; stop writing for it
-            raise
-        self._cancel, self._preempt = requests.cancel, requests.preempt
-        self._last_beat = self._clock()
+    def _retrying(self, what: str, work: Callable[[T], None], arg: T) -> None:
+        retry_database(
+            lambda: work(arg), what=what, window_seconds=self._settings.db_outage_seconds
+        )
 
 
 _TRACE_COLUMNS = frozenset(LayerTrace.__table__.columns.keys())

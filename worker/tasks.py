@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import repository
 from shared.config import Settings, get_settings
 from shared.db import make_engine, make_session_factory, session_scope
+from shared.db_retry import retry_database
 from shared.errors import InvalidTransition, LeaseLost, NotFound, TrainyardError
 from shared.infer_inputs import InputLimits, inputs_tensor
 from shared.jsonvalues import json_safe_object
@@ -33,6 +34,7 @@ from worker.training.device import resolve_device
 from worker.training.diagnose import TrainingDiverged
 from worker.training.loop import fit
 from worker.training.resume import ResumePoint
+from worker.training.time_limit import TimeLimit
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +125,15 @@ def user_message(exc: BaseException) -> str:
 def execute_train(
     job_id: uuid.UUID, *, worker: str, sessions: sessionmaker[Session], settings: Settings
 ) -> str:
-    """queued -> running -> succeeded | failed | cancelled; never leaves a job running."""
-    job = _claim(sessions, job_id, worker, settings)
+    """queued -> running -> succeeded | failed | cancelled; never leaves a job running.
+
+    The message names a job, but the worker runs the one the claim order puts first in
+    that job's queue (priority, then fair share between owners): see claim_for_message.
+    """
+    job = _claim_turn(sessions, job_id, worker, settings)
     if job is None:
         return "skipped"
+    job_id = job.id
 
     sink = DatabaseSink(sessions=sessions, job_id=job_id, worker=worker, settings=settings)
     status, summary, error = JobStatus.FAILED, None, None
@@ -134,19 +141,23 @@ def execute_train(
         spec = load_stored_spec(job.spec, job_id=job_id)
         with sessions() as session:
             initial_state = _initial_state(session, spec)
+        limit = _time_limit(job, settings)
         result = fit(
             spec,
-            callbacks=[sink],
+            callbacks=[sink] if limit is None else [sink, limit],
             max_params=settings.max_params,
             data_dir=settings.data_dir,
             initial_state=initial_state,
-            resume=_resume_point(sessions, job_id, attempt=job.attempt),
+            resume=retry_database(
+                lambda: _resume_point(sessions, job_id, attempt=job.attempt),
+                what="loading the resume point",
+                window_seconds=settings.db_outage_seconds,
+            ),
             checkpoint_seconds=settings.checkpoint_seconds,
         )
-        if result.suspended:
+        if result.suspended and not (limit is not None and limit.reached):
             return _requeue(sessions, job, worker, settings, preempted=sink.preempted)
-        summary = _summary(result)
-        status = JobStatus.CANCELLED if result.stopped else JobStatus.SUCCEEDED
+        status, summary, error = _outcome(result, limit)
     except LeaseLost:
         # Another worker holds the job now (or the sweeper ended it): its outcome wins.
         log.warning("job %s: lost the claim while training; stopped", job_id)
@@ -154,7 +165,7 @@ def execute_train(
     except Exception as exc:  # the sink kept what was logged before (on_fit_error)
         log.exception("job %s failed", job_id)
         error = user_message(exc)
-    if not _finish(sessions, job_id, worker, status=status, summary=summary, error=error):
+    if not _finish(sessions, job_id, worker, settings, status=status, summary=summary, error=error):
         return "lost"
     return str(status)
 
@@ -163,18 +174,26 @@ def _finish(
     sessions: sessionmaker[Session],
     job_id: uuid.UUID,
     worker: str,
+    settings: Settings,
     *,
     status: JobStatus,
     summary: dict[str, Any] | None,
     error: str | None,
 ) -> bool:
-    """Record the outcome; False when the claim was lost (another worker's outcome wins)."""
-    try:
+    """Record the outcome; False when the claim was lost (another worker's outcome wins).
+    Retried through a database outage: the claim stays this worker's while it lasts."""
+
+    def record() -> None:
         with session_scope(sessions) as session:
             repository.finish_job(
                 session=session, job_id=job_id, worker=worker, status=status,
                 summary=summary, error=error,
             )  # fmt: skip
+
+    try:
+        retry_database(
+            record, what="recording the outcome", window_seconds=settings.db_outage_seconds
+        )
     except InvalidTransition:
         log.warning("job %s: lost the claim before finishing; result dropped", job_id)
         return False
@@ -192,8 +211,14 @@ def _requeue(
     """Back to the queue after a resumable checkpoint (the attempt is given back), and a
     new message; a send that fails is left to the sweeper, like any lost message."""
     reason = "preempted" if preempted else "the worker is shutting down"
-    with session_scope(sessions) as session:
-        repository.requeue_job(session=session, job_id=job.id, worker=worker, reason=reason)
+
+    def hand_back() -> None:
+        with session_scope(sessions) as session:
+            repository.requeue_job(session=session, job_id=job.id, worker=worker, reason=reason)
+
+    retry_database(
+        hand_back, what="handing the job back", window_seconds=settings.db_outage_seconds
+    )
     try:
         with make_celery(settings) as celery:  # rare: a connection of its own is fine
             send_job(celery, job_id=str(job.id), kind=job.kind, queue=job.queue)
@@ -222,6 +247,51 @@ def _claim(
             log.info("job %s not claimable (final, cancelled or leased elsewhere)", job_id)
             return None
         return job
+
+
+def _time_limit(job: Job, settings: Settings) -> TimeLimit | None:
+    """The job's wall-clock quota, counting the time since its first start (both stamps
+    come from the database's clock at the claim)."""
+    if not settings.quota_max_job_seconds:
+        return None
+    used = 0.0
+    if job.started_at is not None and job.heartbeat_at is not None:
+        used = max(0.0, (job.heartbeat_at - job.started_at).total_seconds())
+    return TimeLimit(limit_seconds=settings.quota_max_job_seconds, used_seconds=used)
+
+
+def _outcome(
+    result: FitResult, limit: TimeLimit | None
+) -> tuple[JobStatus, dict[str, Any], str | None]:
+    """A fit's final status, summary and error (a suspended fit here hit its time limit)."""
+    summary = _summary(result)
+    if result.suspended and limit is not None:
+        return JobStatus.FAILED, summary, limit.message()
+    return (JobStatus.CANCELLED if result.stopped else JobStatus.SUCCEEDED), summary, None
+
+
+def _claim_turn(
+    sessions: sessionmaker[Session], job_id: uuid.UUID, worker: str, settings: Settings
+) -> Job | None:
+    """Claim the training job this message's turn goes to; None when none is waiting."""
+
+    def claim() -> Job | None:
+        with session_scope(sessions) as session:
+            return repository.claim_for_message(
+                session=session,
+                job_id=job_id,
+                worker=worker,
+                lease_seconds=settings.lease_seconds,
+                max_attempts=settings.max_attempts,
+                max_running_per_owner=settings.quota_max_running or None,
+            )
+
+    job = retry_database(claim, what="claiming a job", window_seconds=settings.db_outage_seconds)
+    if job is None:
+        log.info("message for job %s: nothing to claim in its queue", job_id)
+    elif job.id != job_id:
+        log.info("message for job %s: ran job %s first (priority / fair share)", job_id, job.id)
+    return job
 
 
 def _resume_point(
@@ -319,7 +389,7 @@ def execute_infer(
     except Exception as exc:
         log.exception("inference job %s failed", job_id)
         error = user_message(exc)
-    if not _finish(sessions, job_id, worker, status=status, summary=summary, error=error):
+    if not _finish(sessions, job_id, worker, settings, status=status, summary=summary, error=error):
         return "lost"
     if ended is not None:
         ended.announce(job_id)

@@ -13,13 +13,17 @@ every write stays idempotent, and a first run writes at raw COPY speed
 (bench/trace_write.py). On SQLite (the embedded default) a batch is the
 multi-row INSERT ... ON CONFLICT DO NOTHING of `record_metrics` / `record_traces`.
 
-A failed batch stops the writer: the rows still buffered are dropped and the error is
-raised in the training thread by the next `put`, `flush` or `close`, so the job fails
-with a message instead of silently losing rows.
+While the database is unreachable (a restart, a network cut) a batch is retried with
+backoff for up to `outage_seconds` (TRAINYARD_DB_OUTAGE_SECONDS); the buffer fills
+meanwhile and then `put` waits, so the loop pauses instead of losing rows. Any other
+failure, or an outage longer than that, stops the writer: the rows still buffered are
+dropped and the error is raised in the training thread by the next `put`, `flush` or
+`close`, so the job fails with a message instead of silently losing rows.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import uuid
@@ -35,6 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import repository
 from shared.db import session_scope
+from shared.db_retry import DatabaseGone, retry_database
 from shared.errors import TrainyardError
 from shared.models import LayerTrace, Metric
 from worker.pgcopy import copy_ignoring_duplicates
@@ -82,6 +87,7 @@ class RowWriter:
         job_id: uuid.UUID,
         max_rows: int = 200_000,
         batch_rows: int = 20_000,
+        outage_seconds: float = 60.0,
     ) -> None:
         if max_rows < 1 or batch_rows < 1:
             raise ValueError("max_rows and batch_rows must be positive")
@@ -89,6 +95,7 @@ class RowWriter:
         self._job_id = job_id
         self.max_rows = max_rows
         self.batch_rows = batch_rows
+        self.outage_seconds = outage_seconds
         self._cond = threading.Condition()
         self._queue: deque[tuple[str, Sequence[Row]]] = deque()
         self._pending = 0  # rows put and not yet committed (buffered or being written)
@@ -205,7 +212,11 @@ class RowWriter:
                 batch = self._take_batch()
             count = sum(len(rows) for _, rows in batch)
             try:
-                self._write(batch)
+                retry_database(
+                    functools.partial(self._write, batch),
+                    what=f"saving {count} metric and trace rows",
+                    window_seconds=self.outage_seconds,
+                )
             except BaseException as exc:
                 log.error("job %s: row writer failed on %d rows", self._job_id, count, exc_info=exc)
                 with self._cond:
@@ -258,7 +269,9 @@ def _write_error(exc: BaseException, batch: list[tuple[str, Sequence[Row]]]) -> 
     for table, rows in batch:
         counts[table] = counts.get(table, 0) + len(rows)
     what = " and ".join(f"{n} {table} rows" for table, n in counts.items())
-    if isinstance(exc, SQLAlchemyError | psycopg.Error):
+    if isinstance(exc, DatabaseGone):
+        text = exc.message
+    elif isinstance(exc, SQLAlchemyError | psycopg.Error):
         cause: Any = getattr(exc, "orig", None) or exc
         reason = type(cause).__name__
         constraint = getattr(getattr(cause, "diag", None), "constraint_name", None)

@@ -6,6 +6,8 @@ from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
 
 from api.context import services
+from shared.config import Settings
+from shared.disk import disk_room
 
 bp = Blueprint("health", __name__)
 
@@ -18,7 +20,8 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """The database and the broker answer; 503 names whichever does not."""
+    """The database and the broker answer and the disk under TRAINYARD_HOME has room;
+    503 names whichever does not."""
     svc = services()
     checks: dict[str, str] = {}
     try:
@@ -33,7 +36,19 @@ def readyz() -> tuple[Response, int]:
         checks["broker"] = "ok"
     except Exception as exc:
         checks["broker"] = f"unreachable: {type(exc).__name__}"
+    checks["disk"] = _disk_check(svc.settings)
     ready = all(v == "ok" for v in checks.values())
     return jsonify({"status": "ready" if ready else "not_ready", "checks": checks}), (
         200 if ready else 503
+    )
+
+
+def _disk_check(settings: Settings) -> str:
+    room = disk_room(settings.home)
+    if room.free_mb >= settings.min_free_disk_mb:
+        return "ok"
+    state = "full" if room.full else "nearly full"
+    return (
+        f"{state}: {room.free_mb:,.0f} MB free under {settings.home} "
+        f"(TRAINYARD_MIN_FREE_DISK_MB={settings.min_free_disk_mb})"
     )

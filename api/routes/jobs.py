@@ -18,6 +18,7 @@ from api.idempotency import Idempotency, replayed
 from api.idempotency import from_request as idempotency_of
 from api.ownership import owned_job
 from api.params import choice_arg, int_arg
+from api.quotas import check_queued_quota
 from api.serialize import event_json, job_json
 from api.submit import enqueue, queue_infer
 from api.validation import validate_train_spec
@@ -29,6 +30,7 @@ from shared.queues import queue_for_device
 bp = Blueprint("jobs", __name__)
 
 JOB_KINDS = ("train", "infer")
+DEFAULT_PRIORITY = 5
 
 
 @bp.post("/jobs")
@@ -53,20 +55,35 @@ def submit() -> tuple[Response, int, dict[str, str]]:
 
 
 def submit_train(body: dict[str, Any], idempotency: Idempotency | None = None) -> Job:
-    """A training job from {"kind": "train", "spec": {...}}."""
+    """A training job from {"kind": "train", "spec": {...}, "priority": 0-9}."""
     spec = validate_train_spec(
         body.get("spec"), settings=services().settings, session=db(), owner=current_owner()
     ).spec
-    refuse_unknown(body, {"kind", "spec"}, "a training job is {'kind', 'spec'}")
+    refuse_unknown(
+        body, {"kind", "spec", "priority"}, "a training job is {'kind', 'spec', 'priority'}"
+    )
+    priority = job_priority(body.get("priority", DEFAULT_PRIORITY))
+    check_queued_quota(session=db(), owner=current_owner(), settings=services().settings)
     return enqueue(
         session=db(),
         owner=current_owner(),
         kind="train",
         spec=spec.model_dump(mode="json"),
         queue=queue_for_device(spec.train.device),
+        priority=priority,
         source_job_id=spec.model.init_from.job_id if spec.model.init_from else None,
         idempotency=idempotency,
     )
+
+
+def job_priority(value: Any) -> int:
+    """A job's priority, 0 (last) to 9 (first); a 400 naming the field otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 9:
+        raise SpecError(
+            f"priority must be a whole number from 0 (runs last) to 9 (runs first), got {value!r}",
+            details=[{"loc": "priority", "msg": "expected an integer 0-9"}],
+        )
+    return value
 
 
 def submit_infer(body: dict[str, Any], idempotency: Idempotency | None = None) -> Job:

@@ -15,14 +15,18 @@ from cli.tables import number, table
 
 @click.command("submit")
 @click.argument("spec_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--priority", type=click.IntRange(0, 9), default=5, show_default=True,
+    help="0 runs last, 9 first.",
+)  # fmt: skip
 @client_options
-def submit_cmd(spec_file: Path, url: str | None, token: str | None) -> None:
+def submit_cmd(spec_file: Path, priority: int, url: str | None, token: str | None) -> None:
     """Submit a training job from a JSON spec file; prints the job id."""
     try:
         spec = json.loads(spec_file.read_text())
     except json.JSONDecodeError as exc:
         raise click.ClickException(f"{spec_file}: not valid JSON ({exc})") from None
-    body = {"kind": "train", "spec": spec}
+    body = {"kind": "train", "spec": spec, "priority": priority}
     job = make_client(url, token).post_json("/api/v1/jobs", body)
     click.echo(job["id"])
 

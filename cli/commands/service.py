@@ -73,8 +73,10 @@ def worker(queues: str | None, pool: str, concurrency: int, loglevel: str) -> No
 
 
 @click.command()
-@click.option("--every", type=float, default=30.0, show_default=True, help="Seconds between.")
-def sweep(every: float) -> None:
+@click.option(
+    "--every", type=float, default=None, help="Seconds between passes [TRAINYARD_SWEEP_SECONDS]."
+)
+def sweep(every: float | None) -> None:
     """Re-send lost job messages and fail abandoned jobs, forever."""
     import threading
 
@@ -90,7 +92,7 @@ def sweep(every: float) -> None:
             sessions=sessions,
             celery=make_celery(settings),
             settings=settings,
-            every_seconds=every,
+            every_seconds=every if every is not None else settings.sweep_seconds,
             stop=stop,
         )
     except KeyboardInterrupt:

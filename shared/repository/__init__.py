@@ -31,11 +31,14 @@ from shared.repository.jobs import (
 )
 from shared.repository.leases import (
     Requests,
+    claim_for_message,
     claim_job,
+    claim_next,
     end_abandoned_jobs,
     finish_job,
     heartbeat,
     jobs_to_resend,
+    queued_counts,
     requeue_job,
 )
 from shared.repository.results import (
@@ -52,7 +55,9 @@ __all__ = [
     "Requests",
     "add_event",
     "checkpoint_id",
+    "claim_for_message",
     "claim_job",
+    "claim_next",
     "create_job",
     "database_now",
     "delete_checkpoints_after",
@@ -72,6 +77,7 @@ __all__ = [
     "list_traces",
     "mark_enqueued",
     "metric_overview",
+    "queued_counts",
     "record_metrics",
     "record_traces",
     "relax_durability",

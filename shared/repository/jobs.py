@@ -29,7 +29,7 @@ def create_job(
     kind: str,
     spec: dict[str, Any],
     queue: str,
-    priority: int = 0,
+    priority: int = 5,
     source_job_id: uuid.UUID | None = None,
     enqueued_at: datetime | None = None,
     idempotency_key: str | None = None,

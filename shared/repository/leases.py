@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from shared.errors import InvalidTransition, LeaseLost
 from shared.models import FINAL_STATUSES, Job, JobStatus
@@ -60,6 +60,120 @@ def claim_job(
         message=f"claimed by {worker} (attempt {job.attempt})",
     )
     return job
+
+
+def claim_next(
+    *,
+    session: Session,
+    queue: str,
+    worker: str,
+    lease_seconds: int,
+    max_attempts: int,
+    max_running_per_owner: int | None = None,
+) -> Job | None:
+    """Claim the queued job of `queue` that a free worker should run next; None if none.
+
+    The order: the highest priority; within it the owner with the fewest running jobs,
+    then the owner whose last job started longest ago (so one owner's backlog of 1,000
+    jobs does not hold back another owner's first job), then the oldest job. Owners at
+    `max_running_per_owner` wait. On PostgreSQL the pick locks its row (SKIP LOCKED), so
+    two workers picking at once take two different jobs.
+    """
+    other = aliased(Job)
+    running = (
+        select(func.count())
+        .select_from(other)
+        .where(other.owner == Job.owner, other.status == JobStatus.RUNNING)
+        .correlate(Job)
+        .scalar_subquery()
+    )
+    last_start = (
+        select(func.max(other.started_at)).where(other.owner == Job.owner).correlate(Job)
+    ).scalar_subquery()
+    pick = select(Job.id).where(
+        Job.queue == queue,
+        Job.status == JobStatus.QUEUED,
+        Job.cancel_requested.is_(False),
+        Job.attempt < max_attempts,
+    )
+    if max_running_per_owner:
+        pick = pick.where(running < max_running_per_owner)
+    pick = pick.order_by(
+        Job.priority.desc(), running, last_start.asc().nulls_first(), Job.created_at, Job.id
+    ).limit(1)
+    if session.get_bind().dialect.name == "postgresql":
+        pick = pick.with_for_update(of=Job, skip_locked=True)
+    for _ in range(3):  # SQLite: another worker may claim the same pick first
+        job_id = session.scalar(pick)
+        if job_id is None:
+            return None
+        job = claim_job(
+            session=session,
+            job_id=job_id,
+            worker=worker,
+            lease_seconds=lease_seconds,
+            max_attempts=max_attempts,
+        )
+        if job is not None:
+            return job
+    return None
+
+
+def claim_for_message(
+    *,
+    session: Session,
+    job_id: uuid.UUID,
+    worker: str,
+    lease_seconds: int,
+    max_attempts: int,
+    max_running_per_owner: int | None = None,
+) -> Job | None:
+    """The training job a worker runs for the message "work on job X", claimed.
+
+    A message is a turn at X's queue: the worker runs the job the claim order puts first
+    there (claim_next; often X itself), so priorities and fair share hold although Redis
+    hands messages out in the order they were sent. Only a running job whose worker
+    died (its lease ran out and the sweeper re-sent it) is claimed by its id. Every
+    queued job still has a turn of its own: a message that ran another job leaves that
+    job's message for X.
+    """
+    message_job = session.get(Job, job_id)
+    if message_job is None:
+        return None
+    if message_job.status == JobStatus.RUNNING:
+        job = claim_job(
+            session=session,
+            job_id=job_id,
+            worker=worker,
+            lease_seconds=lease_seconds,
+            max_attempts=max_attempts,
+        )
+        if job is not None:
+            return job
+    return claim_next(
+        session=session,
+        queue=message_job.queue,
+        worker=worker,
+        lease_seconds=lease_seconds,
+        max_attempts=max_attempts,
+        max_running_per_owner=max_running_per_owner,
+    )
+
+
+def queued_counts(*, session: Session, older_than: timedelta) -> dict[str, int]:
+    """How many jobs queued longer than `older_than` ago wait in each queue: the turns the
+    broker should hold for them (younger ones may have a message on its way)."""
+    cutoff = database_now(session) - older_than
+    rows = session.execute(
+        select(Job.queue, func.count())
+        .where(
+            Job.status == JobStatus.QUEUED,
+            Job.cancel_requested.is_(False),
+            Job.created_at < cutoff,
+        )
+        .group_by(Job.queue)
+    ).all()
+    return {queue: int(count) for queue, count in rows}
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,12 +259,15 @@ def finish_job(
     add_event(session=session, job_id=job_id, kind=str(status), message=error or "")
 
 
-def jobs_to_resend(*, session: Session, older_than: timedelta, max_attempts: int) -> list[Job]:
+def jobs_to_resend(
+    *, session: Session, older_than: timedelta, max_attempts: int, lost_running: bool = True
+) -> list[Job]:
     """Jobs whose message may be lost: the sweeper sends "work on job X" again.
 
-    That is queued jobs whose message went out long ago (or never), and running jobs
-    whose worker stopped heartbeating while attempts are left: re-sent once right after
-    the lease runs out, then again every `older_than` while nobody claims them.
+    That is queued jobs whose message went out long ago (or never), and (unless
+    `lost_running` is False) running jobs whose worker stopped heartbeating while attempts
+    are left: re-sent once right after the lease runs out, then again every `older_than`
+    while nobody claims them.
     """
     now = database_now(session)
     cutoff = now - older_than
@@ -159,7 +276,7 @@ def jobs_to_resend(*, session: Session, older_than: timedelta, max_attempts: int
         or_(Job.enqueued_at.is_(None), Job.enqueued_at < cutoff),
         Job.created_at < cutoff,
     )
-    lost_running = and_(
+    lost = and_(
         Job.status == JobStatus.RUNNING,
         Job.lease_expires_at < now,
         Job.attempt < max_attempts,
@@ -170,7 +287,8 @@ def jobs_to_resend(*, session: Session, older_than: timedelta, max_attempts: int
             Job.enqueued_at < cutoff,
         ),
     )
-    return list(session.scalars(select(Job).where(or_(stale_queued, lost_running))))
+    wanted = or_(stale_queued, lost) if lost_running else stale_queued
+    return list(session.scalars(select(Job).where(wanted).order_by(Job.created_at, Job.id)))
 
 
 def end_abandoned_jobs(*, session: Session, max_attempts: int) -> dict[str, int]:

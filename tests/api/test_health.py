@@ -12,7 +12,17 @@ def test_healthz_and_readyz(client: FlaskClient) -> None:
     assert client.get("/healthz").get_json() == {"status": "ok"}
     resp = client.get("/readyz")
     assert resp.status_code == 200
-    assert resp.get_json()["checks"] == {"database": "ok", "broker": "ok"}
+    assert resp.get_json()["checks"] == {"database": "ok", "broker": "ok", "disk": "ok"}
+
+
+def test_readyz_503_when_the_disk_under_home_is_nearly_full(settings: Settings) -> None:
+    # More room asked for than any disk has: the real free space is measured and found short.
+    greedy = settings.model_copy(update={"min_free_disk_mb": 2**40})
+    resp = create_app(greedy).test_client().get("/readyz")
+    assert resp.status_code == 503
+    disk = resp.get_json()["checks"]["disk"]
+    assert disk.startswith("nearly full: ") and str(settings.home) in disk
+    assert "TRAINYARD_MIN_FREE_DISK_MB" in disk
 
 
 def test_readyz_503_when_broker_down(settings: Settings) -> None:

@@ -13,6 +13,7 @@ from shared import repository
 from shared.db import session_scope
 from shared.net.build import build_model
 from shared.spec import JobSpec
+from shared.spec_check import DryRunCache
 from shared.tensors import sha256_hex, state_dict_to_bytes
 from tests.support.fixture_types import Submit
 from tests.support.specs import MLP, RESNETISH
@@ -279,14 +280,18 @@ def test_a_submission_and_a_summary_build_the_model_once(
     submit: Submit,
 ) -> None:
     source = _finished_job_with_checkpoint(sessions, "alice")
+    monkeypatch.setattr("shared.spec_check._DRY_RUNS", DryRunCache())  # none ran before
     builds = _count_builds(monkeypatch)
     body = spec({"layers": MLP, "init_from": {"job_id": str(source), "checkpoint": "latest"}})
     assert submit(alice, body).status_code == 202
     assert builds == ["shared.net.dryrun"]  # the init_from check reuses the dry run's model
-    builds.clear()
     resp = client.post("/api/v1/models/summary", json={"spec": body}, headers=alice)
     assert resp.status_code == 200, resp.get_json()
-    assert builds == ["shared.net.dryrun"]
+    assert submit(alice, body).status_code == 202
+    assert builds == ["shared.net.dryrun"]  # the same model, data and loss: dry-run once
+    wider = [*MLP[:1], {**MLP[1], "out_features": 48}, MLP[2], {**MLP[3], "in_features": 48}]
+    assert submit(alice, spec({"layers": wider})).status_code == 202
+    assert builds == ["shared.net.dryrun"] * 2  # another model is dry-run again
 
 
 def test_check_init_from_leaves_the_checked_spec_alone(

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 from click.testing import CliRunner
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -17,7 +18,8 @@ from cli.main import main
 from shared.config import get_settings
 from shared.db import session_scope
 from shared.tokens import find_token
-from tests.live import LiveService, free_port
+from tests.live import LiveService
+from tests.support.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "cli" / "examples" / "my_model_regression.json"
@@ -45,9 +47,11 @@ def test_submit_and_watch_against_live_api(live: LiveService, tmp_path: Path) ->
     token = live.headers["Authorization"].split()[1]
     env = {"TRAINYARD_URL": live.base_url, "TRAINYARD_TOKEN": token}
     runner = CliRunner(env=env)
-    result = runner.invoke(main, ["submit", str(EXAMPLE)])
+    result = runner.invoke(main, ["submit", str(EXAMPLE), "--priority", "7"])
     assert result.exit_code == 0, result.output
     job_id = result.stdout.strip()
+    shown = requests.get(f"{live.base_url}/api/v1/jobs/{job_id}", headers=live.headers, timeout=30)
+    assert shown.json()["priority"] == 7
     watched = runner.invoke(main, ["watch", job_id])
     assert watched.exit_code == 0, watched.output
     assert f"job {job_id}: succeeded" in watched.output

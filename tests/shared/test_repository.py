@@ -139,6 +139,34 @@ def test_sweeper_resends_lost_messages_and_fails_abandoned(
     }
 
 
+def test_right_after_a_database_outage_the_sweeper_leaves_running_jobs_alone(
+    sessions: sessionmaker[Session],
+    clean_db: None,
+    settings: Settings,
+    redis_client: redis.Redis,
+    new_job: NewJob,
+) -> None:
+    # Their leases ran out only because no heartbeat could land during the outage.
+    last_try, retrying = new_job(), new_job()
+    old = utcnow() - timedelta(hours=1)
+    with session_scope(sessions) as session:
+        session.execute(update(Job).values(created_at=old, enqueued_at=old))
+        for job, attempt in ((last_try, 3), (retrying, 1)):
+            session.execute(
+                update(Job)
+                .where(Job.id == job.id)
+                .values(status="running", attempt=attempt, lease_expires_at=old, worker="w")
+            )
+    celery = make_celery(settings)
+    counts = sweep_once(sessions=sessions, celery=celery, settings=settings, judge_leases=False)
+    assert counts == {"resent": 0} and redis_client.llen("train") == 0
+    with sessions() as session:
+        assert {session.get(Job, j.id).status for j in (last_try, retrying)} == {"running"}  # type: ignore[union-attr]
+    # One lease later they are judged as usual.
+    counts = sweep_once(sessions=sessions, celery=celery, settings=settings)
+    assert counts == {"resent": 1, "cancelled": 0, "failed": 1}
+
+
 def test_sweeper_resends_a_dead_workers_job_once_per_period(
     sessions: sessionmaker[Session],
     clean_db: None,
@@ -257,8 +285,44 @@ def test_the_sweeper_resends_only_the_messages_the_broker_lost(
     assert sweep_once(**sweep)["resent"] == 5
     age_everything()
     assert sweep_once(**sweep)["resent"] == 0
-    waiting = sorted(
+    assert sorted(_carried(redis_client)) == sorted(str(job.id) for job in jobs)  # one each
+
+
+def test_a_message_that_ran_another_job_still_counts_as_a_turn(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    redis_client: redis.Redis,
+    new_job: NewJob,
+) -> None:
+    # A worker took job 0's message but ran the job the claim order put first (job 2's
+    # turn by fair share, say): job 2's message now stands for job 0. Queued jobs 0 and 1
+    # have two messages between them, so nothing is re-sent, although job 0 has none of
+    # its own; once one is lost, job 0 (the oldest without one) gets a new one.
+    celery = make_celery(settings)
+    jobs = [new_job() for _ in range(3)]
+    for job in jobs[1:]:
+        send_job(celery, job_id=str(job.id), kind="train", queue="train")
+    old = utcnow() - timedelta(hours=1)
+    with session_scope(sessions) as session:
+        for age, job in enumerate(jobs):  # job 0 oldest
+            then = old + timedelta(seconds=age)
+            session.execute(
+                update(Job).where(Job.id == job.id).values(created_at=then, enqueued_at=then)
+            )
+        session.execute(
+            update(Job).where(Job.id == jobs[2].id).values(status="succeeded", finished_at=old)
+        )
+    sweep = {"sessions": sessions, "celery": celery, "settings": settings}
+    assert sweep_once(**sweep)["resent"] == 0
+    assert redis_client.llen("train") == 2
+    redis_client.rpop("train")  # the oldest message (job 1's) is lost
+    assert sweep_once(**sweep)["resent"] == 1
+    assert set(_carried(redis_client)) == {str(jobs[0].id), str(jobs[2].id)}
+
+
+def _carried(redis_client: redis.Redis) -> list[str]:
+    """The job ids of the messages waiting in the "train" queue."""
+    return [
         json.loads(base64.b64decode(json.loads(raw)["body"]))[0][0]
-        for raw in redis_client.lrange("train", 0, -1)
-    )
-    assert waiting == sorted(str(job.id) for job in jobs)  # one message per job
+        for raw in redis_client.lrange("train", 0, -1)  # type: ignore[union-attr]
+    ]

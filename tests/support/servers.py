@@ -7,7 +7,11 @@ TRAINYARD_TEST_REDIS_LIVE point the tests elsewhere.
 from __future__ import annotations
 
 import os
+import threading
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 from sqlalchemy.orm import Session, sessionmaker
@@ -47,3 +51,42 @@ def make_token(sessions: sessionmaker[Session], owner: str) -> str:
             session=session, name=f"{owner}-{uuid.uuid4().hex[:6]}", owner=owner
         )
     return plaintext
+
+
+@contextmanager
+def database_outage(url: str) -> Iterator[None]:
+    """The database at `url` refuses every connection, and loses the open ones, until the
+    block ends: what a worker sees while PostgreSQL restarts, without stopping the server
+    the other tests share."""
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(_admin_dsn(), autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+        try:
+            yield
+        finally:
+            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
+@contextmanager
+def database_outage_for(url: str, seconds: float) -> Iterator[threading.Thread]:
+    """database_outage(url) from a thread for `seconds`, starting now; the block runs
+    meanwhile and the outage has ended (joined) when it exits."""
+    started = threading.Event()
+
+    def outage() -> None:
+        with database_outage(url):
+            started.set()
+            time.sleep(seconds)
+
+    thread = threading.Thread(target=outage, name="database-outage", daemon=True)
+    thread.start()
+    started.wait(30)
+    try:
+        yield thread
+    finally:
+        thread.join()

@@ -22,7 +22,7 @@ from shared.db import session_scope
 from shared.models import Job
 from tests.support.fixture_types import NewJob
 from tests.support.jobs import job_outcome
-from worker.shutdown import SHUTTING_DOWN
+from worker.shutdown import EXIT_DEADLINE, SHUTTING_DOWN
 from worker.tasks import execute_train
 from worker.training import loop
 
@@ -152,11 +152,13 @@ def test_a_preempted_job_resumes_where_it_was(
     _check_requeued_then_resumed(sessions, settings, redis_client, job_id, whole, "preempted")
 
 
-def test_celery_s_warm_shutdown_signal_sets_the_flag() -> None:
+def test_celery_s_warm_shutdown_signal_sets_the_flag_and_arms_the_exit() -> None:
     import worker.celery_app  # noqa: F401  (the worker process imports it)
 
     try:
         worker_shutting_down.send(sender="test@host", sig="SIGTERM", how="Warm", exitcode=0)
         assert SHUTTING_DOWN.is_set()
+        assert EXIT_DEADLINE.armed  # the process ends within the grace time, step or not
     finally:
+        EXIT_DEADLINE.disarm()  # this process is the test run
         SHUTTING_DOWN.clear()

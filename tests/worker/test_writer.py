@@ -322,8 +322,10 @@ def test_a_job_whose_rows_cannot_be_saved_fails_with_a_clear_message(
     new_job: NewJob,
 ) -> None:
     class WrongJob(RowWriter):  # writes under a job id that does not exist: the FK refuses
-        def __init__(self, *, sessions: sessionmaker[Session], job_id: uuid.UUID) -> None:
-            super().__init__(sessions=sessions, job_id=uuid.uuid4())
+        def __init__(
+            self, *, sessions: sessionmaker[Session], job_id: uuid.UUID, outage_seconds: float
+        ) -> None:
+            super().__init__(sessions=sessions, job_id=uuid.uuid4(), outage_seconds=outage_seconds)
 
     monkeypatch.setattr("worker.sinks.RowWriter", WrongJob)
     job_id = new_job(TINY).id
