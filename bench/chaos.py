@@ -30,7 +30,7 @@ from tests.chaos import scenarios
 from tests.chaos.cluster import CannotMount, Cluster
 from tests.chaos.scenarios import Outcome
 
-ALL = ("kill", "term", "redis", "backlog", "duplicate", "api", "postgres", "disk")
+ALL = ("kill", "term", "redis", "backlog", "duplicate", "api", "postgres", "fair", "disk")
 
 
 def parse_args() -> argparse.Namespace:
@@ -77,6 +77,7 @@ def main() -> int:
         "duplicate": scenarios.duplicate_message,
         "api": lambda c: scenarios.api_kill(c, jobs=args.burst, threads=10, kill_after=60),
         "postgres": lambda c: scenarios.postgres_outage(c, outage_s=args.outage),
+        "fair": scenarios.fair_share,
     }
     outcomes: list[tuple[Outcome, float]] = []
     started = time.monotonic()

@@ -369,8 +369,12 @@ class Cluster:
 
     # -- HTTP -----------------------------------------------------------------------------
 
-    def headers(self, key: str | None = None) -> dict[str, str]:
-        h = {"Authorization": f"Bearer {self.token}"}
+    def new_token(self, owner: str) -> str:
+        """A token of another owner (`trainyard token create`)."""
+        return self._run([TRAINYARD, "token", "create", owner], "token create").strip()
+
+    def headers(self, key: str | None = None, *, token: str | None = None) -> dict[str, str]:
+        h = {"Authorization": f"Bearer {token or self.token}"}
         if key is not None:
             h["Idempotency-Key"] = key
         return h
@@ -382,19 +386,22 @@ class Cluster:
         key: str | None = None,
         session: requests.Session | None = None,
         timeout: float = 30,
+        token: str | None = None,
     ) -> requests.Response:
-        """POST /api/v1/jobs once (no retry)."""
+        """POST /api/v1/jobs once (no retry), as the cluster's owner or `token`'s."""
         http = session or requests
         return http.post(
             f"{self.base_url}/api/v1/jobs",
             json={"kind": "train", "spec": spec},
-            headers=self.headers(key),
+            headers=self.headers(key, token=token),
             timeout=timeout,
         )
 
-    def submit_ok(self, spec: dict[str, Any], *, key: str | None = None) -> str:
+    def submit_ok(
+        self, spec: dict[str, Any], *, key: str | None = None, token: str | None = None
+    ) -> str:
         """Submit and expect 202; the job id."""
-        resp = self.submit(spec, key=key)
+        resp = self.submit(spec, key=key, token=token)
         if resp.status_code != 202:
             raise AssertionError(f"POST /jobs: {resp.status_code} {resp.text[:500]}")
         return str(resp.json()["id"])

@@ -60,6 +60,10 @@ def test_a_postgres_outage_mid_training_is_ridden_through(cluster: Cluster) -> N
     assert_held(scenarios.postgres_outage(cluster, outage_s=20), cluster)
 
 
+def test_another_owner_s_first_job_waits_for_at_most_one_of_a_backlog(cluster: Cluster) -> None:
+    assert_held(scenarios.fair_share(cluster), cluster)
+
+
 def test_a_full_disk_fails_the_job_at_once_and_the_api_says_so() -> None:
     try:
         outcome = scenarios.disk_full(home_mb=48)
