@@ -72,8 +72,14 @@ def refuse_when_disk_full() -> None:
     """507 before storing a job on the embedded SQLite database whose disk is full, as
     /readyz says (SQLite would still take a few jobs into its WAL file, then fail)."""
     settings = services().settings
-    if settings.database_url is None and disk_room(settings.home).full:
-        raise DiskFull(f"the server's disk is full (under {settings.home}); nothing was stored")
+    if settings.database_url is not None:
+        return
+    try:
+        full = disk_room(settings.home).full
+    except OSError:
+        return  # cannot tell: the insert will say
+    if full:
+        raise DiskFull("the server's disk is full; nothing was stored")
 
 
 def queue_infer(fields: dict[str, Any], idempotency: Idempotency | None = None) -> Job:

@@ -43,7 +43,7 @@ class Settings(BaseSettings):
         default=0, ge=0, description="Jobs of one owner running at once; more wait their turn"
     )
     quota_max_job_seconds: float = Field(
-        default=0.0, ge=0, description="Wall-clock seconds a job may train, over all attempts"
+        default=0.0, ge=0, description="Wall-clock seconds from a job's first start"
     )
     rate_limit: str = Field(
         default="600 per minute;50 per second",

@@ -9,6 +9,17 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+# libpq: give up connecting after 10 s; probe an idle connection after 10 s, every 5 s,
+# 3 times; drop one whose sent data goes unacknowledged for 30 s.
+POSTGRES_TIMEOUTS: dict[str, Any] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """Create an engine; SQLite gets WAL and a busy timeout so the API and a worker can share it."""
@@ -24,7 +35,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    # A cut network must fail a statement, not hang it: the outage retries (and the
+    # heartbeat's window) only work on errors.
+    connect_args = {**POSTGRES_TIMEOUTS, **kwargs.pop("connect_args", {})}
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

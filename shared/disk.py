@@ -35,5 +35,5 @@ def disk_room(path: Path) -> DiskRoom:
     here = path.resolve()
     while not here.exists() and here != here.parent:
         here = here.parent
-    usage = shutil.disk_usage(here)
+    usage = shutil.disk_usage(here)  # OSError when even that cannot be read
     return DiskRoom(path=path, free_bytes=usage.free, total_bytes=usage.total)

@@ -24,7 +24,7 @@ from shared.broker_view import live_messages
 from shared.config import Settings
 from shared.db import session_scope
 from shared.db_retry import is_transient
-from shared.models import Job, JobStatus
+from shared.models import Job
 from shared.queues import ALL_QUEUES, send_job
 
 log = logging.getLogger(__name__)
@@ -44,26 +44,27 @@ def sweep_once(
     """
     resent = 0
     grace = settings.resend_grace_seconds
+    broker_seen = True
     try:
         live = live_messages(celery, ALL_QUEUES, delivered_within=grace)
     except Exception:
-        log.warning("broker unreachable; nothing is re-sent this sweep")
-        live = {}  # nothing is sent anyway; abandoned jobs still end below
+        log.warning("cannot look into the broker; nothing is re-sent this sweep")
+        live, broker_seen = {}, False
     # Looking into Redis, a message gone is known at once; otherwise go by its age.
     older_than = timedelta(seconds=grace if live is not None else settings.requeue_after_seconds)
     with session_scope(sessions) as session:
-        ended = (
-            repository.end_abandoned_jobs(session=session, max_attempts=settings.max_attempts)
-            if judge_leases
-            else {}
-        )
-        jobs = repository.jobs_to_resend(
-            session=session,
-            older_than=older_than,
-            max_attempts=settings.max_attempts,
-            lost_running=judge_leases,
-        )
-        if live is not None:
+        ended, requeued = {}, 0
+        if judge_leases:
+            ended = repository.end_abandoned_jobs(
+                session=session, max_attempts=settings.max_attempts
+            )
+            requeued = repository.requeue_lost_jobs(
+                session=session, max_attempts=settings.max_attempts
+            )
+        jobs = repository.jobs_to_resend(session=session, older_than=older_than)
+        if not broker_seen:
+            jobs = []  # blind, a re-send could only multiply messages
+        elif live is not None:
             queued = repository.queued_counts(session=session, older_than=older_than)
             jobs = _missing_turns(jobs, live, queued)
         for job in jobs:
@@ -75,31 +76,24 @@ def sweep_once(
             repository.mark_enqueued(session=session, job_id=job.id)
             repository.add_event(session=session, job_id=job.id, kind="resent")
             resent += 1
-    return {"resent": resent, **ended}
+    return {"resent": resent, "requeued": requeued, **ended}
 
 
 def _missing_turns(
     due: list[Job], live: dict[str, list[str]], queued: dict[str, int]
 ) -> list[Job]:
-    """Of the jobs due a re-send, those whose turn the broker lacks.
+    """Of the queued jobs due a re-send, those whose turn the broker lacks.
 
-    A lost running job needs a message with its own id. A queued job needs a turn in its
-    queue: a worker runs whichever queued job comes first there, so any message counts,
-    and a queue holding as many messages as it has queued jobs gets none more (oldest
+    A worker runs whichever queued job comes first in its queue, so any message is a
+    turn; a queue holding as many messages as it has queued jobs gets none more (oldest
     jobs without a message of their own first).
     """
-    lost = [job for job in due if job.status == JobStatus.RUNNING]
-    lost_ids = {str(job.id) for job in lost}
-    chosen = [job for job in lost if str(job.id) not in live.get(job.queue, [])]
+    chosen = []
     for queue, count in queued.items():
         messages = live.get(queue, [])
-        turns = sum(1 for job_id in messages if job_id not in lost_ids)
         own = set(messages)
-        waiting = [
-            job for job in due
-            if job.queue == queue and job.status == JobStatus.QUEUED and str(job.id) not in own
-        ]  # fmt: skip
-        chosen.extend(waiting[: max(0, count - turns)])
+        waiting = [job for job in due if job.queue == queue and str(job.id) not in own]
+        chosen.extend(waiting[: max(0, count - len(messages))])
     return chosen
 
 

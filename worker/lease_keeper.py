@@ -52,7 +52,8 @@ class LeaseKeeper:
         self._job_id = job_id
         self._worker = worker
         self._settings = settings
-        self._on_lost = on_lost  # called once, from whichever thread saw the claim go
+        # Called once, from whichever thread saw the claim go (the sink stops its writer).
+        self.on_lost = on_lost
         self._clock = clock
         self._lock = threading.Lock()  # one beat at a time (thread and training thread)
         self._progress: tuple[int, int | None, int] = (0, None, 0)  # step, total, epoch
@@ -124,7 +125,7 @@ class LeaseKeeper:
         if self._failure is None:
             self._failure = exc
             if isinstance(exc, LeaseLost):
-                self._on_lost()
+                self.on_lost()
 
     def _run(self) -> None:
         # A failed beat is tried again sooner than the period, so the lease is renewed

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from celery.signals import worker_shutting_down
@@ -24,10 +25,13 @@ SHUTTING_DOWN = threading.Event()
 
 
 class ExitDeadline:
-    """Ends the process `seconds` after `arm()` unless `disarm()` comes first."""
+    """Ends the process `seconds` after `arm()` unless `disarm()` comes first, after
+    `last_words` (the running job's task sets them: hand the job back to the queue, so a
+    slow step costs no attempt)."""
 
     def __init__(self) -> None:
         self._timer: threading.Timer | None = None
+        self.last_words: Callable[[], None] | None = None
 
     @property
     def armed(self) -> bool:
@@ -35,7 +39,7 @@ class ExitDeadline:
 
     def arm(self, seconds: float) -> None:
         if self._timer is None:
-            self._timer = threading.Timer(seconds, self._exit, args=(seconds,))
+            self._timer = threading.Timer(seconds, self.exit_now, args=(seconds,))
             self._timer.daemon = True
             self._timer.start()
 
@@ -44,13 +48,23 @@ class ExitDeadline:
             self._timer.cancel()
             self._timer = None
 
-    @staticmethod
-    def _exit(seconds: float) -> None:
+    def exit_now(self, seconds: float, *, end: Callable[[int], object] | None = None) -> None:
+        """Say the last words (errors are logged), then end the process."""
+        words = self.last_words
+        if words is not None:
+            try:
+                words()
+            except Exception:
+                log.exception("could not hand the running job back before exiting")
         log.error(
             "warm shutdown took over %gs (TRAINYARD_SHUTDOWN_GRACE_SECONDS); exiting", seconds
         )
-        logging.shutdown()
-        os._exit(1)  # Celery waits on the task's thread: only a hard exit keeps the promise
+        (end or _hard_exit)(1)
+
+
+def _hard_exit(code: int) -> None:
+    logging.shutdown()
+    os._exit(code)  # Celery waits on the task's thread: only a hard exit keeps the promise
 
 
 EXIT_DEADLINE = ExitDeadline()

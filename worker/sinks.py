@@ -56,6 +56,7 @@ class DatabaseSink(Callback):
         settings: Settings,
         clock: Callable[[], float] = time.monotonic,
         writer: RowWriter | None = None,
+        lease: LeaseKeeper | None = None,
         shutting_down: threading.Event = SHUTTING_DOWN,
     ) -> None:
         self._sessions = sessions
@@ -66,13 +67,14 @@ class DatabaseSink(Callback):
         self._writer = writer or RowWriter(
             sessions=sessions, job_id=job_id, outage_seconds=settings.db_outage_seconds
         )
-        self._lease = LeaseKeeper(
-            sessions=sessions,
-            job_id=job_id,
-            worker=worker,
-            settings=settings,
-            on_lost=self._writer.abort,  # the job is another worker's now; stop writing for it
+        # The task starts the job's heartbeat at the claim and stops it once the outcome is
+        # stored (setup and the final writes are covered too); a sink on its own (tests,
+        # benchmarks) runs one for the fit.
+        self._owns_lease = lease is None
+        self._lease = lease or LeaseKeeper(
+            sessions=sessions, job_id=job_id, worker=worker, settings=settings
         )
+        self._lease.on_lost = self._writer.abort  # another worker's now; stop writing for it
         self._metrics: list[dict[str, Any]] = []
         self._traces: list[dict[str, Any]] = []
         self._last_flush = clock()
@@ -85,7 +87,8 @@ class DatabaseSink(Callback):
         self._total = total_steps
         self._lease.report(step=0, total=total_steps, epoch=0)
         self._lease.beat()
-        self._lease.start()
+        if self._owns_lease:
+            self._lease.start()
 
     def on_step_end(self, *, step: int, epoch: int, loss: float, traces: list[TraceRow]) -> None:
         self._lease.check()  # LeaseLost / DatabaseGone seen by the heartbeat thread
@@ -114,11 +117,14 @@ class DatabaseSink(Callback):
         self._lease.beat()  # progress at the epoch boundary, at once
 
     def on_checkpoint(self, *, blob: CheckpointBlob) -> None:
+        self._lease.check()
         self.flush()
         self._retrying(f"saving the step {blob.step} checkpoint", self._save_checkpoint, blob)
 
     def _save_checkpoint(self, blob: CheckpointBlob) -> None:
         with session_scope(self._sessions) as session:
+            # In the checkpoint's transaction: a worker that lost the job writes none.
+            repository.assert_held(session=session, job_id=self._job_id, worker=self._worker)
             repository.save_checkpoint(
                 session=session,
                 job_id=self._job_id,
@@ -164,7 +170,7 @@ class DatabaseSink(Callback):
 
     def on_fit_error(self, *, error: BaseException) -> None:
         if isinstance(error, LeaseLost):
-            self._lease.stop()
+            self._stop_lease()
             return  # the heartbeat stopped the writer: the job is another worker's now
         if not isinstance(error, Exception):
             # KeyboardInterrupt / SystemExit in the long-lived worker: no writer thread may
@@ -182,17 +188,23 @@ class DatabaseSink(Callback):
         Raises RowWriteError when the writer failed: the job must not succeed with rows missing.
         """
         try:
-            self._hand_off()
+            try:
+                self._hand_off()
+            finally:
+                self._writer.close()  # joins the writer thread even when the hand-off raised
+            self._lease.beat()
         finally:
-            self._lease.stop()
-            self._writer.close()  # joins the writer thread even when the hand-off raised
-        self._lease.beat()
+            self._stop_lease()
 
     def abort(self) -> None:
-        """Stop the writer and heartbeat threads without writing more (the job ended some
-        other way)."""
-        self._lease.stop()
+        """Stop the writer (and a heartbeat of its own) without writing more (the job ended
+        some other way)."""
+        self._stop_lease()
         self._writer.abort()
+
+    def _stop_lease(self) -> None:
+        if self._owns_lease:
+            self._lease.stop()
 
     def flush(self) -> None:
         """Hand buffered rows to the writer and wait until everything is committed."""

@@ -7,6 +7,8 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
@@ -28,6 +30,8 @@ from shared.spec import InferSpec, JobSpec
 from shared.spec_check import load_stored_spec
 from worker.celery_app import app
 from worker.inference import LoadedModel, ModelCache, load_model, predict
+from worker.lease_keeper import LeaseKeeper
+from worker.shutdown import EXIT_DEADLINE
 from worker.sinks import DatabaseSink
 from worker.training.callbacks import FitResult
 from worker.training.device import resolve_device
@@ -133,9 +137,45 @@ def execute_train(
     job = _claim_turn(sessions, job_id, worker, settings)
     if job is None:
         return "skipped"
-    job_id = job.id
+    # The lease is short: the heartbeat runs from the claim until the outcome is stored.
+    with _heartbeat(sessions, job, worker, settings) as lease:
+        return _train_claimed(job, worker, sessions, settings, lease)
 
-    sink = DatabaseSink(sessions=sessions, job_id=job_id, worker=worker, settings=settings)
+
+@contextmanager
+def _heartbeat(
+    sessions: sessionmaker[Session], job: Job, worker: str, settings: Settings
+) -> Iterator[LeaseKeeper]:
+    """The claimed job's heartbeat thread, and what a worker stopped past its shutdown
+    grace does before it exits: hand the job back without using an attempt (it resumes
+    from its last resumable checkpoint)."""
+    lease = LeaseKeeper(sessions=sessions, job_id=job.id, worker=worker, settings=settings)
+    reason = "the worker was stopped before its step ended; resuming from the last checkpoint"
+
+    def hand_back() -> None:
+        with session_scope(sessions) as session:
+            repository.requeue_job(session=session, job_id=job.id, worker=worker, reason=reason)
+
+    lease.start()
+    EXIT_DEADLINE.last_words = hand_back
+    try:
+        yield lease
+    finally:
+        EXIT_DEADLINE.last_words = None
+        lease.stop()
+
+
+def _train_claimed(
+    job: Job,
+    worker: str,
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    lease: LeaseKeeper,
+) -> str:
+    job_id = job.id
+    sink = DatabaseSink(
+        sessions=sessions, job_id=job_id, worker=worker, settings=settings, lease=lease
+    )
     status, summary, error = JobStatus.FAILED, None, None
     try:
         spec = load_stored_spec(job.spec, job_id=job_id)
@@ -149,7 +189,7 @@ def execute_train(
             data_dir=settings.data_dir,
             initial_state=initial_state,
             resume=retry_database(
-                lambda: _resume_point(sessions, job_id, attempt=job.attempt),
+                lambda: _resume_point(sessions, job_id, worker, attempt=job.attempt),
                 what="loading the resume point",
                 window_seconds=settings.db_outage_seconds,
             ),
@@ -295,12 +335,13 @@ def _claim_turn(
 
 
 def _resume_point(
-    sessions: sessionmaker[Session], job_id: uuid.UUID, *, attempt: int
+    sessions: sessionmaker[Session], job_id: uuid.UUID, worker: str, *, attempt: int
 ) -> ResumePoint | None:
     """Where a re-claimed job goes on from: its newest resumable checkpoint (None: from
     the start). Rows and checkpoints the earlier attempt wrote past that step go, so each
-    step keeps exactly one row of each kind."""
+    step keeps exactly one row of each kind (only while this worker holds the job)."""
     with session_scope(sessions) as session:
+        repository.assert_held(session=session, job_id=job_id, worker=worker)
         ckpt = repository.latest_resumable(session=session, job_id=job_id)
         if ckpt is None and attempt == 1:
             return None  # a first run (a preempted job has its checkpoint)
@@ -369,6 +410,19 @@ def execute_infer(
     job = _claim(sessions, job_id, worker, settings)
     if job is None:
         return "skipped"
+    with _heartbeat(sessions, job, worker, settings):  # a cold model load can be long
+        return _infer_claimed(job, worker, sessions, settings, cache, ended)
+
+
+def _infer_claimed(
+    job: Job,
+    worker: str,
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    cache: ModelCache,
+    ended: JobEndSignal | None,
+) -> str:
+    job_id = job.id
     status, summary, error = JobStatus.FAILED, None, None
     try:
         request = InferSpec.model_validate(job.spec)

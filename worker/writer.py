@@ -176,11 +176,14 @@ class RowWriter:
                 raise RuntimeError("row writer is closed")
 
             def room() -> bool:
-                return self._error is not None or self._pending + len(rows) <= self.max_rows
+                fits = self._pending + len(rows) <= self.max_rows
+                return self._error is not None or self._closing or fits
 
             if not self._cond.wait_for(room, timeout):
                 raise WriterFull(f"row writer buffer full ({self._pending} rows pending)")
             self._raise_if_failed()
+            if self._closing:  # aborted while waiting (the lease was lost): nobody writes now
+                raise RuntimeError("row writer is closed")
             self._queue.append((table, rows))
             self._pending += len(rows)
             self._accepted += len(rows)

@@ -44,11 +44,15 @@ def readyz() -> tuple[Response, int]:
 
 
 def _disk_check(settings: Settings) -> str:
-    room = disk_room(settings.home)
+    # The probe needs no token: it names the setting, not the path.
+    try:
+        room = disk_room(settings.home)
+    except OSError as exc:
+        return f"unreadable: {type(exc).__name__} under TRAINYARD_HOME"
     if room.free_mb >= settings.min_free_disk_mb:
         return "ok"
     state = "full" if room.full else "nearly full"
     return (
-        f"{state}: {room.free_mb:,.0f} MB free under {settings.home} "
+        f"{state}: {room.free_mb:,.0f} MB free under TRAINYARD_HOME "
         f"(TRAINYARD_MIN_FREE_DISK_MB={settings.min_free_disk_mb})"
     )

@@ -31,6 +31,7 @@ from shared.repository.jobs import (
 )
 from shared.repository.leases import (
     Requests,
+    assert_held,
     claim_for_message,
     claim_job,
     claim_next,
@@ -40,6 +41,7 @@ from shared.repository.leases import (
     jobs_to_resend,
     queued_counts,
     requeue_job,
+    requeue_lost_jobs,
 )
 from shared.repository.results import (
     delete_rows_after,
@@ -54,6 +56,7 @@ from shared.repository.results import (
 __all__ = [
     "Requests",
     "add_event",
+    "assert_held",
     "checkpoint_id",
     "claim_for_message",
     "claim_job",
@@ -84,5 +87,6 @@ __all__ = [
     "request_cancel",
     "request_preempt",
     "requeue_job",
+    "requeue_lost_jobs",
     "save_checkpoint",
 ]

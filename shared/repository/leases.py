@@ -132,24 +132,14 @@ def claim_for_message(
 
     A message is a turn at X's queue: the worker runs the job the claim order puts first
     there (claim_next; often X itself), so priorities and fair share hold although Redis
-    hands messages out in the order they were sent. Only a running job whose worker
-    died (its lease ran out and the sweeper re-sent it) is claimed by its id. Every
-    queued job still has a turn of its own: a message that ran another job leaves that
-    job's message for X.
+    hands messages out in the order they were sent. Every queued job still has a turn of
+    its own: a message that ran another job leaves that job's message for X. A job whose
+    worker died is put back in the queue by the sweeper (requeue_lost_jobs) and claimed
+    like any other.
     """
     message_job = session.get(Job, job_id)
     if message_job is None:
         return None
-    if message_job.status == JobStatus.RUNNING:
-        job = claim_job(
-            session=session,
-            job_id=job_id,
-            worker=worker,
-            lease_seconds=lease_seconds,
-            max_attempts=max_attempts,
-        )
-        if job is not None:
-            return job
     return claim_next(
         session=session,
         queue=message_job.queue,
@@ -161,15 +151,16 @@ def claim_for_message(
 
 
 def queued_counts(*, session: Session, older_than: timedelta) -> dict[str, int]:
-    """How many jobs queued longer than `older_than` ago wait in each queue: the turns the
-    broker should hold for them (younger ones may have a message on its way)."""
+    """How many jobs wait in each queue that should have a turn in the broker by now:
+    queued longer than `older_than` ago, or back in the queue after running (a job just
+    submitted may have its message on the way)."""
     cutoff = database_now(session) - older_than
     rows = session.execute(
         select(Job.queue, func.count())
         .where(
             Job.status == JobStatus.QUEUED,
             Job.cancel_requested.is_(False),
-            Job.created_at < cutoff,
+            or_(Job.created_at < cutoff, Job.started_at.is_not(None)),
         )
         .group_by(Job.queue)
     ).all()
@@ -182,6 +173,19 @@ class Requests:
 
     cancel: bool  # stop for good (cancelled)
     preempt: bool  # checkpoint and go back to the queue, to resume later
+
+
+def assert_held(*, session: Session, job_id: uuid.UUID, worker: str) -> None:
+    """Lock the job's row if `worker` still holds it, else LeaseLost: what a transaction
+    that writes for a running job (its checkpoints, the rows a resume replaces) does first,
+    so a worker that lost the job cannot write over its new owner's work."""
+    held = session.scalar(
+        select(Job.id)
+        .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
+        .with_for_update()
+    )
+    if held is None:
+        raise LeaseLost(f"job {job_id} is no longer held by {worker}")
 
 
 def heartbeat(
@@ -259,36 +263,46 @@ def finish_job(
     add_event(session=session, job_id=job_id, kind=str(status), message=error or "")
 
 
-def jobs_to_resend(
-    *, session: Session, older_than: timedelta, max_attempts: int, lost_running: bool = True
-) -> list[Job]:
-    """Jobs whose message may be lost: the sweeper sends "work on job X" again.
+def jobs_to_resend(*, session: Session, older_than: timedelta) -> list[Job]:
+    """Queued jobs whose message may be lost, oldest first: sent longer than `older_than`
+    ago, never sent (and not just submitted), or back in the queue without one (their
+    worker died): the sweeper sends "work on job X" again where the broker lacks a turn."""
+    cutoff = database_now(session) - older_than
+    unsent = and_(
+        Job.enqueued_at.is_(None), or_(Job.created_at < cutoff, Job.started_at.is_not(None))
+    )
+    stale_queued = and_(Job.status == JobStatus.QUEUED, or_(Job.enqueued_at < cutoff, unsent))
+    return list(session.scalars(select(Job).where(stale_queued).order_by(Job.created_at, Job.id)))
 
-    That is queued jobs whose message went out long ago (or never), and (unless
-    `lost_running` is False) running jobs whose worker stopped heartbeating while attempts
-    are left: re-sent once right after the lease runs out, then again every `older_than`
-    while nobody claims them.
-    """
+
+def requeue_lost_jobs(*, session: Session, max_attempts: int) -> int:
+    """Running jobs whose lease ran out with attempts left go back to the queue (their
+    attempt stays used: a crash), to be resumed from their last resumable checkpoint by
+    whichever worker's turn comes. Only the sweeper does this, so a job whose heartbeats
+    could not land during a database outage keeps its worker (the sweeper waits one lease
+    after an outage). Returns how many."""
     now = database_now(session)
-    cutoff = now - older_than
-    stale_queued = and_(
-        Job.status == JobStatus.QUEUED,
-        or_(Job.enqueued_at.is_(None), Job.enqueued_at < cutoff),
-        Job.created_at < cutoff,
-    )
-    lost = and_(
-        Job.status == JobStatus.RUNNING,
-        Job.lease_expires_at < now,
-        Job.attempt < max_attempts,
-        Job.cancel_requested.is_(False),
-        or_(
-            Job.enqueued_at.is_(None),
-            Job.enqueued_at < Job.lease_expires_at,
-            Job.enqueued_at < cutoff,
-        ),
-    )
-    wanted = or_(stale_queued, lost) if lost_running else stale_queued
-    return list(session.scalars(select(Job).where(wanted).order_by(Job.created_at, Job.id)))
+    message = "its worker stopped sending heartbeats; back in the queue"
+    ids = session.scalars(
+        update(Job)
+        .where(
+            Job.status == JobStatus.RUNNING,
+            Job.lease_expires_at < now,
+            Job.attempt < max_attempts,
+            Job.cancel_requested.is_(False),
+        )
+        .values(
+            status=JobStatus.QUEUED,
+            worker=None,
+            lease_expires_at=None,
+            preempt_requested=False,
+            enqueued_at=None,  # its message went with the worker: send one again
+        )
+        .returning(Job.id)
+    ).all()
+    for job_id in ids:
+        add_event(session=session, job_id=job_id, kind="requeued", message=message)
+    return len(ids)
 
 
 def end_abandoned_jobs(*, session: Session, max_attempts: int) -> dict[str, int]:

@@ -125,7 +125,7 @@ def test_sweeper_resends_lost_messages_and_fails_abandoned(
             .values(status="running", attempt=3, lease_expires_at=old, worker="gone")
         )
     counts = sweep_once(sessions=sessions, celery=make_celery(settings), settings=settings)
-    assert counts == {"resent": 1, "cancelled": 0, "failed": 1}
+    assert counts == {"resent": 1, "requeued": 0, "cancelled": 0, "failed": 1}
     assert redis_client.llen("train") == 1
     assert str(lost.id) in redis_client.lindex("train", 0).decode()  # type: ignore[union-attr]
     with sessions() as session:
@@ -134,6 +134,7 @@ def test_sweeper_resends_lost_messages_and_fails_abandoned(
     # Nothing left to do on the next pass: the message was just sent.
     assert sweep_once(sessions=sessions, celery=make_celery(settings), settings=settings) == {
         "resent": 0,
+        "requeued": 0,
         "cancelled": 0,
         "failed": 0,
     }
@@ -159,15 +160,15 @@ def test_right_after_a_database_outage_the_sweeper_leaves_running_jobs_alone(
             )
     celery = make_celery(settings)
     counts = sweep_once(sessions=sessions, celery=celery, settings=settings, judge_leases=False)
-    assert counts == {"resent": 0} and redis_client.llen("train") == 0
+    assert counts == {"resent": 0, "requeued": 0} and redis_client.llen("train") == 0
     with sessions() as session:
         assert {session.get(Job, j.id).status for j in (last_try, retrying)} == {"running"}  # type: ignore[union-attr]
     # One lease later they are judged as usual.
     counts = sweep_once(sessions=sessions, celery=celery, settings=settings)
-    assert counts == {"resent": 1, "cancelled": 0, "failed": 1}
+    assert counts == {"resent": 1, "requeued": 1, "cancelled": 0, "failed": 1}
 
 
-def test_sweeper_resends_a_dead_workers_job_once_per_period(
+def test_the_sweeper_puts_a_dead_worker_s_job_back_in_the_queue_with_a_turn(
     sessions: sessionmaker[Session],
     clean_db: None,
     settings: Settings,
@@ -187,11 +188,20 @@ def test_sweeper_resends_a_dead_workers_job_once_per_period(
             )
         )
     sweep = {"sessions": sessions, "celery": make_celery(settings), "settings": settings}
-    assert sweep_once(**sweep)["resent"] == 1
-    assert sweep_once(**sweep)["resent"] == 0  # not again until requeue_after_seconds
+    assert sweep_once(**sweep) == {"resent": 1, "requeued": 1, "cancelled": 0, "failed": 0}
+    with sessions() as session:
+        row = session.get(Job, job.id)
+        assert row is not None and row.status == "queued" and row.worker is None
+        assert row.attempt == 1  # the crash used its attempt
+        kinds = [e.kind for e in repository.list_events(session=session, job_id=job.id)]
+    assert kinds[-2:] == ["requeued", "resent"]
+    assert sweep_once(**sweep)["resent"] == 0  # its message waits: not again
     assert redis_client.llen("train") == 1
-    second = _claim(sessions, job, "w2")
-    assert second is not None and second.attempt == 2
+    with session_scope(sessions) as session:  # the next worker's turn takes it
+        second = repository.claim_next(
+            session=session, queue="train", worker="w2", lease_seconds=60, max_attempts=3
+        )
+    assert second is not None and second.id == job.id and second.attempt == 2
 
 
 def test_sweeper_cancels_a_cancelled_job_whose_worker_died(
@@ -206,7 +216,7 @@ def test_sweeper_cancels_a_cancelled_job_whose_worker_died(
     with session_scope(sessions) as session:
         repository.request_cancel(session=session, job_id=job.id)
     counts = sweep_once(sessions=sessions, celery=make_celery(settings), settings=settings)
-    assert counts == {"resent": 0, "cancelled": 1, "failed": 0}
+    assert counts == {"resent": 0, "requeued": 0, "cancelled": 1, "failed": 0}
     with sessions() as session:
         row = session.get(Job, job.id)
         assert row is not None and row.status == "cancelled" and row.finished_at is not None

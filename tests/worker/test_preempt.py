@@ -22,8 +22,9 @@ from shared.db import session_scope
 from shared.models import Job
 from tests.support.fixture_types import NewJob
 from tests.support.jobs import job_outcome
+from tests.support.specs import TINY
 from worker.shutdown import EXIT_DEADLINE, SHUTTING_DOWN
-from worker.tasks import execute_train
+from worker.tasks import _heartbeat, execute_train
 from worker.training import loop
 
 SPEC: dict[str, Any] = {
@@ -162,3 +163,23 @@ def test_celery_s_warm_shutdown_signal_sets_the_flag_and_arms_the_exit() -> None
     finally:
         EXIT_DEADLINE.disarm()  # this process is the test run
         SHUTTING_DOWN.clear()
+
+
+def test_a_worker_past_its_shutdown_grace_hands_its_job_back_before_exiting(
+    sessions: sessionmaker[Session], settings: Settings, new_job: NewJob
+) -> None:
+    job_id = new_job(TINY).id
+    with session_scope(sessions) as session:
+        job = repository.claim_job(
+            session=session, job_id=job_id, worker="w", lease_seconds=60, max_attempts=3
+        )
+    assert job is not None
+    ended: list[int] = []
+    with _heartbeat(sessions, job, "w", settings):  # as execute_train runs a job
+        EXIT_DEADLINE.exit_now(30, end=ended.append)  # the step never ended
+    assert ended == [1]
+    with sessions() as session:
+        row = session.get(Job, job_id)
+        assert row is not None and row.status == "queued" and row.attempt == 0
+        events = [e.message for e in repository.list_events(session=session, job_id=job_id)]
+    assert events[-1].startswith("the worker was stopped before its step ended")

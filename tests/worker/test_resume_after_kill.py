@@ -84,9 +84,10 @@ def test_a_killed_worker_s_job_resumes_and_ends_as_if_never_stopped(
         assert job is not None and job.status == "running", "killed before it ended"
         stopped_at = job.progress_step
     with session_scope(sessions) as session:
-        # As if the dead worker's lease ran out.
+        # As if the dead worker's lease ran out and the sweeper put the job back in the queue.
         expired = update(Job).where(Job.id == killed).values(lease_expires_at=Job.created_at)
         session.execute(expired)
+        assert repository.requeue_lost_jobs(session=session, max_attempts=3) == 1
         # Rows the dead attempt wrote past its last resumable checkpoint must be replaced,
         # not kept: make them wrong (as a GPU's nondeterminism could) to see that they are.
         ckpt = repository.latest_resumable(session=session, job_id=killed)
