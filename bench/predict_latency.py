@@ -26,16 +26,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import redis
 import requests
 import torch
-from benchkit import free_port, percentile
+from benchkit import create_database, drop_database, free_port, percentile
 from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from cli.migrate import upgrade
 from cli.serve import api_command, stop_children, wait_healthy, worker_command
 from shared import repository
 from shared.db import make_engine, make_session_factory, session_scope
@@ -47,7 +45,6 @@ from shared.tensors import sha256_hex, state_dict_to_bytes
 from shared.tokens import create_token
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVER = os.environ.get("TRAINYARD_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 REDIS = os.environ.get("TRAINYARD_BENCH_REDIS", "redis://127.0.0.1:6379/9")
 SPEC = {
     "model": {"preset": "lenet"},
@@ -94,17 +91,6 @@ def print_breakdown(sessions: sessionmaker[Session]) -> None:
         f"-> claimed {ms('enqueued_at', 'started_at'):.2f} ms, "
         f"-> finished {ms('started_at', 'finished_at'):.2f} ms"
     )
-
-
-def create_database() -> tuple[str, str]:
-    """A fresh PostgreSQL database migrated to head: (name, SQLAlchemy URL)."""
-    name = f"trainyard_bench_predict_{os.getpid()}"
-    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"{SERVER.replace('postgresql://', 'postgresql+psycopg://')}/{name}"
-    upgrade(url)
-    return name, url
 
 
 def trained_model_job(sessions: sessionmaker[Session]) -> tuple[str, str]:
@@ -188,7 +174,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    name, url = create_database()
+    name, url = create_database("trainyard_bench_predict")
     redis.Redis.from_url(REDIS).flushdb()
     engine = make_engine(url)
     sessions = make_session_factory(engine)
@@ -203,8 +189,7 @@ def main() -> None:
     finally:
         stop_children(procs)
         engine.dispose()
-        with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(name)
 
 
 if __name__ == "__main__":

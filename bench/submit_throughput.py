@@ -38,13 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import redis
 import requests
-from benchkit import free_port, percentile
+from benchkit import create_database, drop_database, free_port, percentile
 from sqlalchemy import func, select
 
-from cli.migrate import upgrade
 from cli.serve import api_command, demo_spec, stop_children, wait_healthy
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
@@ -52,7 +50,6 @@ from shared.models import Job
 from shared.tokens import create_token
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVER = os.environ.get("TRAINYARD_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 REDIS = os.environ.get("TRAINYARD_BENCH_REDIS", "redis://127.0.0.1:6379/9")
 API_WORKERS = 2  # README "By hand": gunicorn -w 2 --threads 4 api.wsgi:app
 
@@ -156,22 +153,6 @@ def load(target: Target, total: int, clients: int) -> tuple[float, list[float]]:
     return total / wall, latencies
 
 
-def create_database() -> tuple[str, str]:
-    """A fresh PostgreSQL database migrated to head: (name, SQLAlchemy URL)."""
-    name = f"trainyard_bench_submit_{os.getpid()}"
-    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"{SERVER.replace('postgresql://', 'postgresql+psycopg://')}/{name}"
-    upgrade(url)
-    return name, url
-
-
-def drop_database(name: str) -> None:
-    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def start_servers(
     url: str, api_port: int, hello_port: int, *, max_queued: int
 ) -> list[subprocess.Popen[bytes]]:
@@ -250,7 +231,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    name, url = create_database()
+    name, url = create_database("trainyard_bench_submit")
     broker = redis.Redis.from_url(REDIS)
     broker.flushdb()
     engine = make_engine(url)

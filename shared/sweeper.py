@@ -61,10 +61,10 @@ def sweep_once(
             requeued = repository.requeue_lost_jobs(
                 session=session, max_attempts=settings.max_attempts
             )
-        jobs = repository.jobs_to_resend(session=session, older_than=older_than)
-        if not broker_seen:
-            jobs = []  # blind, a re-send could only multiply messages
-        elif live is not None:
+        jobs: list[Job] = []
+        if broker_seen:  # blind, a re-send could only multiply messages
+            jobs = repository.jobs_to_resend(session=session, older_than=older_than)
+        if broker_seen and live is not None:
             queued = repository.queued_counts(session=session, older_than=older_than)
             jobs = _missing_turns(jobs, live, queued)
         for job in jobs:

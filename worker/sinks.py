@@ -67,10 +67,9 @@ class DatabaseSink(Callback):
         self._writer = writer or RowWriter(
             sessions=sessions, job_id=job_id, outage_seconds=settings.db_outage_seconds
         )
-        # The task starts the job's heartbeat at the claim and stops it once the outcome is
+        # The task runs the job's heartbeat thread from the claim until the outcome is
         # stored (setup and the final writes are covered too); a sink on its own (tests,
-        # benchmarks) runs one for the fit.
-        self._owns_lease = lease is None
+        # benchmarks) beats only at the fit's start, epoch ends and close.
         self._lease = lease or LeaseKeeper(
             sessions=sessions, job_id=job_id, worker=worker, settings=settings
         )
@@ -87,8 +86,6 @@ class DatabaseSink(Callback):
         self._total = total_steps
         self._lease.report(step=0, total=total_steps, epoch=0)
         self._lease.beat()
-        if self._owns_lease:
-            self._lease.start()
 
     def on_step_end(self, *, step: int, epoch: int, loss: float, traces: list[TraceRow]) -> None:
         self._lease.check()  # LeaseLost / DatabaseGone seen by the heartbeat thread
@@ -170,7 +167,6 @@ class DatabaseSink(Callback):
 
     def on_fit_error(self, *, error: BaseException) -> None:
         if isinstance(error, LeaseLost):
-            self._stop_lease()
             return  # the heartbeat stopped the writer: the job is another worker's now
         if not isinstance(error, Exception):
             # KeyboardInterrupt / SystemExit in the long-lived worker: no writer thread may
@@ -188,23 +184,14 @@ class DatabaseSink(Callback):
         Raises RowWriteError when the writer failed: the job must not succeed with rows missing.
         """
         try:
-            try:
-                self._hand_off()
-            finally:
-                self._writer.close()  # joins the writer thread even when the hand-off raised
-            self._lease.beat()
+            self._hand_off()
         finally:
-            self._stop_lease()
+            self._writer.close()  # joins the writer thread even when the hand-off raised
+        self._lease.beat()
 
     def abort(self) -> None:
-        """Stop the writer (and a heartbeat of its own) without writing more (the job ended
-        some other way)."""
-        self._stop_lease()
+        """Stop the writer thread without writing more (the job ended some other way)."""
         self._writer.abort()
-
-    def _stop_lease(self) -> None:
-        if self._owns_lease:
-            self._lease.stop()
 
     def flush(self) -> None:
         """Hand buffered rows to the writer and wait until everything is committed."""

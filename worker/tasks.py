@@ -151,13 +151,8 @@ def _heartbeat(
     from its last resumable checkpoint)."""
     lease = LeaseKeeper(sessions=sessions, job_id=job.id, worker=worker, settings=settings)
     reason = "the worker was stopped before its step ended; resuming from the last checkpoint"
-
-    def hand_back() -> None:
-        with session_scope(sessions) as session:
-            repository.requeue_job(session=session, job_id=job.id, worker=worker, reason=reason)
-
     lease.start()
-    EXIT_DEADLINE.last_words = hand_back
+    EXIT_DEADLINE.last_words = lambda: _hand_back(sessions, job.id, worker, reason)
     try:
         yield lease
     finally:
@@ -251,13 +246,10 @@ def _requeue(
     """Back to the queue after a resumable checkpoint (the attempt is given back), and a
     new message; a send that fails is left to the sweeper, like any lost message."""
     reason = "preempted" if preempted else "the worker is shutting down"
-
-    def hand_back() -> None:
-        with session_scope(sessions) as session:
-            repository.requeue_job(session=session, job_id=job.id, worker=worker, reason=reason)
-
     retry_database(
-        hand_back, what="handing the job back", window_seconds=settings.db_outage_seconds
+        lambda: _hand_back(sessions, job.id, worker, reason),
+        what="handing the job back",
+        window_seconds=settings.db_outage_seconds,
     )
     try:
         with make_celery(settings) as celery:  # rare: a connection of its own is fine
@@ -268,6 +260,14 @@ def _requeue(
         log.exception("job %s: requeued, but its message could not be sent", job.id)
     log.info("job %s requeued: %s", job.id, reason)
     return "requeued"
+
+
+def _hand_back(
+    sessions: sessionmaker[Session], job_id: uuid.UUID, worker: str, reason: str
+) -> None:
+    """running -> queued by this worker, its attempt given back (not a crash)."""
+    with session_scope(sessions) as session:
+        repository.requeue_job(session=session, job_id=job_id, worker=worker, reason=reason)
 
 
 def _claim(

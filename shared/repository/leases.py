@@ -24,21 +24,18 @@ from shared.repository.jobs import add_event, database_now
 def claim_job(
     *, session: Session, job_id: uuid.UUID, worker: str, lease_seconds: int, max_attempts: int
 ) -> Job | None:
-    """Atomically move a queued (or lease-expired running) job to running for this worker.
+    """Atomically move a queued job to running for this worker.
 
-    Returns None when another worker holds a live lease or the job is already final, so a
+    Returns None when the job is running (on another worker, or on a dead one whose job
+    only the sweeper puts back in the queue: requeue_lost_jobs), final or cancelled, so a
     redelivered message never trains the same job twice at once.
     """
     now = database_now(session)
-    claimable = or_(
-        Job.status == JobStatus.QUEUED,
-        and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now),
-    )
     # One statement: the guarded UPDATE returns the claimed row (RETURNING works on
     # PostgreSQL and SQLite >= 3.35), no second read.
     job = session.scalars(
         update(Job)
-        .where(Job.id == job_id, claimable, Job.cancel_requested.is_(False))
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.cancel_requested.is_(False))
         .where(Job.attempt < max_attempts)
         .values(
             status=JobStatus.RUNNING,
@@ -221,20 +218,24 @@ def heartbeat(
     return Requests(cancel=bool(row.cancel_requested), preempt=bool(row.preempt_requested))
 
 
+# A running job going back to the queue: nobody holds it, and its message must be sent
+# again (the sweeper sends one if the sender does not).
+_BACK_IN_QUEUE: dict[str, Any] = {
+    "status": JobStatus.QUEUED,
+    "worker": None,
+    "lease_expires_at": None,
+    "preempt_requested": False,
+    "enqueued_at": None,
+}
+
+
 def requeue_job(*, session: Session, job_id: uuid.UUID, worker: str, reason: str) -> None:
     """running -> queued by the worker holding it, after its resumable checkpoint: a
     preemption or a shutdown is not a crash, so the attempt it used is given back."""
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
-        .values(
-            status=JobStatus.QUEUED,
-            worker=None,
-            lease_expires_at=None,
-            attempt=Job.attempt - 1,
-            preempt_requested=False,
-            enqueued_at=None,  # not sent yet: the sweeper re-sends it if the send fails
-        )
+        .values(**_BACK_IN_QUEUE, attempt=Job.attempt - 1)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         raise InvalidTransition(f"job {job_id} is not running on {worker}")
@@ -291,13 +292,7 @@ def requeue_lost_jobs(*, session: Session, max_attempts: int) -> int:
             Job.attempt < max_attempts,
             Job.cancel_requested.is_(False),
         )
-        .values(
-            status=JobStatus.QUEUED,
-            worker=None,
-            lease_expires_at=None,
-            preempt_requested=False,
-            enqueued_at=None,  # its message went with the worker: send one again
-        )
+        .values(**_BACK_IN_QUEUE)
         .returning(Job.id)
     ).all()
     for job_id in ids:

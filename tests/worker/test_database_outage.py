@@ -8,6 +8,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -103,40 +105,41 @@ def test_rows_handed_over_during_an_outage_are_written_once_it_ends(
     assert count_rows(Metric, job_id) == 100
 
 
-def _claimed(sessions: sessionmaker[Session], job_id: uuid.UUID) -> None:
+@contextmanager
+def _beating(
+    sessions: sessionmaker[Session], job_id: uuid.UUID, settings: Settings, window: float
+) -> Iterator[LeaseKeeper]:
+    """The job claimed by "w", its heartbeat thread beating every 0.05 s."""
     with session_scope(sessions) as session:
         repository.claim_job(
             session=session, job_id=job_id, worker="w", lease_seconds=60, max_attempts=3
         )
+    fast = settings.model_copy(update={"heartbeat_seconds": 0.05, "db_outage_seconds": window})
+    keeper = LeaseKeeper(sessions=sessions, job_id=job_id, worker="w", settings=fast)
+    keeper.start()
+    try:
+        yield keeper
+    finally:
+        keeper.stop()
 
 
 def test_the_heartbeat_thread_keeps_the_lease_through_an_outage(
     sessions: sessionmaker[Session], pg_url: str, settings: Settings, new_job: NewJob
 ) -> None:
     job_id = new_job(TINY).id
-    _claimed(sessions, job_id)
-    fast = settings.model_copy(update={"heartbeat_seconds": 0.05, "db_outage_seconds": 60})
-    keeper = LeaseKeeper(sessions=sessions, job_id=job_id, worker="w", settings=fast)
-    keeper.start()
-    try:
+    with _beating(sessions, job_id, settings, window=60) as keeper:
         keeper.report(step=3, total=10, epoch=1)
         with database_outage_for(pg_url, 1.5):
             keeper.report(step=7, total=10, epoch=1)  # the training thread goes on meanwhile
         _wait_for_step(sessions, job_id, 7)  # a beat after the outage stored it
         keeper.check()  # neither lost nor given up
-    finally:
-        keeper.stop()
 
 
 def test_an_outage_longer_than_the_window_ends_the_attempt_with_a_reason(
     sessions: sessionmaker[Session], pg_url: str, settings: Settings, new_job: NewJob
 ) -> None:
     job_id = new_job(TINY).id
-    _claimed(sessions, job_id)
-    short = settings.model_copy(update={"heartbeat_seconds": 0.05, "db_outage_seconds": 0.3})
-    keeper = LeaseKeeper(sessions=sessions, job_id=job_id, worker="w", settings=short)
-    keeper.start()
-    try:
+    with _beating(sessions, job_id, settings, window=0.3) as keeper:
         with database_outage(pg_url):
             deadline = time.monotonic() + 60
             while keeper.failure is None:
@@ -144,5 +147,3 @@ def test_an_outage_longer_than_the_window_ends_the_attempt_with_a_reason(
                 time.sleep(0.05)
         with pytest.raises(DatabaseGone, match=r"unreachable for more than 0\.3 s"):
             keeper.check()
-    finally:
-        keeper.stop()
