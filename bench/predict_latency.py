@@ -29,7 +29,6 @@ from typing import Any
 import redis
 import requests
 import torch
-from benchkit import create_database, drop_database, free_port, percentile
 from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -43,6 +42,11 @@ from shared.queues import QUEUE_INFER
 from shared.spec import JobSpec
 from shared.tensors import sha256_hex, state_dict_to_bytes
 from shared.tokens import create_token
+
+# bench/ on the path: run as a script it is there already; the raw Celery worker of
+# predict_latency imports this file as bench.predict_latency, from the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchkit import create_database, drop_database, free_port, percentile
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS = os.environ.get("TRAINYARD_BENCH_REDIS", "redis://127.0.0.1:6379/9")

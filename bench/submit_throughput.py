@@ -31,6 +31,7 @@ import itertools
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -40,7 +41,6 @@ from typing import Any
 
 import redis
 import requests
-from benchkit import create_database, drop_database, free_port, percentile
 from sqlalchemy import func, select
 
 from cli.serve import api_command, demo_spec, stop_children, wait_healthy
@@ -48,6 +48,11 @@ from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.models import Job
 from shared.tokens import create_token
+
+# bench/ on the path: run as a script it is there already; the raw Celery worker of
+# predict_latency imports this file as bench.predict_latency, from the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchkit import create_database, drop_database, free_port, percentile
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS = os.environ.get("TRAINYARD_BENCH_REDIS", "redis://127.0.0.1:6379/9")
