@@ -37,6 +37,25 @@ class Settings(BaseSettings):
     max_train_memory_mb: int = Field(
         default=8192, description="Largest estimated training footprint (weights + activations)"
     )
+    max_world_size: int = Field(
+        default=8, ge=1, description="Most training processes one distributed job may ask for"
+    )
+    node_address: str | None = Field(
+        default=None,
+        description="Address other workers reach this one at for distributed jobs "
+        "(default: this host's name)",
+    )
+    rendezvous_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a distributed job waits for all its nodes before it goes back "
+        "to the queue",
+    )
+    collective_timeout_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="A distributed job fails when a collective waits this long for a rank",
+    )
     # Quotas per owner (0: none). Over one, a submission gets 429 naming it.
     quota_max_queued: int = Field(default=200, ge=0, description="Queued jobs one owner may have")
     quota_max_running: int = Field(

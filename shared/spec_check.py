@@ -40,6 +40,7 @@ class SpecLimits:
     max_steps: int | None = None
     max_batch_size: int | None = None
     max_train_memory_mb: int | None = None
+    max_world_size: int | None = None
 
     @classmethod
     def of(cls, settings: Settings) -> SpecLimits:
@@ -50,6 +51,7 @@ class SpecLimits:
             max_steps=settings.max_steps,
             max_batch_size=settings.max_batch_size,
             max_train_memory_mb=settings.max_train_memory_mb,
+            max_world_size=settings.max_world_size,
         )
 
 
@@ -75,6 +77,7 @@ def check_spec(
     limits = limits or SpecLimits()
     plan = StepPlan.of(spec.train, train_size(spec.data))
     _check_run_length(spec, plan, limits)
+    _check_world(spec, plan, limits)
     check_data_available(spec.data, data_dir)
     model, report = _DRY_RUNS.checked_model(spec, limits.max_params)
     _check_memory(spec, report, limits)
@@ -142,6 +145,23 @@ def _check_run_length(spec: JobSpec, plan: StepPlan, limits: SpecLimits) -> None
             f"{plan.batches_per_epoch:,} batches; this service allows at most "
             f"{limits.max_epochs:,} epochs: lower max_steps or raise batch_size",
             details=[{"loc": "train.max_steps", "msg": "too many epochs"}],
+        )
+
+
+def _check_world(spec: JobSpec, plan: StepPlan, limits: SpecLimits) -> None:
+    """A distributed job fits the operator's limit and gives every process samples."""
+    world = spec.train.world_size
+    if limits.max_world_size is not None and world > limits.max_world_size:
+        raise SpecError(
+            f"train.distributed.world_size is {world}; this service allows at most "
+            f"{limits.max_world_size} processes per job (TRAINYARD_MAX_WORLD_SIZE)",
+            details=[{"loc": "train.distributed.world_size", "msg": "too many processes"}],
+        )
+    if world > plan.samples:
+        raise SpecError(
+            f"train.distributed.world_size {world} is more than the {plan.samples} training "
+            "samples: every process needs at least one",
+            details=[{"loc": "train.distributed.world_size", "msg": "more than the samples"}],
         )
 
 

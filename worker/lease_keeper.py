@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -32,6 +33,28 @@ from shared.errors import LeaseLost
 from shared.repository.leases import Requests
 
 log = logging.getLogger(__name__)
+
+
+class Lease(Protocol):
+    """What a DatabaseSink needs of the job's claim: a LeaseKeeper, or on rank 0 of a
+    distributed job the claiming worker's keeper seen through shared memory."""
+
+    on_lost: Callable[[], None]
+
+    @property
+    def requests(self) -> Requests: ...
+
+    def report(self, *, step: int, total: int | None, epoch: int) -> None: ...
+
+    def check(self) -> None: ...
+
+    def beat(self) -> None: ...
+
+
+class Flag(Protocol):
+    """A threading.Event as far as a reader is concerned."""
+
+    def is_set(self) -> bool: ...
 
 
 class LeaseKeeper:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from shared.db_retry import retry_database
 from shared.errors import LeaseLost
 from shared.jsonvalues import json_safe
 from shared.models import LayerTrace
-from worker.lease_keeper import LeaseKeeper
+from worker.lease_keeper import Flag, Lease, LeaseKeeper
 from worker.shutdown import SHUTTING_DOWN
 from worker.training.callbacks import Callback, Event, FitResult
 from worker.training.checkpoint import CheckpointBlob
@@ -56,8 +55,8 @@ class DatabaseSink(Callback):
         settings: Settings,
         clock: Callable[[], float] = time.monotonic,
         writer: RowWriter | None = None,
-        lease: LeaseKeeper | None = None,
-        shutting_down: threading.Event = SHUTTING_DOWN,
+        lease: Lease | None = None,
+        shutting_down: Flag = SHUTTING_DOWN,
     ) -> None:
         self._sessions = sessions
         self._job_id = job_id
@@ -70,7 +69,7 @@ class DatabaseSink(Callback):
         # The task runs the job's heartbeat thread from the claim until the outcome is
         # stored (setup and the final writes are covered too); a sink on its own (tests,
         # benchmarks) beats only at the fit's start, epoch ends and close.
-        self._lease = lease or LeaseKeeper(
+        self._lease: Lease = lease or LeaseKeeper(
             sessions=sessions, job_id=job_id, worker=worker, settings=settings
         )
         self._lease.on_lost = self._writer.abort  # another worker's now; stop writing for it

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import socket
@@ -12,15 +11,13 @@ from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
-import torch
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import repository
 from shared.config import Settings, get_settings
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.db_retry import retry_database
-from shared.errors import InvalidTransition, LeaseLost, NotFound, TrainyardError
+from shared.errors import InvalidTransition, LeaseLost, NotFound
 from shared.infer_inputs import InputLimits, inputs_tensor
 from shared.jsonvalues import json_safe_object
 from shared.models import Job, JobStatus
@@ -31,11 +28,12 @@ from shared.spec_check import load_stored_spec
 from worker.celery_app import app
 from worker.inference import LoadedModel, ModelCache, load_model, predict
 from worker.lease_keeper import LeaseKeeper
+from worker.messages import user_message
+from worker.ranks_job import RanksFailed, train_on_ranks
 from worker.shutdown import EXIT_DEADLINE
 from worker.sinks import DatabaseSink
 from worker.training.callbacks import FitResult
 from worker.training.device import resolve_device
-from worker.training.diagnose import TrainingDiverged
 from worker.training.loop import fit
 from worker.training.resume import ResumePoint
 from worker.training.time_limit import TimeLimit
@@ -96,36 +94,6 @@ def infer(job_id: str) -> str:
     )
 
 
-# What allocators and storage say when they run out, across torch's CPU and CUDA paths.
-OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "Cannot allocate memory")
-DISK_FULL = ("No space left on device", "database or disk is full")
-
-
-def user_message(exc: BaseException) -> str:
-    """One line a user can act on; tracebacks stay in the worker log."""
-    raw = str(exc)
-    if isinstance(exc, TrainyardError | TrainingDiverged):
-        text = str(exc.message if isinstance(exc, TrainyardError) else exc)
-    elif isinstance(exc, MemoryError | torch.OutOfMemoryError) or any(
-        words in raw for words in OUT_OF_MEMORY
-    ):
-        where = (
-            "the GPU" if isinstance(exc, torch.OutOfMemoryError) or "CUDA" in raw else "the worker"
-        )
-        text = f"out of memory on {where}: use a smaller model or batch_size"
-    elif (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or any(
-        words in raw for words in DISK_FULL
-    ):
-        text = "disk full on the worker: free space where it writes (TRAINYARD_HOME, the database)"
-    elif isinstance(exc, SQLAlchemyError):
-        # Driver messages carry SQL, hosts and user names: keep them in the worker log.
-        text = "the worker could not save results to the database; see the worker log"
-    else:
-        text = f"{type(exc).__name__}: {exc}"
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return first[:500]
-
-
 def execute_train(
     job_id: uuid.UUID, *, worker: str, sessions: sessionmaker[Session], settings: Settings
 ) -> str:
@@ -177,22 +145,37 @@ def _train_claimed(
         with sessions() as session:
             initial_state = _initial_state(session, spec)
         limit = _time_limit(job, settings)
-        result = fit(
-            spec,
-            callbacks=[sink] if limit is None else [sink, limit],
-            max_params=settings.max_params,
-            data_dir=settings.data_dir,
-            initial_state=initial_state,
-            resume=retry_database(
-                lambda: _resume_point(sessions, job_id, worker, attempt=job.attempt),
-                what="loading the resume point",
-                window_seconds=settings.db_outage_seconds,
-            ),
-            checkpoint_seconds=settings.checkpoint_seconds,
+        resume = retry_database(
+            lambda: _resume_point(sessions, job_id, worker, attempt=job.attempt),
+            what="loading the resume point",
+            window_seconds=settings.db_outage_seconds,
         )
+        if spec.train.world_size > 1:
+            outcome = train_on_ranks(
+                job, spec, worker=worker, settings=settings, lease=lease, limit=limit,
+                resume=resume, initial_state=initial_state,
+            )  # fmt: skip
+            if outcome.lost:
+                raise LeaseLost(f"job {job_id}: a rank saw the claim lost")
+            if outcome.crash is not None:
+                return _retry_after_crash(sessions, job, worker, settings, outcome.crash)
+            if outcome.error is not None or outcome.result is None:
+                raise RanksFailed(outcome.error or "rank 0 ended without a result")
+            result, preempted = outcome.result, lease.requests.preempt
+        else:
+            result = fit(
+                spec,
+                callbacks=[sink] if limit is None else [sink, limit],
+                max_params=settings.max_params,
+                data_dir=settings.data_dir,
+                initial_state=initial_state,
+                resume=resume,
+                checkpoint_seconds=settings.checkpoint_seconds,
+            )
+            preempted = sink.preempted
         if result.suspended and not (limit is not None and limit.reached):
-            return _requeue(sessions, job, worker, settings, preempted=sink.preempted)
-        status, summary, error = _outcome(result, limit)
+            return _requeue(sessions, job, worker, settings, preempted=preempted)
+        status, summary, error = _outcome(result, limit, spec)
     except LeaseLost:
         # Another worker holds the job now (or the sweeper ended it): its outcome wins.
         log.warning("job %s: lost the claim while training; stopped", job_id)
@@ -235,6 +218,44 @@ def _finish(
     return True
 
 
+def _retry_after_crash(
+    sessions: sessionmaker[Session], job: Job, worker: str, settings: Settings, reason: str
+) -> str:
+    """A rank died (or a peer did): the whole group has stopped. With attempts left the
+    job goes back to the queue using this attempt, to resume from its last resumable
+    checkpoint; without, it fails saying why."""
+    log.warning("job %s: distributed training crashed: %s", job.id, reason)
+
+    def back() -> bool:
+        with session_scope(sessions) as session:
+            return repository.requeue_after_crash(
+                session=session, job_id=job.id, worker=worker, max_attempts=settings.max_attempts,
+                reason=f"{reason}; back in the queue to resume from its last checkpoint",
+            )  # fmt: skip
+
+    if not retry_database(
+        back, what="requeueing the job", window_seconds=settings.db_outage_seconds
+    ):
+        error = f"{reason} (after {job.attempt} attempts)"
+        _finish(
+            sessions, job.id, worker, settings, status=JobStatus.FAILED, error=error, summary=None
+        )
+        return str(JobStatus.FAILED)
+    _send_again(job, settings, sessions)
+    return "requeued"
+
+
+def _send_again(job: Job, settings: Settings, sessions: sessionmaker[Session]) -> None:
+    """A new message for a job back in the queue; a send that fails is left to the sweeper."""
+    try:
+        with make_celery(settings) as celery:  # rare: a connection of its own is fine
+            send_job(celery, job_id=str(job.id), kind=job.kind, queue=job.queue)
+        with session_scope(sessions) as session:
+            repository.mark_enqueued(session=session, job_id=job.id)
+    except Exception:
+        log.exception("job %s: requeued, but its message could not be sent", job.id)
+
+
 def _requeue(
     sessions: sessionmaker[Session],
     job: Job,
@@ -251,13 +272,7 @@ def _requeue(
         what="handing the job back",
         window_seconds=settings.db_outage_seconds,
     )
-    try:
-        with make_celery(settings) as celery:  # rare: a connection of its own is fine
-            send_job(celery, job_id=str(job.id), kind=job.kind, queue=job.queue)
-        with session_scope(sessions) as session:
-            repository.mark_enqueued(session=session, job_id=job.id)
-    except Exception:
-        log.exception("job %s: requeued, but its message could not be sent", job.id)
+    _send_again(job, settings, sessions)
     log.info("job %s requeued: %s", job.id, reason)
     return "requeued"
 
@@ -301,10 +316,10 @@ def _time_limit(job: Job, settings: Settings) -> TimeLimit | None:
 
 
 def _outcome(
-    result: FitResult, limit: TimeLimit | None
+    result: FitResult, limit: TimeLimit | None, spec: JobSpec
 ) -> tuple[JobStatus, dict[str, Any], str | None]:
     """A fit's final status, summary and error (a suspended fit here hit its time limit)."""
-    summary = _summary(result)
+    summary = _summary(result, spec)
     if result.suspended and limit is not None:
         return JobStatus.FAILED, summary, limit.message()
     return (JobStatus.CANCELLED if result.stopped else JobStatus.SUCCEEDED), summary, None
@@ -375,9 +390,14 @@ def _initial_state(session: Session, spec: JobSpec) -> bytes | None:
     return ckpt.model_state
 
 
-def _summary(result: FitResult) -> dict[str, Any]:
+def _summary(result: FitResult, spec: JobSpec) -> dict[str, Any]:
+    distributed = spec.train.distributed
     return json_safe_object(
         {
+            "world_size": spec.train.world_size,
+            "nodes": distributed.nodes if distributed is not None else 1,
+            "batch_size": spec.train.batch_size,
+            "global_batch_size": spec.train.global_batch_size,
             "steps": result.steps,
             "epochs": result.epochs,
             "final_loss": result.final_loss,

@@ -40,6 +40,7 @@ from shared.repository.leases import (
     heartbeat,
     jobs_to_resend,
     queued_counts,
+    requeue_after_crash,
     requeue_job,
     requeue_lost_jobs,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "relax_durability",
     "request_cancel",
     "request_preempt",
+    "requeue_after_crash",
     "requeue_job",
     "requeue_lost_jobs",
     "save_checkpoint",

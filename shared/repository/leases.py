@@ -242,6 +242,29 @@ def requeue_job(*, session: Session, job_id: uuid.UUID, worker: str, reason: str
     add_event(session=session, job_id=job_id, kind="requeued", message=reason)
 
 
+def requeue_after_crash(
+    *, session: Session, job_id: uuid.UUID, worker: str, max_attempts: int, reason: str
+) -> bool:
+    """running -> queued by the worker holding it after a crash it saw (a rank of a
+    distributed job died): the attempt stays used. False, and nothing changed, when no
+    attempt is left (the caller fails the job)."""
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.worker == worker,
+            Job.status == JobStatus.RUNNING,
+            Job.attempt < max_attempts,
+        )
+        .values(**_BACK_IN_QUEUE)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        assert_held(session=session, job_id=job_id, worker=worker)  # LeaseLost if not ours
+        return False
+    add_event(session=session, job_id=job_id, kind="requeued", message=reason)
+    return True
+
+
 def finish_job(
     *,
     session: Session,

@@ -15,6 +15,7 @@ from shared.spec.infer import CHECKPOINT_TAGS, InferSpec
 from shared.spec.model import MAX_DEPTH, MAX_LAYERS, InitFrom, InitRule, LayerSpec, ModelSpec
 from shared.spec.train import (
     REGRESSION_LOSSES,
+    DistributedSpec,
     EarlyStoppingSpec,
     GradClipSpec,
     OptimizerSpec,
@@ -28,6 +29,7 @@ __all__ = [
     "MAX_LAYERS",
     "AlertSpec",
     "DataSpec",
+    "DistributedSpec",
     "EarlyStoppingSpec",
     "GradClipSpec",
     "HookSpec",

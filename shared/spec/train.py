@@ -102,6 +102,34 @@ class EarlyStoppingSpec(Strict):
         return self
 
 
+class DistributedSpec(Strict):
+    """Data parallelism with torch.distributed: `world_size` processes, each training a
+    replica (DistributedDataParallel) on its share of every batch.
+
+    `train.batch_size` is each process's batch: a step trains on `batch_size x world_size`
+    samples. `nodes` spreads the processes over that many workers (hosts), world_size /
+    nodes on each. `backend` "auto" is nccl on CUDA and gloo on the CPU.
+    """
+
+    world_size: int = Field(default=1, ge=1, le=1024, description="training processes in all")
+    nodes: int = Field(default=1, ge=1, le=128, description="workers the processes spread over")
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+
+    @model_validator(mode="after")
+    def _whole_nodes(self) -> DistributedSpec:
+        if self.world_size % self.nodes:
+            raise ValueError(
+                f"world_size {self.world_size} does not split over {self.nodes} nodes: "
+                "each node runs world_size / nodes processes"
+            )
+        return self
+
+    @property
+    def per_node(self) -> int:
+        """Processes on each node."""
+        return self.world_size // self.nodes
+
+
 class TrainSpec(Strict):
     """How long and how to train: the seed's zero_grad / forward / loss / backward / step.
 
@@ -132,6 +160,19 @@ class TrainSpec(Strict):
     )
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    distributed: DistributedSpec | None = Field(
+        default=None, description="data-parallel training over several processes / hosts"
+    )
+
+    @property
+    def world_size(self) -> int:
+        """Training processes: 1 unless `distributed` asks for more."""
+        return self.distributed.world_size if self.distributed is not None else 1
+
+    @property
+    def global_batch_size(self) -> int:
+        """Samples per micro-batch over every process (batch_size x world_size)."""
+        return self.batch_size * self.world_size
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainSpec:
@@ -143,4 +184,7 @@ class TrainSpec(Strict):
         if self.precision != "fp32" and self.device != "cuda":
             # "auto" may land on a CPU worker, which cannot autocast to half precision.
             raise ValueError(f"precision {self.precision!r} is autocast on CUDA: set device 'cuda'")
+        distributed = self.distributed
+        if distributed is not None and distributed.backend == "nccl" and self.device != "cuda":
+            raise ValueError("distributed.backend 'nccl' runs on CUDA: set device 'cuda'")
         return self

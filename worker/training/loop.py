@@ -23,6 +23,7 @@ from worker.training.callbacks import Callback, CallbackList, FitResult
 from worker.training.checkpoint import CheckpointBlob, capture, restore_model
 from worker.training.evaluate import evaluate, train_mode
 from worker.training.progress import Progress
+from worker.training.ranks import Asks, Ranks
 from worker.training.resume import Cadence, ResumePoint, restore, resume_state
 from worker.training.setup import Run, prepare
 from worker.training.step import micro_batches, train_step
@@ -39,15 +40,22 @@ def fit(
     resume: ResumePoint | None = None,
     checkpoint_seconds: float | None = None,
     clock: Callable[[], float] = time.monotonic,
+    ranks: Ranks | None = None,
 ) -> FitResult:
     """Train the spec's model on its data, or go on from `resume`; see Callback for what
     is reported along the way. Resumable checkpoints come at epoch ends, every
-    `train.checkpoint_every_steps` steps and every `checkpoint_seconds`."""
+    `train.checkpoint_every_steps` steps and every `checkpoint_seconds`.
+
+    In a distributed job every rank calls fit with its `ranks` (the process group is
+    initialised); rank 0's callbacks see what a single process's would (the loss over
+    every rank, merged probe rows, checkpoints), and the other ranks' see no
+    checkpoints or evaluations.
+    """
     cb = CallbackList(callbacks)
     try:
         run = prepare(
             spec, device=device, max_params=max_params, data_dir=data_dir,
-            initial_state=initial_state,
+            initial_state=initial_state, ranks=ranks,
         )  # fmt: skip
         state = Progress()
         if resume is not None:
@@ -78,9 +86,10 @@ def train(run: Run, cb: Callback, state: Progress, cadence: Cadence) -> FitResul
                 break  # a stopped epoch is not evaluated; the final checkpoint still comes
             end_epoch(run, cb, state)
             cadence.taken()
-        if not state.suspended:  # a suspended fit is not over: its resumed one ends it
+        # A suspended fit is not over: its resumed one ends it.
+        if not state.suspended and run.ranks.leads:
             cb.on_checkpoint(blob=final_checkpoint(run, state))
-    if run.test_loader is not None and not (state.stopped or state.suspended):
+    if run.test_loader is not None and not (state.stopped or state.suspended) and run.ranks.leads:
         report_test_metrics(run, cb, state)
     wall_s = time.perf_counter() - started
     steps = state.step - state.first_step  # taken by this attempt
@@ -124,27 +133,35 @@ def train_epoch(run: Run, cb: Callback, state: Progress, cadence: Cadence) -> No
                 state.logged_lr = done.lr
                 cb.on_metrics(step=state.step, epoch=state.epoch, split="train",
                               values={"lr": done.lr})  # fmt: skip
-        state.stopped = cb.should_stop()
+        asks = run.ranks.agree(
+            Asks(stop=cb.should_stop(), suspend=cb.should_suspend(),
+                 checkpoint=cadence.due(state.step))
+        )  # fmt: skip
+        state.stopped = asks.stop
         if state.stopped or state.step >= run.plan.total_steps:
             break
-        if cb.should_suspend():  # checkpoint here; a resumed fit takes the next step
+        if asks.suspend:  # checkpoint here; a resumed fit takes the next step
             state.suspended = True
-            cb.on_checkpoint(blob=resumable(run, state, tag="step"))
+            checkpoint(cb, resumable(run, state, tag="step"))
             break
         # Not at the epoch's end, whose own checkpoint comes after evaluation.
-        if state.epoch_step < run.plan.steps_per_epoch and cadence.due(state.step):
-            cb.on_checkpoint(blob=resumable(run, state, tag="step"))
+        if state.epoch_step < run.plan.steps_per_epoch and asks.checkpoint:
+            checkpoint(cb, resumable(run, state, tag="step"))
             cadence.taken()
 
 
 def end_epoch(run: Run, cb: Callback, state: Progress) -> None:
     """Evaluate, report, advance an epoch schedule, checkpoint (and keep the best)."""
     losses = state.epoch_losses  # every step skipped ("skip_step"): no mean
-    state.metrics = {"train_loss": sum(losses) / len(losses) if losses else float("nan")}
-    if run.val_loader is not None:
-        state.metrics |= evaluate(
-            run.model, run.val_loader, run.criterion, run.device, run.classification, "val"
-        )
+    metrics = {"train_loss": sum(losses) / len(losses) if losses else float("nan")}
+    if run.ranks.leads:  # rank 0 evaluates; every rank decides on its metrics
+        if run.val_loader is not None:
+            metrics |= evaluate(
+                run.model, run.val_loader, run.criterion, run.device, run.classification, "val"
+            )
+        state.metrics = run.ranks.share(metrics)
+    else:
+        state.metrics = run.ranks.share(None)
     cb.on_epoch_end(step=state.step, epoch=state.epoch, metrics=state.metrics)
     run.schedule.after_epoch(state.metrics)
     best = run.early is not None and run.early.update(state.epoch, state.metrics)
@@ -152,6 +169,8 @@ def end_epoch(run: Run, cb: Callback, state: Progress) -> None:
         state.stopped_early = run.early.should_stop
     state.epoch_step, state.epoch_losses = 0, []
     state.last = resumable(run, state, tag="epoch")
+    if state.last is None:  # not rank 0
+        return
     blobs = [state.last]
     if best:
         blobs.append(dataclasses.replace(state.last, tag="best", resume_state=None))
@@ -160,12 +179,22 @@ def end_epoch(run: Run, cb: Callback, state: Progress) -> None:
         cb.on_checkpoint(blob=blob)
 
 
-def resumable(run: Run, state: Progress, *, tag: str) -> CheckpointBlob:
-    """A checkpoint that a fit can go on from: weights, optimizer and the resume state."""
+def resumable(run: Run, state: Progress, *, tag: str) -> CheckpointBlob | None:
+    """A checkpoint that a fit can go on from: weights, optimizer and the resume state.
+    Every rank takes part (their random states go in it); rank 0 has it, the others None."""
+    resume = resume_state(run, state)
+    if resume is None:
+        return None
     return capture(
         run.model, run.optimizer, step=state.step, epoch=state.epoch, tag=tag,
-        resume_state=resume_state(run, state),
+        resume_state=resume,
     )  # fmt: skip
+
+
+def checkpoint(cb: Callback, blob: CheckpointBlob | None) -> None:
+    """Report a checkpoint this rank holds (rank 0's; the others hold None)."""
+    if blob is not None:
+        cb.on_checkpoint(blob=blob)
 
 
 def final_checkpoint(run: Run, state: Progress) -> CheckpointBlob:

@@ -23,6 +23,7 @@ from torch.utils.hooks import RemovableHandle
 from shared.net.order import LayerOrder
 from shared.spec import HookSpec
 from shared.spec.hooks import HOOK_KINDS, stats_for
+from worker.training.ranks import Ranks
 from worker.training.stats import (
     RAW,
     derive,
@@ -89,8 +90,10 @@ def _owners(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
 class HookRecorder:
     """Registers the spec's hooks on `model` and turns what they see into TraceRows."""
 
-    def __init__(self, model: nn.Module, spec: HookSpec) -> None:
+    def __init__(self, model: nn.Module, spec: HookSpec, ranks: Ranks | None = None) -> None:
         self.model = model
+        # In a distributed job, rows of rank-local tensors are merged over the ranks.
+        self.ranks = ranks if ranks is not None and ranks.distributed else None
         self.kinds = frozenset(spec.kinds)
         self.every_n_steps = spec.every_n_steps
         self.stats = {kind: stats_for(kind, spec.stats) for kind in KINDS}
@@ -273,7 +276,12 @@ class HookRecorder:
     ) -> list[TraceRow]:
         n = len(pending)
         width = len(RAW)
-        table = flat[: n * width].reshape(n, width).tolist()
+        raw_table = flat[: n * width].reshape(n, width)
+        numels = [p.numel for p in pending]
+        if self.ranks is not None:
+            keys = [(p.kind, p.layer) for p in pending]
+            raw_table, numels = self.ranks.merge_rows(keys, numels, raw_table)
+        table = raw_table.tolist()
         offset = n * width
         ratio_of: dict[int, float] = {}
         if with_ratios:
@@ -282,7 +290,7 @@ class HookRecorder:
             offset += len(grads)
         hist_rows = iter(flat[offset:].reshape(-1, self.bins).tolist() if self.bins else [])
         rows = []
-        for i, (p, raw) in enumerate(zip(pending, table, strict=True)):
+        for i, (p, raw, numel) in enumerate(zip(pending, table, numels, strict=True)):
             if scale != 1.0 and p.kind in scaled:
                 norm, mean, var, low, high, *counts = raw
                 raw = [norm / scale, mean / scale, var / scale**2, low / scale, high / scale]
@@ -293,9 +301,9 @@ class HookRecorder:
                     step=self._step,
                     layer=p.layer,
                     kind=p.kind,
-                    numel=p.numel,
+                    numel=numel,
                     norm=raw[0],
-                    **derive(raw, p.numel, stats),
+                    **derive(raw, numel, stats),
                     nonfinite=int(raw[6]) if "nonfinite" in stats else None,
                     update_ratio=ratio_of.get(i),
                     histogram=next(hist_rows) if p.has_hist else None,
@@ -317,7 +325,8 @@ class HookRecorder:
     def _reduce_deferred(self) -> None:
         """Reduce every queued tensor not yet reduced, in one batched call per kind."""
         waiting = [p for p in self._pending if not p.reduced]
-        for kind in {p.kind for p in waiting}:
+        # In hook order, not a set's: every rank of a distributed job lists rows alike.
+        for kind in [k for k in KINDS if any(p.kind == k for p in waiting)]:
             self._reduce([p for p in waiting if p.kind == kind])
 
     def _reduce(self, items: list[_Pending]) -> None:

@@ -41,8 +41,13 @@ class ResumePoint:
     best_model_state: bytes | None = None  # the "best" checkpoint's weights, if any
 
 
-def resume_state(run: Run, progress: Progress) -> bytes:
-    """The run's state at the step boundary it is at, as bytes."""
+def resume_state(run: Run, progress: Progress) -> bytes | None:
+    """The run's state at the step boundary it is at, as bytes. In a distributed job every
+    rank calls it (each rank's own random generators go in); rank 0 gets the bytes, the
+    other ranks None."""
+    rank_rng = run.ranks.gather_rng(run.device)
+    if not run.ranks.leads:
+        return None
     scheduler = run.schedule.scheduler
     state: dict[str, Any] = {
         "format": FORMAT,
@@ -64,6 +69,7 @@ def resume_state(run: Run, progress: Progress) -> bytes:
         "skipped_in_a_row": run.guard.in_a_row,
         "alerts_seen": [list(key) for key in sorted(run.alerts.seen)],
         "rng": _random_states(run.device),
+        "rank_rng": rank_rng,  # None for one process; else each rank's torch generators
     }
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -106,6 +112,11 @@ def restore(run: Run, progress: Progress, point: ResumePoint) -> None:
     else:
         generator.set_state(state["loader_generator"])
     _set_random_states(state["rng"], run.device)
+    rank_rng = state.get("rank_rng")
+    if run.ranks.distributed:
+        if rank_rng is None or len(rank_rng) != run.ranks.world_size:
+            raise ValueError("the resume state was not taken with this job's world_size")
+        run.ranks.set_rng(rank_rng[run.ranks.rank], run.device)
 
 
 def _loader_generator(run: Run) -> torch.Generator:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from shared.net.build import build_model
@@ -22,6 +23,7 @@ from worker.training.device import autocast, resolve_device
 from worker.training.diagnose import NonFiniteGuard
 from worker.training.optim import Schedule, make_criterion, make_optimizer, make_schedule
 from worker.training.probes import HookRecorder
+from worker.training.ranks import Ranks, rank_seed
 from worker.training.stopping import EarlyStopping
 
 Loader = DataLoader[tuple[torch.Tensor, ...]]
@@ -47,6 +49,10 @@ class Run:
     recorder: HookRecorder  # the spec's hooks
     alerts: AlertWatcher  # the spec's gradient-norm thresholds
     guard: NonFiniteGuard  # what a non-finite loss does
+    ranks: Ranks  # where this process stands in a distributed job (rank 0 of 1 alone)
+    # What a step calls: the DistributedDataParallel wrapper in a distributed job, else
+    # the model itself. `model` stays the plain module (checkpoints, hooks, evaluation).
+    stepped: nn.Module
 
     @property
     def train(self) -> TrainSpec:
@@ -74,9 +80,18 @@ def prepare(
     max_params: int = DEFAULT_MAX_PARAMS,
     data_dir: Path | None = None,
     initial_state: bytes | None = None,
+    ranks: Ranks | None = None,
 ) -> Run:
-    """Check the spec again, then build its model (under its seed), data and optimizer."""
+    """Check the spec again, then build its model (under its seed), data and optimizer;
+    in a distributed job (`ranks`, with its process group initialised) this process's
+    replica and its share of the data."""
     train = spec.train
+    ranks = ranks or Ranks()
+    if ranks.world_size != train.world_size:
+        raise ValueError(
+            f"train.distributed.world_size is {train.world_size} but this fit runs on "
+            f"{ranks.world_size} process(es): distributed jobs start through the worker"
+        )
     dev = resolve_device(device if device is not None else train.device)
     # Shapes and size again, before anything is allocated for real; pass the same
     # max_params the API checked with, so a worker never refuses what the API accepted.
@@ -91,7 +106,14 @@ def prepare(
     model.to(dev)
 
     splits = make_datasets(spec.data, seed=train.seed, loss=train.loss, data_dir=data_dir)
-    loader, val_loader, test_loader = _loaders(splits, train, dev)
+    loader, val_loader, test_loader = _loaders(splits, train, dev, ranks)
+    stepped: nn.Module = model
+    if ranks.distributed:
+        # Every rank built the same weights from the seed (DDP also broadcasts rank 0's);
+        # from here on each rank's dropout draws its own stream.
+        torch.manual_seed(rank_seed(train.seed, ranks.rank))
+        device_ids = [dev] if dev.type == "cuda" else None
+        stepped = DistributedDataParallel(model, device_ids=device_ids)
     optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), train.optimizer)
     criterion = make_criterion(train)
     # Counted on the samples the files really hold (the API counted the nominal size).
@@ -112,20 +134,24 @@ def prepare(
         ),
         scaler=torch.amp.GradScaler(dev.type, enabled=train.precision == "fp16"),
         early=EarlyStopping(train.early_stopping) if train.early_stopping else None,
-        recorder=HookRecorder(model, spec.hooks),
+        recorder=HookRecorder(model, spec.hooks, ranks),
         alerts=AlertWatcher(spec.hooks.alerts),
         guard=NonFiniteGuard(skip=spec.hooks.on_nonfinite == "skip_step"),
+        ranks=ranks,
+        stepped=stepped,
     )
 
 
 def _loaders(
-    splits: Splits, train: TrainSpec, device: torch.device
+    splits: Splits, train: TrainSpec, device: torch.device, ranks: Ranks
 ) -> tuple[Loader, Loader | None, Loader | None]:
-    """Training (shuffled under the seed), validation and test loaders."""
+    """Training (shuffled under the seed; this rank's share), validation and test loaders
+    (rank 0 evaluates)."""
     pin = device.type == "cuda"  # page-locked host batches copy to the GPU asynchronously
     loader = make_loader(
         splits.train, batch_size=train.batch_size, shuffle=True, seed=train.seed, train=True,
-        num_workers=train.num_workers, pin_memory=pin,
+        num_workers=train.num_workers, pin_memory=pin, rank=ranks.rank,
+        world_size=ranks.world_size,
     )  # fmt: skip
     val_loader, test_loader = (
         make_loader(ds, batch_size=train.batch_size, shuffle=False, seed=0,

@@ -7,12 +7,14 @@ the summed gradients. A non-finite loss is located and the step undone (diagnose
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from shared.spec import TrainSpec
 from worker.training.diagnose import (
@@ -43,7 +45,9 @@ def train_step(run: Run, batches: list[Batch], step: int) -> StepResult:
     replay = run.guard.remember(run.model, run.device)  # to re-run or undo a bad step
     total = forward_backward(run, batches, step)
     run.scaler.unscale_(run.optimizer)  # param_grad traces and clipping see true gradients
-    loss = total.item()  # the step's one host sync, before the update
+    # The step's one host sync, before the update; in a distributed job the mean over
+    # the ranks, so every rank takes (or undoes) the step alike.
+    loss = run.ranks.mean_loss(total)
     if not math.isfinite(loss):
         return _undo(run, batches, step, loss, replay)
     run.recorder.after_backward()
@@ -56,8 +60,10 @@ def train_step(run: Run, batches: list[Batch], step: int) -> StepResult:
     # must not advance for a step that did not happen.
     if not run.scaler.is_enabled() or run.scaler.get_scale() >= scale:
         run.schedule.after_step()
-    # Output gradients were recorded during the scaled backward: unscale them.
-    return StepResult(loss, run.recorder.collect(scale=scale), lr)
+    # Output gradients were recorded during the scaled backward (of each rank's own
+    # mean loss, in a distributed job): bring them to the job's loss.
+    rows = run.recorder.collect(scale=scale * run.ranks.backward_scale())
+    return StepResult(loss, rows, lr)
 
 
 def forward_backward(
@@ -65,19 +71,35 @@ def forward_backward(
 ) -> torch.Tensor:
     """Forward and backward over a step's micro-batches (gradients add up); the summed
     loss, still on the device. The run's recorder records the last micro-batch, unless
-    another `probe` (already armed) is recording."""
+    another `probe` (already armed) is recording.
+
+    In a distributed job the gradients are averaged over the ranks during the last
+    micro-batch's backward (DDP's no_sync before it); a probe's replay of a bad step
+    locates the problem on this rank alone, without collectives (ranks may stop their
+    replay at different micro-batches)."""
     total = torch.zeros((), device=run.device)
+    model = run.stepped if probe is None else run.model
     for i, (x, y) in enumerate(batches):
         x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
-        if probe is None and i < len(batches) - 1:
+        last = i == len(batches) - 1
+        if probe is None and not last:
             run.recorder.pause()
         elif probe is None:
             run.recorder.begin_step(step)
-        with run.autocast():
-            loss = run.criterion(run.model(x), y) / len(batches)
-        run.scaler.scale(loss).backward()
+        with _accumulating(model, last):
+            with run.autocast():
+                loss = run.criterion(model(x), y) / len(batches)
+            run.scaler.scale(loss).backward()
         total += loss.detach()
     return total
+
+
+def _accumulating(model: nn.Module, last: bool) -> contextlib.AbstractContextManager[object]:
+    """DDP's no_sync for every micro-batch but a step's last: gradients add up locally and
+    are averaged once."""
+    if isinstance(model, DistributedDataParallel) and not last:
+        return model.no_sync()
+    return contextlib.nullcontext()
 
 
 def _undo(run: Run, batches: list[Batch], step: int, loss: float, replay: Replay) -> StepResult:

@@ -1,0 +1,202 @@
+"""One rank of a distributed job: a process the claiming worker spawned.
+
+It joins the job's process group through the TCPStore the job's first node serves
+(torch.distributed's c10d rendezvous: every rank connects, `init_process_group` returns
+once all `world_size` have), trains its replica with fit(), and leaves a one-line
+account in `rank-N.json` for the worker: the FitResult (rank 0), or what went wrong.
+Rank 0 writes the job's rows and checkpoints itself, under the claiming worker's name.
+
+Logs and prints carry a `rank N` prefix and go where the worker's go. The process dies
+with the worker that spawned it (PR_SET_PDEATHSIG): no rank outlives its worker.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch.distributed as dist
+from torch.distributed import PrefixStore, TCPStore  # type: ignore[attr-defined]  # re-exported from C
+
+from shared.config import Settings
+from shared.db import make_engine, make_session_factory
+from shared.errors import LeaseLost
+from shared.spec import JobSpec
+from worker.messages import user_message
+from worker.rank_channel import ChannelLease, NodeAsks, RankChannel, ShutdownFlag
+from worker.training.callbacks import Callback
+from worker.training.loop import fit
+from worker.training.ranks import Ranks
+from worker.training.resume import ResumePoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RankLaunch:
+    """Everything a node's ranks need, sent once at spawn (plain values and our own
+    checkpoint bytes; the spec and settings travel as JSON)."""
+
+    job_id: str
+    worker: str  # the name the job's claim is held under (rank 0 writes as it)
+    spec_json: str
+    settings_json: str
+    node_rank: int
+    per_node: int
+    world_size: int
+    backend: str  # "gloo" | "nccl"
+    device: str  # "cpu" | "cuda"
+    store_host: str
+    store_port: int
+    store_prefix: str  # one per attempt: a late rank of an earlier gang cannot join
+    rendezvous_seconds: float
+    collective_seconds: float
+    gpus: tuple[str, ...] | None  # CUDA_VISIBLE_DEVICES of each local rank
+    out_dir: str
+    resume: ResumePoint | None = None
+    initial_state: bytes | None = None
+
+    def rank(self, local_rank: int) -> int:
+        """The global rank of this node's `local_rank`-th process."""
+        return self.node_rank * self.per_node + local_rank
+
+
+def run_rank(local_rank: int, launch: RankLaunch, channel: RankChannel) -> None:
+    """The spawned process's entry point."""
+    rank = launch.rank(local_rank)
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the worker's to handle
+    _prefix_output(rank)
+    if launch.gpus is not None:  # before CUDA starts in this process: one GPU per rank
+        os.environ["CUDA_VISIBLE_DEVICES"] = launch.gpus[local_rank]
+    report: dict[str, Any]
+    code = 0
+    try:
+        result = _train(rank, launch, channel)
+        report = {"result": dataclasses.asdict(result)} if result is not None else {"done": True}
+    except LeaseLost:
+        report = {"lost": True}
+    except Exception as exc:
+        log.exception("rank %d failed", rank)
+        report = {"error": user_message(exc), "peer": _peer_failure(exc)}
+        code = 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    Path(launch.out_dir, f"rank-{rank}.json").write_text(json.dumps(report))
+    logging.shutdown()
+    sys.exit(code)
+
+
+def _train(rank: int, launch: RankLaunch, channel: RankChannel) -> Any:
+    settings = Settings.model_validate_json(launch.settings_json)
+    spec = JobSpec.model_validate_json(launch.spec_json)
+    store = TCPStore(
+        launch.store_host, launch.store_port, is_master=False,
+        timeout=timedelta(seconds=launch.rendezvous_seconds), wait_for_workers=False,
+    )  # fmt: skip
+    dist.init_process_group(
+        launch.backend,
+        store=PrefixStore(launch.store_prefix, store),
+        rank=rank,
+        world_size=launch.world_size,
+        timeout=timedelta(seconds=launch.collective_seconds),
+    )
+    # Agreements are host values: beside nccl they need a gloo group of their own.
+    control = dist.new_group(backend="gloo") if launch.backend == "nccl" else None
+    assert control is None or isinstance(control, dist.ProcessGroup)
+    ranks = Ranks(rank=rank, world_size=launch.world_size, control=control)
+    callbacks: list[Callback]
+    if ranks.leads:
+        from worker.sinks import DatabaseSink  # rank 0 only: the others touch no database
+
+        sessions = make_session_factory(make_engine(settings.resolved_database_url()))
+        callbacks = [
+            DatabaseSink(
+                sessions=sessions,
+                job_id=uuid.UUID(launch.job_id),
+                worker=launch.worker,
+                settings=settings,
+                lease=ChannelLease(channel, launch.job_id),
+                shutting_down=ShutdownFlag(channel),
+            )
+        ]
+    else:
+        callbacks = [NodeAsks(channel)]
+    log.info("rank %d of %d joined (%s, %s)", rank, launch.world_size, launch.backend,
+             launch.device)  # fmt: skip
+    result = fit(
+        spec,
+        callbacks=callbacks,
+        device=launch.device,
+        max_params=settings.max_params,
+        data_dir=settings.data_dir,
+        initial_state=launch.initial_state,
+        resume=launch.resume,
+        checkpoint_seconds=settings.checkpoint_seconds,
+        ranks=ranks,
+    )
+    return result if ranks.leads else None
+
+
+def _peer_failure(exc: BaseException) -> bool:
+    """Whether the error says another rank went away (its own failure is the cause)."""
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc)
+    return any(
+        words in text
+        for words in ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                      "Socket Timeout", "timed out", "NCCL", "gloo")
+    )  # fmt: skip
+
+
+def _die_with_parent() -> None:
+    """SIGKILL this process when the worker that spawned it dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class _Prefixed:
+    """A text stream that starts every line with a prefix."""
+
+    def __init__(self, stream: TextIO, prefix: str) -> None:
+        self._stream, self._prefix, self._at_start = stream, prefix, True
+
+    def write(self, text: str) -> int:
+        out = []
+        for piece in text.splitlines(keepends=True):
+            if self._at_start:
+                out.append(self._prefix)
+            out.append(piece)
+            self._at_start = piece.endswith("\n")
+        self._stream.write("".join(out))
+        self._stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _prefix_output(rank: int) -> None:
+    sys.stdout = _Prefixed(sys.stdout, f"rank {rank}: ")
+    sys.stderr = _Prefixed(sys.stderr, f"rank {rank}: ")
+    logging.basicConfig(
+        level=logging.INFO,
+        format="[%(asctime)s: %(levelname)s] %(name)s: %(message)s",  # after "rank N: "
+        force=True,
+    )

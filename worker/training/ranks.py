@@ -1,0 +1,176 @@
+"""Where a fit runs in a data-parallel group, and what its processes agree on.
+
+A fit on one process has `Ranks()` (rank 0 of 1): every method below returns what it is
+given, and no collective runs. In a distributed job (torch.distributed, one process per
+rank, DistributedDataParallel averaging the gradients in backward) the processes must
+take the same decisions at the same steps, or a collective waits forever:
+
+- the loss each step reports and checks for NaN / inf is the mean over all ranks (one
+  all_reduce before the optimizer step: a rank whose loss is non-finite sent NaN into
+  every rank's averaged gradients);
+- after each step, stop (cancel), suspend (preempt, shutdown) and "take a resumable
+  checkpoint now" are what any rank asked for (one all_reduce: rank 0 reads the job's
+  flags, every rank its own node's shutdown);
+- the epoch's evaluation runs on rank 0, and its metrics are broadcast (early stopping
+  and ReduceLROnPlateau decide alike everywhere);
+- probe rows of rank-local tensors (layer inputs, outputs and output gradients, which
+  each rank sees for its share of the batch) are merged into the statistics of the whole
+  batch; parameter gradients are already all-reduced, and weights are the same on every
+  rank.
+
+These agreements run on `control`, a gloo group on the host (the default group with
+gloo; a group of its own next to nccl), so they cost a few microseconds of CPU, not a
+device synchronisation.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+# Kinds whose tensors each rank sees only for its own share of the batch.
+RANK_LOCAL_KINDS = frozenset({"forward_pre", "forward", "backward"})
+
+
+@dataclass(frozen=True, slots=True)
+class Asks:
+    """What the callbacks asked for after a step."""
+
+    stop: bool = False
+    suspend: bool = False
+    checkpoint: bool = False
+
+
+@dataclass
+class Ranks:
+    """This process's place in the job: rank, world size, and the group to agree on."""
+
+    rank: int = 0
+    world_size: int = 1
+    control: dist.ProcessGroup | None = None  # None: the default group
+
+    @property
+    def distributed(self) -> bool:
+        """Whether other processes train this job too."""
+        return self.world_size > 1
+
+    @property
+    def leads(self) -> bool:
+        """Rank 0 owns the outside world: rows, checkpoints, progress."""
+        return self.rank == 0
+
+    def mean_loss(self, total: torch.Tensor) -> float:
+        """The step's loss over every rank's share of the batch (the host copy of a
+        single process's `total.item()`)."""
+        loss = total.item()
+        if not self.distributed:
+            return loss
+        values = torch.tensor([loss], dtype=torch.float64)
+        dist.all_reduce(values, group=self.control)
+        return float(values.item()) / self.world_size
+
+    def agree(self, asks: Asks) -> Asks:
+        """What any rank asked for."""
+        if not self.distributed:
+            return asks
+        flags = torch.tensor([asks.stop, asks.suspend, asks.checkpoint], dtype=torch.int32)
+        dist.all_reduce(flags, group=self.control)
+        stop, suspend, checkpoint = (bool(v) for v in flags.tolist())
+        return Asks(stop=stop, suspend=suspend, checkpoint=checkpoint)
+
+    def share(self, values: dict[str, float] | None) -> dict[str, float]:
+        """Rank 0's `values` on every rank (the others pass None)."""
+        if not self.distributed:
+            assert values is not None
+            return values
+        payload = json.dumps(values).encode() if self.leads else b""
+        size = torch.tensor([len(payload)], dtype=torch.int64)
+        dist.broadcast(size, src=0, group=self.control)
+        data = torch.empty(int(size.item()), dtype=torch.uint8)
+        if self.leads:
+            data.copy_(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
+        dist.broadcast(data, src=0, group=self.control)
+        shared: dict[str, float] = json.loads(bytes(data.tolist()))
+        return shared
+
+    def merge_rows(
+        self, keys: list[tuple[str, str]], numels: list[int], raw: torch.Tensor
+    ) -> tuple[torch.Tensor, list[int]]:
+        """Statistics of rank-local tensors over the whole batch.
+
+        `raw` is this rank's (n, 7) host table of stats.reduce() (norm, mean, var, min, max,
+        nonzero, nonfinite) for the step's captured tensors, `keys` their (kind, layer) and
+        `numels` their element counts, in the same order on every rank (the same model,
+        the same hooks; checked). Rows of other kinds are returned as they are.
+        """
+        kinds = [kind for kind, _ in keys]
+        if not self.distributed or not any(kind in RANK_LOCAL_KINDS for kind in kinds):
+            return raw, numels
+        codes = [float(zlib.crc32(f"{kind}:{layer}".encode())) for kind, layer in keys]
+        extra = torch.tensor([codes, numels], dtype=torch.float64).T
+        local = torch.cat([extra, raw], dim=1)
+        tables = [torch.empty_like(local) for _ in range(self.world_size)]
+        dist.all_gather(tables, local, group=self.control)
+        stack = torch.stack(tables)[:, :, 1:]  # (world, n, 8): numel, then raw
+        if not all(torch.equal(table[:, 0], local[:, 0]) for table in tables):
+            raise RuntimeError("the ranks' probe rows differ: they cannot be merged")
+        counts = stack[:, :, 0]
+        n = counts.sum(0)
+        sq = stack[:, :, 1].square().sum(0)
+        mean = (stack[:, :, 2] * counts).sum(0) / n
+        merged = torch.stack(
+            [
+                sq.sqrt(),
+                mean,
+                (sq / n - mean.square()).clamp_min(0.0),  # as stats.reduce() derives it
+                stack[:, :, 4].amin(0),
+                stack[:, :, 5].amax(0),
+                stack[:, :, 6].sum(0),
+                stack[:, :, 7].sum(0),
+            ],
+            dim=1,
+        )
+        local_rows = [kind in RANK_LOCAL_KINDS for kind in kinds]
+        table = torch.where(torch.tensor(local_rows)[:, None], merged, raw)
+        totals = [
+            int(total) if local else own
+            for total, local, own in zip(n.tolist(), local_rows, numels, strict=True)
+        ]
+        return table, totals
+
+    def gather_rng(self, device: torch.device) -> list[dict[str, torch.Tensor]] | None:
+        """Every rank's torch random generators (CPU, and this rank's CUDA device), on
+        every rank, for a resumable checkpoint; None in one process (its state has them)."""
+        if not self.distributed:
+            return None
+        states = {"cpu": torch.get_rng_state()}
+        if device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(device)
+        gathered: list[dict[str, torch.Tensor]] = [{} for _ in range(self.world_size)]
+        for name, own in states.items():
+            parts = [torch.empty_like(own) for _ in range(self.world_size)]
+            dist.all_gather(parts, own, group=self.control)
+            for rank_states, part in zip(gathered, parts, strict=True):
+                rank_states[name] = part
+        return gathered
+
+    def set_rng(self, states: dict[str, torch.Tensor], device: torch.device) -> None:
+        """Put this rank's generators back as gather_rng() took them."""
+        torch.set_rng_state(states["cpu"])
+        if "cuda" in states and device.type == "cuda":
+            torch.cuda.set_rng_state(states["cuda"], device)
+
+    def backward_scale(self) -> float:
+        """Output gradients are of each rank's mean loss over its share; the job's loss is
+        the mean over all ranks, whose gradient is `world_size` times smaller."""
+        return float(self.world_size)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The global RNG seed of `rank` after the model is built (dropout differs by rank,
+    as it differs by sample in one process); rank 0 of one process keeps the job's stream."""
+    return (seed * 1_000_003 + rank) % (2**63 - 1) if rank else seed
