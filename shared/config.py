@@ -45,6 +45,12 @@ class Settings(BaseSettings):
         description="Address other workers reach this one at for distributed jobs "
         "(default: this host's name)",
     )
+    rendezvous_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of a multi-node job's rendezvous store on its first node (0: any)",
+    )
     rendezvous_timeout_seconds: float = Field(
         default=60.0,
         gt=0,

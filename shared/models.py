@@ -151,6 +151,16 @@ class Job(Base):
     request_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
     # Checkpoint, hand back to the queue, resume later (API preempt); not a crash.
     preempt_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # A job over several nodes (train.distributed.nodes) forming its gang: the claiming
+    # worker (node 0) serves the rendezvous store at gang_host:gang_port; other workers
+    # join (job_nodes) until gang_deadline. not_before: claimable again from then (a gang
+    # that did not fill waits before it holds a worker again).
+    gang_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    gang_size: Mapped[int | None] = mapped_column(Integer, default=None)
+    gang_host: Mapped[str | None] = mapped_column(String(255), default=None)
+    gang_port: Mapped[int | None] = mapped_column(Integer, default=None)
+    gang_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     progress_step: Mapped[int] = mapped_column(Integer, default=0)
     progress_total: Mapped[int | None] = mapped_column(Integer)
     progress_epoch: Mapped[int] = mapped_column(Integer, default=0)
@@ -255,6 +265,20 @@ class JobEvent(Base):
     kind: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(Text, default="")
     data: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+
+
+class JobNode(Base):
+    """A worker that joined a multi-node job's gang: node 0 is the claiming worker."""
+
+    __tablename__ = "job_nodes"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    node_rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    gang_id: Mapped[str] = mapped_column(String(64))
+    worker: Mapped[str] = mapped_column(String(255))
+    joined_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class ApiToken(Base):

@@ -54,6 +54,7 @@ class Flags:
     preempt: bool = False
     shutdown: bool = False
     lost: bool = False
+    abandon: bool = False  # stop the ranks now, wherever they are (the job is not ours)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +137,9 @@ def _supervise(
             flags = relay(channel.progress())
             channel.send(cancel=flags.cancel, preempt=flags.preempt, shutdown=flags.shutdown,
                          lost=flags.lost)  # fmt: skip
+            if flags.abandon:
+                log.warning("the job is no longer this worker's: stopping its ranks")
+                _kill(processes)
             wait([p.sentinel for p in processes if p.exitcode is None], timeout=TICK_SECONDS)
             if failed_at is None and any(p.exitcode not in (None, 0) for p in processes):
                 failed_at = time.monotonic()

@@ -1,22 +1,24 @@
-"""A claimed distributed job on this node: its rendezvous, its ranks, the relay.
+"""A claimed distributed job's ranks on this node: their launch and the relay.
 
-On one node the worker that claimed the job serves the job's TCPStore on the loopback
-interface and spawns all `world_size` ranks (rank_launcher). The heartbeat thread that
-holds the claim keeps running in this process; each tick of the launcher copies the
-job's cancel / preempt flags, this worker's shutdown and the time limit down to the
-ranks, and rank 0's progress up into the heartbeat.
+The worker that claimed the job, or joined its gang (gang.py), spawns the node's ranks
+(rank_launcher) with the address of the job's rendezvous store; on one node it serves
+that store itself on the loopback interface. The relay runs each launcher tick: for the
+job's first node it copies the job's cancel / preempt flags, this worker's shutdown and
+the time limit down to the ranks and rank 0's progress up into the heartbeat; a node
+that joined relays only its own shutdown, and whether the gang still stands.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 
 from torch.distributed import TCPStore  # type: ignore[attr-defined]  # re-exported from C
 
 from shared.config import Settings
 from shared.errors import TrainyardError
-from shared.models import Job
 from shared.spec import JobSpec
 from worker.lease_keeper import LeaseKeeper
 from worker.rank_launcher import Flags, RanksOutcome, backend_for, local_devices, run_ranks
@@ -25,6 +27,8 @@ from worker.shutdown import SHUTTING_DOWN
 from worker.training.resume import ResumePoint
 from worker.training.time_limit import TimeLimit
 
+Relay = Callable[[tuple[int, int | None, int]], Flags]
+
 
 class RanksFailed(TrainyardError):
     """A rank's own error (not a crash): the job fails with it."""
@@ -32,8 +36,88 @@ class RanksFailed(TrainyardError):
     code = "training_failed"
 
 
-def train_on_ranks(
-    job: Job,
+@dataclass(frozen=True, slots=True)
+class Node:
+    """This node's place in the job: its rank among the nodes and the rendezvous store."""
+
+    node_rank: int
+    host: str
+    port: int
+    prefix: str  # new for every gang / attempt: a late rank of an earlier one cannot join
+
+
+def serve_store(host: str, port: int, settings: Settings) -> TCPStore:
+    """The job's rendezvous store, served by this process (it outlasts any one rank)."""
+    return TCPStore(
+        host, port, is_master=True, wait_for_workers=False,
+        timeout=timedelta(seconds=settings.rendezvous_timeout_seconds),
+    )  # fmt: skip
+
+
+def launch_node(
+    job_id: uuid.UUID,
+    spec: JobSpec,
+    *,
+    worker: str,
+    settings: Settings,
+    node: Node,
+    relay: Relay,
+    resume: ResumePoint | None,
+    initial_state: bytes | None,
+) -> RanksOutcome:
+    """Spawn this node's ranks of the job and watch them to the end."""
+    distributed = spec.train.distributed
+    assert distributed is not None
+    device, gpus = local_devices(spec.train.device, distributed.per_node)
+    backend = backend_for(distributed.backend, device)
+
+    def launch_for(out_dir: str) -> RankLaunch:
+        return RankLaunch(
+            job_id=str(job_id),
+            worker=worker,
+            spec_json=spec.model_dump_json(),
+            settings_json=settings.model_dump_json(),
+            node_rank=node.node_rank,
+            per_node=distributed.per_node,
+            world_size=distributed.world_size,
+            backend=backend,
+            device=device,
+            store_host=node.host,
+            store_port=node.port,
+            store_prefix=node.prefix,
+            rendezvous_seconds=settings.rendezvous_timeout_seconds,
+            collective_seconds=settings.collective_timeout_seconds,
+            gpus=gpus,
+            out_dir=out_dir,
+            resume=resume,
+            initial_state=initial_state,
+        )
+
+    return run_ranks(launch_for, relay=relay)
+
+
+def leader_relay(lease: LeaseKeeper, limit: TimeLimit | None) -> Relay:
+    """The first node's relay: the job's flags down, rank 0's progress up."""
+
+    def relay(progress: tuple[int, int | None, int]) -> Flags:
+        step, total, epoch = progress
+        lease.report(step=step, total=total, epoch=epoch)
+        requests = lease.requests
+        lost = lease.failure is not None
+        return Flags(
+            cancel=requests.cancel,
+            preempt=requests.preempt,
+            shutdown=SHUTTING_DOWN.is_set() or (limit is not None and limit.should_suspend()),
+            lost=lost,
+            abandon=lost,  # ranks still in the rendezvous would wait for it to time out
+        )
+
+    return relay
+
+
+def train_one_node(
+    job_id: uuid.UUID,
+    attempt: int,
     spec: JobSpec,
     *,
     worker: str,
@@ -44,52 +128,10 @@ def train_on_ranks(
     initial_state: bytes | None,
 ) -> RanksOutcome:
     """Train a claimed single-node distributed job on `world_size` local processes."""
-    distributed = spec.train.distributed
-    assert distributed is not None and distributed.world_size > 1
-    if distributed.nodes > 1:
-        raise RanksFailed(
-            f"train.distributed.nodes is {distributed.nodes}: jobs over several nodes are "
-            "claimed by that many workers together"
-        )
-    device, gpus = local_devices(spec.train.device, distributed.per_node)
-    backend = backend_for(distributed.backend, device)
-    # The store lives in this process, not in rank 0: it outlasts any one rank.
-    store = TCPStore(
-        "127.0.0.1", 0, is_master=True, wait_for_workers=False,
-        timeout=timedelta(seconds=settings.rendezvous_timeout_seconds),
+    store = serve_store("127.0.0.1", 0, settings)
+    node = Node(node_rank=0, host="127.0.0.1", port=store.port,
+                prefix=f"{job_id}/{attempt}/{uuid.uuid4().hex}")  # fmt: skip
+    return launch_node(
+        job_id, spec, worker=worker, settings=settings, node=node,
+        relay=leader_relay(lease, limit), resume=resume, initial_state=initial_state,
     )  # fmt: skip
-
-    def launch_for(out_dir: str) -> RankLaunch:
-        return RankLaunch(
-            job_id=str(job.id),
-            worker=worker,
-            spec_json=spec.model_dump_json(),
-            settings_json=settings.model_dump_json(),
-            node_rank=0,
-            per_node=distributed.per_node,
-            world_size=distributed.world_size,
-            backend=backend,
-            device=device,
-            store_host="127.0.0.1",
-            store_port=store.port,
-            store_prefix=f"{job.id}/{job.attempt}/{uuid.uuid4().hex}",
-            rendezvous_seconds=settings.rendezvous_timeout_seconds,
-            collective_seconds=settings.collective_timeout_seconds,
-            gpus=gpus,
-            out_dir=out_dir,
-            resume=resume,
-            initial_state=initial_state,
-        )
-
-    def relay(progress: tuple[int, int | None, int]) -> Flags:
-        step, total, epoch = progress
-        lease.report(step=step, total=total, epoch=epoch)
-        requests = lease.requests
-        return Flags(
-            cancel=requests.cancel,
-            preempt=requests.preempt,
-            shutdown=SHUTTING_DOWN.is_set() or (limit is not None and limit.should_suspend()),
-            lost=lease.failure is not None,
-        )
-
-    return run_ranks(launch_for, relay=relay)  # the store closes with this frame

@@ -17,7 +17,7 @@ from shared import repository
 from shared.config import Settings, get_settings
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.db_retry import retry_database
-from shared.errors import InvalidTransition, LeaseLost, NotFound
+from shared.errors import InvalidTransition, LeaseLost
 from shared.infer_inputs import InputLimits, inputs_tensor
 from shared.jsonvalues import json_safe_object
 from shared.models import Job, JobStatus
@@ -25,11 +25,13 @@ from shared.notify import JobEndSignal
 from shared.queues import INFER_TASK, TRAIN_TASK, make_celery, send_job
 from shared.spec import InferSpec, JobSpec
 from shared.spec_check import load_stored_spec
+from worker import job_inputs
 from worker.celery_app import app
+from worker.gang import follow_gang, join_gang, lead_gang
 from worker.inference import LoadedModel, ModelCache, load_model, predict
 from worker.lease_keeper import LeaseKeeper
 from worker.messages import user_message
-from worker.ranks_job import RanksFailed, train_on_ranks
+from worker.ranks_job import RanksFailed, train_one_node
 from worker.shutdown import EXIT_DEADLINE
 from worker.sinks import DatabaseSink
 from worker.training.callbacks import FitResult
@@ -102,6 +104,9 @@ def execute_train(
     The message names a job, but the worker runs the one the claim order puts first in
     that job's queue (priority, then fair share between owners): see claim_for_message.
     """
+    seat = join_gang(sessions, job_id, worker, settings)  # a job over several nodes first
+    if seat is not None:
+        return follow_gang(seat, worker=worker, sessions=sessions, settings=settings)
     job = _claim_turn(sessions, job_id, worker, settings)
     if job is None:
         return "skipped"
@@ -136,33 +141,29 @@ def _train_claimed(
     lease: LeaseKeeper,
 ) -> str:
     job_id = job.id
-    sink = DatabaseSink(
-        sessions=sessions, job_id=job_id, worker=worker, settings=settings, lease=lease
-    )
     status, summary, error = JobStatus.FAILED, None, None
     try:
         spec = load_stored_spec(job.spec, job_id=job_id)
         with sessions() as session:
-            initial_state = _initial_state(session, spec)
+            initial_state = job_inputs.initial_state(session, spec)
         limit = _time_limit(job, settings)
         resume = retry_database(
-            lambda: _resume_point(sessions, job_id, worker, attempt=job.attempt),
+            lambda: job_inputs.resume_point(sessions, job_id, worker, attempt=job.attempt),
             what="loading the resume point",
             window_seconds=settings.db_outage_seconds,
         )
         if spec.train.world_size > 1:
-            outcome = train_on_ranks(
-                job, spec, worker=worker, settings=settings, lease=lease, limit=limit,
-                resume=resume, initial_state=initial_state,
+            ended = _train_distributed(
+                job, spec, worker=worker, sessions=sessions, settings=settings, lease=lease,
+                limit=limit, resume=resume, initial_state=initial_state,
             )  # fmt: skip
-            if outcome.lost:
-                raise LeaseLost(f"job {job_id}: a rank saw the claim lost")
-            if outcome.crash is not None:
-                return _retry_after_crash(sessions, job, worker, settings, outcome.crash)
-            if outcome.error is not None or outcome.result is None:
-                raise RanksFailed(outcome.error or "rank 0 ended without a result")
-            result, preempted = outcome.result, lease.requests.preempt
+            if isinstance(ended, str):
+                return ended  # waiting for nodes, or back in the queue after a crash
+            result, preempted = ended, lease.requests.preempt
         else:
+            sink = DatabaseSink(
+                sessions=sessions, job_id=job_id, worker=worker, settings=settings, lease=lease
+            )
             result = fit(
                 spec,
                 callbacks=[sink] if limit is None else [sink, limit],
@@ -186,6 +187,45 @@ def _train_claimed(
     if not _finish(sessions, job_id, worker, settings, status=status, summary=summary, error=error):
         return "lost"
     return str(status)
+
+
+def _train_distributed(
+    job: Job,
+    spec: JobSpec,
+    *,
+    worker: str,
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    lease: LeaseKeeper,
+    limit: TimeLimit | None,
+    resume: ResumePoint | None,
+    initial_state: bytes | None,
+) -> FitResult | str:
+    """Rank 0's FitResult, or what the task returns when the ranks did not end a fit:
+    "waiting" (a gang that did not fill) or "requeued" / "failed" after a crash. A rank's
+    own error raises RanksFailed, a lost claim LeaseLost."""
+    distributed = spec.train.distributed
+    assert distributed is not None
+    if distributed.nodes > 1:
+        gang = lead_gang(
+            job, spec, worker=worker, sessions=sessions, settings=settings, lease=lease,
+            limit=limit, resume=resume, initial_state=initial_state,
+        )  # fmt: skip
+        if gang.outcome is None:
+            return "waiting"
+        outcome = gang.outcome
+    else:
+        outcome = train_one_node(
+            job.id, job.attempt, spec, worker=worker, settings=settings, lease=lease,
+            limit=limit, resume=resume, initial_state=initial_state,
+        )  # fmt: skip
+    if outcome.lost:
+        raise LeaseLost(f"job {job.id}: a rank saw the claim lost")
+    if outcome.crash is not None:
+        return _retry_after_crash(sessions, job, worker, settings, outcome.crash)
+    if outcome.error is not None or outcome.result is None:
+        raise RanksFailed(outcome.error or "rank 0 ended without a result")
+    return outcome.result
 
 
 def _finish(
@@ -347,47 +387,6 @@ def _claim_turn(
     elif job.id != job_id:
         log.info("message for job %s: ran job %s first (priority / fair share)", job_id, job.id)
     return job
-
-
-def _resume_point(
-    sessions: sessionmaker[Session], job_id: uuid.UUID, worker: str, *, attempt: int
-) -> ResumePoint | None:
-    """Where a re-claimed job goes on from: its newest resumable checkpoint (None: from
-    the start). Rows and checkpoints the earlier attempt wrote past that step go, so each
-    step keeps exactly one row of each kind (only while this worker holds the job)."""
-    with session_scope(sessions) as session:
-        repository.assert_held(session=session, job_id=job_id, worker=worker)
-        ckpt = repository.latest_resumable(session=session, job_id=job_id)
-        if ckpt is None and attempt == 1:
-            return None  # a first run (a preempted job has its checkpoint)
-        step = ckpt.step if ckpt is not None else 0
-        repository.delete_rows_after(session=session, job_id=job_id, step=step)
-        repository.delete_checkpoints_after(session=session, job_id=job_id, step=step)
-        message = f"resumed from step {step} (attempt {attempt})"
-        repository.add_event(session=session, job_id=job_id, kind="resumed", message=message,
-                             data={"step": step, "attempt": attempt})  # fmt: skip
-        if ckpt is None or ckpt.optimizer_state is None or ckpt.resume_state is None:
-            return None
-        try:
-            best = repository.get_checkpoint(session=session, job_id=job_id, ref="best")
-        except NotFound:
-            best = None
-        return ResumePoint(
-            step=ckpt.step,
-            model_state=ckpt.model_state,
-            optimizer_state=ckpt.optimizer_state,
-            resume_state=ckpt.resume_state,
-            best_model_state=best.model_state if best is not None else None,
-        )
-
-
-def _initial_state(session: Session, spec: JobSpec) -> bytes | None:
-    """The weights a fine-tuning job starts from (ownership was checked at submit time)."""
-    start = spec.model.init_from
-    if start is None:
-        return None
-    ckpt = repository.get_checkpoint(session=session, job_id=start.job_id, ref=start.checkpoint)
-    return ckpt.model_state
 
 
 def _summary(result: FitResult, spec: JobSpec) -> dict[str, Any]:

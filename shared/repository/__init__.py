@@ -2,6 +2,7 @@
 
     jobs         create, read, list, cancel; the event log
     leases       claim, heartbeat, finish, requeue; what the sweeper re-sends or ends
+    gangs        a job over several nodes: open, join, release and close its gang
     results      metric and trace rows: idempotent batch writes, bounded reads
     checkpoints  store (pruning old resume states), list, find by id or tag, resume
 
@@ -16,6 +17,15 @@ from shared.repository.checkpoints import (
     latest_resumable,
     list_checkpoints,
     save_checkpoint,
+)
+from shared.repository.gangs import (
+    Seat,
+    close_gang,
+    gang_is_open,
+    gang_members,
+    join_gang,
+    open_gang,
+    release_gang,
 )
 from shared.repository.jobs import (
     add_event,
@@ -56,23 +66,28 @@ from shared.repository.results import (
 
 __all__ = [
     "Requests",
+    "Seat",
     "add_event",
     "assert_held",
     "checkpoint_id",
     "claim_for_message",
     "claim_job",
     "claim_next",
+    "close_gang",
     "create_job",
     "database_now",
     "delete_checkpoints_after",
     "delete_rows_after",
     "end_abandoned_jobs",
     "finish_job",
+    "gang_is_open",
+    "gang_members",
     "get_checkpoint",
     "get_job",
     "glob_to_like",
     "heartbeat",
     "jobs_to_resend",
+    "join_gang",
     "latest_resumable",
     "list_checkpoints",
     "list_events",
@@ -81,10 +96,12 @@ __all__ = [
     "list_traces",
     "mark_enqueued",
     "metric_overview",
+    "open_gang",
     "queued_counts",
     "record_metrics",
     "record_traces",
     "relax_durability",
+    "release_gang",
     "request_cancel",
     "request_preempt",
     "requeue_after_crash",

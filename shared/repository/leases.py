@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, aliased
 
 from shared.errors import InvalidTransition, LeaseLost
 from shared.models import FINAL_STATUSES, Job, JobStatus
+from shared.repository.gangs import NO_GANG
 from shared.repository.jobs import add_event, database_now
 
 
@@ -92,6 +93,7 @@ def claim_next(
         Job.status == JobStatus.QUEUED,
         Job.cancel_requested.is_(False),
         Job.attempt < max_attempts,
+        or_(Job.not_before.is_(None), Job.not_before <= database_now(session)),
     )
     if max_running_per_owner:
         pick = pick.where(running < max_running_per_owner)
@@ -158,6 +160,7 @@ def queued_counts(*, session: Session, older_than: timedelta) -> dict[str, int]:
             Job.status == JobStatus.QUEUED,
             Job.cancel_requested.is_(False),
             or_(Job.created_at < cutoff, Job.started_at.is_not(None)),
+            or_(Job.not_before.is_(None), Job.not_before <= database_now(session)),
         )
         .group_by(Job.queue)
     ).all()
@@ -226,6 +229,7 @@ _BACK_IN_QUEUE: dict[str, Any] = {
     "lease_expires_at": None,
     "preempt_requested": False,
     "enqueued_at": None,
+    **NO_GANG,
 }
 
 

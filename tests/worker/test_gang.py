@@ -1,0 +1,162 @@
+"""Jobs over two nodes: two workers (threads of this process, each with its own name and
+its own rank process) form the job's gang through its row; a gang that cannot fill
+releases its worker; killing one node's rank fails the gang and the job resumes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import repository
+from shared.config import Settings
+from shared.models import Job
+from tests.support.fixture_types import NewJob
+from tests.support.jobs import job_outcome
+from tests.support.specs import TINY
+from tests.worker.test_distributed_job import mlp, rank_processes
+from worker.tasks import execute_train
+
+
+@pytest.fixture()
+def gang_settings(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={"node_address": "127.0.0.1", "rendezvous_timeout_seconds": 60.0}
+    )
+
+
+def two_nodes() -> dict[str, Any]:
+    return mlp(distributed={"world_size": 2, "nodes": 2})
+
+
+def _workers(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    job_id: uuid.UUID,
+    act: Callable[[], None] | None = None,
+    ready: Callable[[Session], bool] | None = None,
+) -> dict[str, str]:
+    """w1 claims the job and opens its gang; once it is open, w2 takes its turn and joins.
+    With `act`: called once `ready` holds. Each worker's task result."""
+    results: dict[str, str] = {}
+
+    def run(worker: str) -> None:
+        results[worker] = execute_train(job_id, worker=worker, sessions=sessions,
+                                        settings=settings)  # fmt: skip
+
+    first = threading.Thread(target=run, args=("w1",))
+    first.start()
+    _wait(sessions, lambda s: _job(s, job_id).gang_id is not None, "the gang to open")
+    second = threading.Thread(target=run, args=("w2",))
+    second.start()
+    if act is not None and ready is not None:
+        _wait(sessions, ready, "the job to be ready for the test's action")
+        act()
+    for thread in (first, second):
+        thread.join(240)
+        assert not thread.is_alive()
+    return results
+
+
+def _job(session: Session, job_id: uuid.UUID) -> Job:
+    job = session.get(Job, job_id)
+    assert job is not None
+    return job
+
+
+def _wait(sessions: sessionmaker[Session], ready: Callable[[Session], bool], what: str) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with sessions() as session:
+            if ready(session):
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"gave up after 120 s waiting for {what}")
+
+
+def test_two_nodes_train_as_one_group(
+    sessions: sessionmaker[Session], gang_settings: Settings, new_job: NewJob
+) -> None:
+    one_node = new_job(mlp()).id
+    assert execute_train(one_node, worker="w", sessions=sessions, settings=gang_settings) == (
+        "succeeded"
+    )
+    job_id = new_job(two_nodes()).id
+    results = _workers(sessions, gang_settings, job_id)
+    assert results == {"w1": "succeeded", "w2": "node 1"}
+    assert rank_processes() == []
+    with sessions() as session:
+        job = _job(session, job_id)
+        events = [e.message for e in repository.list_events(session=session, job_id=job_id)]
+        assert job.summary is not None and job.summary["nodes"] == 2
+        assert job.gang_id is None  # closed: nobody joins a finished job
+    assert "w2 joined as node 1 of 2" in events
+    # Rank 0 (node 0) wrote one row per step; the rows are those of the same two ranks on
+    # one node, bit for bit (the same collectives in the same order).
+    assert job_outcome(sessions, job_id) == job_outcome(sessions, one_node)
+
+
+def test_a_gang_that_cannot_fill_gives_its_worker_back(
+    sessions: sessionmaker[Session], gang_settings: Settings, new_job: NewJob
+) -> None:
+    short = gang_settings.model_copy(update={"rendezvous_timeout_seconds": 1.5})
+    gang_job = new_job(two_nodes()).id
+    started = time.monotonic()
+    assert execute_train(gang_job, worker="w1", sessions=sessions, settings=short) == "waiting"
+    assert time.monotonic() - started < 60
+    with sessions() as session:
+        job = _job(session, gang_job)
+        assert (job.status, job.attempt, job.worker, job.gang_id) == ("queued", 0, None, None)
+        assert job.not_before is not None
+        events = [e.message for e in repository.list_events(session=session, job_id=gang_job)]
+    assert any("1 of 2 nodes joined within 1.5 s" in m for m in events), events
+    # The only worker is free for other work: the gang job's next turn runs another job,
+    # since the gang job is not claimable again before its wait is over.
+    other = new_job(TINY).id
+    assert execute_train(gang_job, worker="w1", sessions=sessions, settings=short) == (
+        "succeeded"
+    )
+    with sessions() as session:
+        assert _job(session, other).status == "succeeded"
+        assert _job(session, gang_job).status == "queued"
+
+
+def test_killing_a_node_fails_the_gang_and_the_job_resumes(
+    sessions: sessionmaker[Session], gang_settings: Settings, new_job: NewJob
+) -> None:
+    whole = new_job(mlp()).id
+    assert execute_train(whole, worker="w", sessions=sessions, settings=gang_settings) == (
+        "succeeded"
+    )
+    job_id = new_job(two_nodes()).id
+
+    def checkpointed(session: Session) -> bool:
+        ckpt = repository.latest_resumable(session=session, job_id=job_id)
+        return ckpt is not None and ckpt.step >= 10
+
+    def kill_node_1() -> None:
+        ranks = rank_processes()
+        assert len(ranks) == 2, ranks
+        os.kill(ranks[-1], signal.SIGKILL)  # w2's rank: node 1 started second
+
+    fast = gang_settings.model_copy(update={"heartbeat_seconds": 0.05, "flush_seconds": 0.0})
+    results = _workers(sessions, fast, job_id, act=kill_node_1, ready=checkpointed)
+    assert results == {"w1": "requeued", "w2": "node 1"}
+    assert rank_processes() == []
+    with sessions() as session:
+        job = _job(session, job_id)
+        assert (job.status, job.attempt) == ("queued", 1)
+        resumable = repository.latest_resumable(session=session, job_id=job_id)
+    assert resumable is not None
+    assert _workers(sessions, gang_settings, job_id) == {"w1": "succeeded", "w2": "node 1"}
+    with sessions() as session:
+        job = _job(session, job_id)
+        assert job.summary is not None and job.summary["resumed_from_step"] == resumable.step
+    assert job_outcome(sessions, job_id) == job_outcome(sessions, whole)
