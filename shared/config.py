@@ -51,16 +51,17 @@ class Settings(BaseSettings):
         le=65535,
         description="Port of a multi-node job's rendezvous store on its first node (0: any)",
     )
-    rendezvous_timeout_seconds: float = Field(
+    rendezvous_timeout: float = Field(
         default=60.0,
         gt=0,
-        description="How long a distributed job waits for all its nodes before it goes back "
-        "to the queue",
+        description="Seconds a job over several nodes waits for all of them before it goes "
+        "back to the queue (and before it may be claimed again)",
     )
-    collective_timeout_seconds: float = Field(
+    collective_timeout: float = Field(
         default=300.0,
         gt=0,
-        description="A distributed job fails when a collective waits this long for a rank",
+        description="Seconds a collective of a distributed job waits for a rank before the "
+        "group fails",
     )
     # Quotas per owner (0: none). Over one, a submission gets 429 naming it.
     quota_max_queued: int = Field(default=200, ge=0, description="Queued jobs one owner may have")

@@ -74,7 +74,7 @@ def lead_gang(
     assert distributed is not None and distributed.nodes > 1
     host = node_address(settings)
     store = serve_store(host, settings.rendezvous_port, settings)
-    wait_s = settings.rendezvous_timeout_seconds
+    wait_s = settings.rendezvous_timeout
     with session_scope(sessions) as session:
         seat = repository.open_gang(
             session=session, job_id=job.id, worker=worker, size=distributed.nodes, host=host,

@@ -50,7 +50,7 @@ def serve_store(host: str, port: int, settings: Settings) -> TCPStore:
     """The job's rendezvous store, served by this process (it outlasts any one rank)."""
     return TCPStore(
         host, port, is_master=True, wait_for_workers=False,
-        timeout=timedelta(seconds=settings.rendezvous_timeout_seconds),
+        timeout=timedelta(seconds=settings.rendezvous_timeout),
     )  # fmt: skip
 
 
@@ -85,8 +85,8 @@ def launch_node(
             store_host=node.host,
             store_port=node.port,
             store_prefix=node.prefix,
-            rendezvous_seconds=settings.rendezvous_timeout_seconds,
-            collective_seconds=settings.collective_timeout_seconds,
+            rendezvous_seconds=settings.rendezvous_timeout,
+            collective_seconds=settings.collective_timeout,
             gpus=gpus,
             out_dir=out_dir,
             resume=resume,

@@ -55,6 +55,10 @@ TIMINGS: dict[str, str] = {
     # from one token must not be refused with 429.
     "TRAINYARD_RATE_LIMIT": "",
     "TRAINYARD_QUOTA_MAX_QUEUED": "0",
+    # Jobs over several nodes: every worker is on this host; a gang that cannot fill
+    # gives its worker back after 8 s.
+    "TRAINYARD_NODE_ADDRESS": "127.0.0.1",
+    "TRAINYARD_RENDEZVOUS_TIMEOUT": "8",
 }
 SWEEP_EVERY = 2.0
 

@@ -70,3 +70,9 @@ def test_a_full_disk_fails_the_job_at_once_and_the_api_says_so() -> None:
     except CannotMount as exc:
         pytest.skip(f"no tmpfs to fill up here: {exc}")
     assert_held(outcome, None)
+
+
+def test_a_killed_node_of_a_two_node_job_waits_then_resumes_exactly(
+    cluster: Cluster, rng: random.Random
+) -> None:
+    assert_held(scenarios.kill_gang_node(cluster, rng=rng), cluster)

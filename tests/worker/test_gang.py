@@ -28,7 +28,7 @@ from worker.tasks import execute_train
 @pytest.fixture()
 def gang_settings(settings: Settings) -> Settings:
     return settings.model_copy(
-        update={"node_address": "127.0.0.1", "rendezvous_timeout_seconds": 60.0}
+        update={"node_address": "127.0.0.1", "rendezvous_timeout": 60.0}
     )
 
 
@@ -106,7 +106,7 @@ def test_two_nodes_train_as_one_group(
 def test_a_gang_that_cannot_fill_gives_its_worker_back(
     sessions: sessionmaker[Session], gang_settings: Settings, new_job: NewJob
 ) -> None:
-    short = gang_settings.model_copy(update={"rendezvous_timeout_seconds": 1.5})
+    short = gang_settings.model_copy(update={"rendezvous_timeout": 1.5})
     gang_job = new_job(two_nodes()).id
     started = time.monotonic()
     assert execute_train(gang_job, worker="w1", sessions=sessions, settings=short) == "waiting"

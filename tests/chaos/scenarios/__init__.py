@@ -8,6 +8,7 @@ problems found (none when everything held). The tests assert on the problems; th
 
 from tests.chaos.scenarios.broker import backlog, kill_redis
 from tests.chaos.scenarios.common import SPEC, STEPS, TINY, Outcome, Reference, reference
+from tests.chaos.scenarios.distributed import kill_gang_node
 from tests.chaos.scenarios.scheduling import fair_share
 from tests.chaos.scenarios.servers import api_kill, disk_full, postgres_outage
 from tests.chaos.scenarios.workers import duplicate_message, kill_worker, term_worker
@@ -23,6 +24,7 @@ __all__ = [
     "disk_full",
     "duplicate_message",
     "fair_share",
+    "kill_gang_node",
     "kill_redis",
     "kill_worker",
     "postgres_outage",
