@@ -8,7 +8,7 @@ from typing import Any
 from flask import url_for
 
 from shared.jsonvalues import json_float
-from shared.models import Checkpoint, Job, JobEvent, LayerTrace
+from shared.models import Checkpoint, Job, JobEvent, LayerTrace, RankTrace
 
 TRACE_STATS = (
     "numel", "norm", "mean", "std", "min", "max", "zero_frac", "nonfinite", "update_ratio",
@@ -59,14 +59,19 @@ def job_json(job: Job, *, with_spec: bool = True) -> dict[str, Any]:
     return body
 
 
-def trace_json(row: LayerTrace, only: str | None = None) -> dict[str, Any]:
-    """One trace row (or only one of its statistics); statistics not recorded are null."""
+def trace_json(row: LayerTrace | RankTrace, only: str | None = None) -> dict[str, Any]:
+    """One trace row (or only one of its statistics); statistics not recorded are null.
+    A rank's own row (hooks.per_rank) says its `rank`; it has no update ratio nor
+    histogram."""
     body: dict[str, Any] = {"step": row.step, "layer": row.layer, "kind": row.kind}
+    if isinstance(row, RankTrace):
+        body["rank"] = row.rank
     for stat in (only,) if only else TRACE_STATS:
-        value = getattr(row, stat)
+        value = getattr(row, stat, None)
         body[stat] = value if value is None or isinstance(value, int) else json_float(value)
-    if row.histogram is not None and not only:
-        body["histogram"] = row.histogram
+    histogram = getattr(row, "histogram", None)
+    if histogram is not None and not only:
+        body["histogram"] = histogram
     return body
 
 

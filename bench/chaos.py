@@ -1,7 +1,8 @@
 """Fault figures: break one piece of a real cluster at a time and measure what held.
 
     .venv/bin/python bench/chaos.py [--kill-jobs 10] [--burst 200] [--backlog 300]
-                                    [--only kill,term,redis,backlog,duplicate,api,postgres,disk]
+                                    [--only kill,term,redis,backlog,duplicate,api,postgres,
+                                            fair,gang,disk]
                                     [--seed N] [--keep]
 
 Starts its own throwaway servers (tests/chaos/cluster.py): a PostgreSQL cluster made with
@@ -30,7 +31,7 @@ from tests.chaos import scenarios
 from tests.chaos.cluster import CannotMount, Cluster
 from tests.chaos.scenarios import Outcome
 
-ALL = ("kill", "term", "redis", "backlog", "duplicate", "api", "postgres", "fair", "disk")
+ALL = ("kill", "term", "redis", "backlog", "duplicate", "api", "postgres", "fair", "gang", "disk")
 
 
 def parse_args() -> argparse.Namespace:
@@ -78,6 +79,7 @@ def main() -> int:
         "api": lambda c: scenarios.api_kill(c, jobs=args.burst, threads=10, kill_after=60),
         "postgres": lambda c: scenarios.postgres_outage(c, outage_s=args.outage),
         "fair": scenarios.fair_share,
+        "gang": lambda c: scenarios.kill_gang_node(c, rng=rng),
     }
     outcomes: list[tuple[Outcome, float]] = []
     started = time.monotonic()

@@ -42,8 +42,8 @@ class Settings(BaseSettings):
     )
     node_address: str | None = Field(
         default=None,
-        description="Address other workers reach this one at for distributed jobs "
-        "(default: this host's name)",
+        description="Address other workers reach this one at for jobs over several nodes "
+        "(default: this host's address on the route to the broker)",
     )
     rendezvous_port: int = Field(
         default=0,

@@ -226,6 +226,33 @@ class LayerTrace(Base):
     histogram: Mapped[list[float] | None] = mapped_column(JSONType)
 
 
+class RankTrace(Base):
+    """A distributed job's rank-local statistics (hooks.per_rank): one rank's share of a
+    layer's input, output or output gradient at a logged step. layer_traces holds the
+    whole batch's; these find the rank whose data or hardware misbehaves."""
+
+    __tablename__ = "rank_traces"
+    __table_args__ = (
+        CheckConstraint("kind IN ('forward_pre', 'forward', 'backward')", name="kind"),
+    )
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    layer: Mapped[str] = mapped_column(String(255), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    numel: Mapped[int] = mapped_column(BigInteger)
+    norm: Mapped[float] = mapped_column(Float)
+    mean: Mapped[float | None] = mapped_column(Float)
+    std: Mapped[float | None] = mapped_column(Float)
+    min: Mapped[float | None] = mapped_column(Float)
+    max: Mapped[float | None] = mapped_column(Float)
+    zero_frac: Mapped[float | None] = mapped_column(Float)
+    nonfinite: Mapped[int | None] = mapped_column(BigInteger)
+
+
 class Checkpoint(Base):
     """A model state_dict (safetensors) plus optimizer state, taken at an epoch end ("epoch"),
     every N steps or seconds ("step"), on improvement ("best") or at the end ("final").

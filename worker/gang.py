@@ -19,6 +19,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -53,8 +54,21 @@ class GangRun:
 
 
 def node_address(settings: Settings) -> str:
-    """Where the other nodes reach this worker's rendezvous store."""
-    return settings.node_address or socket.gethostname()
+    """Where the other nodes reach this worker's rendezvous store: TRAINYARD_NODE_ADDRESS,
+    else this host's address on the route to the broker (the network every worker shares:
+    the compose network, a cluster's LAN), else the loopback (the embedded defaults, one
+    machine)."""
+    if settings.node_address:
+        return settings.node_address
+    broker = urlsplit(settings.resolved_broker_url())
+    if not broker.hostname:
+        return "127.0.0.1"
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((broker.hostname, broker.port or 6379))  # no packet is sent
+            return str(probe.getsockname()[0])
+    except OSError:
+        return socket.gethostname()
 
 
 def lead_gang(

@@ -18,7 +18,7 @@ from shared.db import session_scope
 from shared.db_retry import retry_database
 from shared.errors import LeaseLost
 from shared.jsonvalues import json_safe
-from shared.models import LayerTrace
+from shared.models import LayerTrace, RankTrace
 from worker.lease_keeper import Flag, Lease, LeaseKeeper
 from worker.shutdown import SHUTTING_DOWN
 from worker.training.callbacks import Callback, Event, FitResult
@@ -75,6 +75,7 @@ class DatabaseSink(Callback):
         self._lease.on_lost = self._writer.abort  # another worker's now; stop writing for it
         self._metrics: list[dict[str, Any]] = []
         self._traces: list[dict[str, Any]] = []
+        self._rank_traces: list[dict[str, Any]] = []
         self._last_flush = clock()
         self._total: int | None = None
         self._shutting_down = shutting_down
@@ -92,6 +93,9 @@ class DatabaseSink(Callback):
         self._metrics.append(
             {"split": "train", "name": "loss", "step": step, "epoch": epoch, "value": loss}
         )
+        if traces and traces[-1].rank is not None:  # hooks.per_rank: those rows come last
+            self._rank_traces.extend(_row_dict(r, RankTrace) for r in traces if r.rank is not None)
+            traces = [r for r in traces if r.rank is None]
         self._traces.extend(map(_row_dict, traces))
         now = self._clock()
         if now - self._last_flush >= self._settings.flush_seconds:
@@ -199,12 +203,14 @@ class DatabaseSink(Callback):
 
     def _hand_off(self) -> None:
         """Give the buffered rows to the writer (idempotent writes: duplicates are ignored)."""
-        metrics, traces = self._metrics, self._traces
-        self._metrics, self._traces = [], []
+        metrics, traces, rank_traces = self._metrics, self._traces, self._rank_traces
+        self._metrics, self._traces, self._rank_traces = [], [], []
         if metrics:
             self._writer.put("metrics", metrics)
         if traces:
             self._writer.put("layer_traces", traces)
+        if rank_traces:
+            self._writer.put("rank_traces", rank_traces)
         self._last_flush = self._clock()
 
     def _retrying(self, what: str, work: Callable[[T], None], arg: T) -> None:
@@ -213,18 +219,18 @@ class DatabaseSink(Callback):
         )
 
 
-_TRACE_COLUMNS = frozenset(LayerTrace.__table__.columns.keys())
-_FIELDS: dict[type, tuple[str, ...]] = {}
+_FIELDS: dict[tuple[type, type], tuple[str, ...]] = {}
 
 
-def _row_dict(row: TraceRow) -> dict[str, Any]:
+def _row_dict(row: TraceRow, table: type[LayerTrace | RankTrace] = LayerTrace) -> dict[str, Any]:
     """A trace row's stored fields as {column: value}, cheaper than dataclasses.asdict.
 
-    Fields that are not layer_traces columns (such as the in-step capture order) stay
-    in memory only.
+    Fields that are not columns of `table` (such as the in-step capture order) stay in
+    memory only.
     """
-    names = _FIELDS.get(type(row))
+    names = _FIELDS.get((type(row), table))
     if names is None:
+        columns = frozenset(table.__table__.columns.keys())
         fields = (field.name for field in dataclasses.fields(row))
-        names = _FIELDS[type(row)] = tuple(name for name in fields if name in _TRACE_COLUMNS)
+        names = _FIELDS[(type(row), table)] = tuple(name for name in fields if name in columns)
     return {name: getattr(row, name) for name in names}

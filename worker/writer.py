@@ -41,7 +41,7 @@ from shared import repository
 from shared.db import session_scope
 from shared.db_retry import DatabaseGone, retry_database
 from shared.errors import TrainyardError
-from shared.models import LayerTrace, Metric
+from shared.models import LayerTrace, Metric, RankTrace
 from worker.pgcopy import copy_ignoring_duplicates
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ _SqliteWrite = Callable[..., None]
 TABLES: dict[str, tuple[Table, _SqliteWrite]] = {
     "metrics": (Metric.__table__, repository.record_metrics),  # type: ignore[dict-item]
     "layer_traces": (LayerTrace.__table__, repository.record_traces),  # type: ignore[dict-item]
+    "rank_traces": (RankTrace.__table__, repository.record_rank_traces),  # type: ignore[dict-item]
 }
 
 
@@ -113,7 +114,7 @@ class RowWriter:
             return self._pending
 
     def put(self, table: str, rows: Sequence[Row], *, timeout: float | None = None) -> None:
-        """Queue rows for `table` ("metrics" or "layer_traces").
+        """Queue rows for `table` ("metrics", "layer_traces" or "rank_traces").
 
         Returns at once unless the buffer is full; then waits for room (at most `timeout`
         seconds, then WriterFull). Raises RowWriteError if an earlier batch failed.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -15,6 +16,7 @@ from api.serialize import TRACE_STATS, trace_json
 from shared import repository
 from shared.errors import BadParameter
 from shared.jsonvalues import json_float
+from shared.models import LayerTrace, RankTrace
 from shared.spec.hooks import HOOK_KINDS
 
 bp = Blueprint("results", __name__)
@@ -66,7 +68,8 @@ def metrics(job_id: str) -> Response:
 
 @bp.get("/jobs/<job_id>/traces")
 def traces(job_id: str) -> Response:
-    """Trace rows by layer glob, kind and inclusive step range (or one step: `at_step`).
+    """Trace rows by layer glob, kind and inclusive step range (or one step: `at_step`);
+    with `rank`, that rank's own rows of a distributed job (hooks.per_rank).
 
     `stat` keeps one statistic per row; `max_points` thins each (layer, kind) series,
     keeping every bucket's first, lowest and highest value of `stat` (default norm).
@@ -82,14 +85,21 @@ def traces(job_id: str) -> Response:
         )
     stat = choice_arg("stat", TRACE_STATS)
     max_points = int_arg("max_points", default=None, lo=1, hi=100_000)
-    rows = repository.list_traces(
-        session=session,
-        job_id=job.id,
-        layer=request.args.get("layer") or None,
-        kind=choice_arg("kind", HOOK_KINDS),
-        from_step=at_step if at_step is not None else int_arg("from_step", default=None),
-        to_step=at_step if at_step is not None else int_arg("to_step", default=None),
-        limit=limit,
+    # `rank`: one rank's own rows of a distributed job (hooks.per_rank), not the batch's.
+    rank = int_arg("rank", default=None, lo=0, hi=100_000)
+    query: dict[str, Any] = {
+        "session": session,
+        "job_id": job.id,
+        "layer": request.args.get("layer") or None,
+        "kind": choice_arg("kind", HOOK_KINDS),
+        "from_step": at_step if at_step is not None else int_arg("from_step", default=None),
+        "to_step": at_step if at_step is not None else int_arg("to_step", default=None),
+        "limit": limit,
+    }
+    rows: Sequence[LayerTrace | RankTrace] = (
+        repository.list_traces(**query)
+        if rank is None
+        else repository.list_rank_traces(**query, rank=rank)
     )
     truncated = len(rows) == limit
     if max_points is not None:
@@ -99,7 +109,7 @@ def traces(job_id: str) -> Response:
             max_points=max_points,
             step=lambda r: r.step,
             series=lambda r: (r.layer, r.kind),
-            value=lambda r: getattr(r, column),
+            value=lambda r: getattr(r, column, None),  # a rank row has no update_ratio
         )
     body = [trace_json(r, only=stat) for r in rows]
     return jsonify({"job_id": str(job.id), "traces": body, "truncated": truncated})

@@ -1,4 +1,4 @@
-"""Gang scheduling of jobs over several nodes: the gang's columns on jobs, job_nodes
+"""Distributed jobs: the gang's columns on jobs, job_nodes, rank_traces
 
 Revision ID: 0008
 Revises: 0007
@@ -43,8 +43,26 @@ def upgrade() -> None:
         sa.Column("joined_at", sa.DateTime(timezone=True), nullable=False),
     )
 
+    op.create_table(
+        "rank_traces",
+        sa.Column(
+            "job_id", sa.Uuid(), sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+        ),
+        sa.Column("step", sa.Integer(), primary_key=True),
+        sa.Column("layer", sa.String(255), primary_key=True),
+        sa.Column("kind", sa.String(16), primary_key=True),
+        sa.Column("rank", sa.Integer(), primary_key=True),
+        sa.Column("numel", sa.BigInteger(), nullable=False),
+        sa.Column("norm", sa.Double(), nullable=False),
+        *(sa.Column(name, sa.Double(), nullable=True)
+          for name in ("mean", "std", "min", "max", "zero_frac")),
+        sa.Column("nonfinite", sa.BigInteger(), nullable=True),
+        sa.CheckConstraint("kind IN ('forward_pre', 'forward', 'backward')", name="kind"),
+    )  # fmt: skip
+
 
 def downgrade() -> None:
+    op.drop_table("rank_traces")
     op.drop_table("job_nodes")
     for name in COLUMNS:
         op.drop_column("jobs", name)

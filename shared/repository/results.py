@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, Table, delete, func, select
@@ -11,7 +11,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from shared.models import LayerTrace, Metric
+from shared.models import LayerTrace, Metric, RankTrace
 
 T = TypeVar("T")  # the row type of a select()
 
@@ -47,10 +47,19 @@ def record_traces(*, session: Session, job_id: uuid.UUID, rows: Iterable[dict[st
         _insert_ignoring_duplicates(session, LayerTrace.__table__, batch)  # type: ignore[arg-type]
 
 
+def record_rank_traces(
+    *, session: Session, job_id: uuid.UUID, rows: Iterable[dict[str, Any]]
+) -> None:
+    """Write rank-local trace rows (hooks.per_rank) in one batch."""
+    batch = [{**row, "job_id": job_id} for row in rows]
+    if batch:
+        _insert_ignoring_duplicates(session, RankTrace.__table__, batch)  # type: ignore[arg-type]
+
+
 def delete_rows_after(*, session: Session, job_id: uuid.UUID, step: int) -> None:
     """Metric and trace rows past `step`: a resumed attempt writes those steps again, so
     each step keeps exactly one row of each kind."""
-    for model in (Metric, LayerTrace):
+    for model in (Metric, LayerTrace, RankTrace):
         session.execute(delete(model).where(model.job_id == job_id, model.step > step))
 
 
@@ -95,16 +104,47 @@ def list_traces(
     limit: int,
 ) -> list[LayerTrace]:
     """Trace rows ordered by step then layer; step bounds are inclusive."""
-    query = select(LayerTrace).where(LayerTrace.job_id == job_id)
+    return _traces(LayerTrace, job_id, layer, kind, from_step, to_step, limit)(session)
+
+
+def list_rank_traces(
+    *,
+    session: Session,
+    job_id: uuid.UUID,
+    rank: int,
+    layer: str | None = None,
+    kind: str | None = None,
+    from_step: int | None = None,
+    to_step: int | None = None,
+    limit: int,
+) -> list[RankTrace]:
+    """One rank's rank-local trace rows (hooks.per_rank), ordered as list_traces'."""
+    read = _traces(RankTrace, job_id, layer, kind, from_step, to_step, limit, rank=rank)
+    return read(session)
+
+
+def _traces(
+    model: Any,
+    job_id: uuid.UUID,
+    layer: str | None,
+    kind: str | None,
+    from_step: int | None,
+    to_step: int | None,
+    limit: int,
+    rank: int | None = None,
+) -> Callable[[Session], list[Any]]:
+    query = select(model).where(model.job_id == job_id)
+    if rank is not None:
+        query = query.where(model.rank == rank)
     if layer and any(c in layer for c in "*?"):
-        query = query.where(LayerTrace.layer.like(glob_to_like(layer), escape="\\"))
+        query = query.where(model.layer.like(glob_to_like(layer), escape="\\"))
     elif layer:  # no wildcard: an exact (case-sensitive everywhere) match
-        query = query.where(LayerTrace.layer == layer)
+        query = query.where(model.layer == layer)
     if kind:
-        query = query.where(LayerTrace.kind == kind)
-    query = _step_range(query, LayerTrace.step, from_step, to_step)
-    query = query.order_by(LayerTrace.step, LayerTrace.kind, LayerTrace.layer).limit(limit)
-    return list(session.scalars(query))
+        query = query.where(model.kind == kind)
+    query = _step_range(query, model.step, from_step, to_step)
+    query = query.order_by(model.step, model.kind, model.layer).limit(limit)
+    return lambda session: list(session.scalars(query))
 
 
 def glob_to_like(glob: str) -> str:

@@ -73,6 +73,11 @@ class HookSpec(Strict):
     )
     histogram_bins: int = Field(default=0, ge=0, le=256, description="0: no histograms")
     histogram_kinds: list[HookKind] = Field(default_factory=list)
+    per_rank: bool = Field(
+        default=False,
+        description="distributed jobs: also each rank's own statistics of layer inputs, "
+        "outputs and output gradients (rank_traces)",
+    )
     on_nonfinite: Literal["fail", "skip_step"] = "fail"
     alerts: AlertSpec | None = None
 

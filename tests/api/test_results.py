@@ -178,3 +178,29 @@ def test_downsampling_keeps_nan_spikes_and_at_step_excludes_a_range(
     thin = client.get(f"{url}?max_points=5", headers=alice).get_json()["traces"]
     assert any(t["step"] == 37 and t["norm"] == "NaN" for t in thin)
     assert client.get(f"{url}?at_step=3&from_step=1", headers=alice).status_code == 400
+
+
+def test_traces_of_one_rank(
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session], submit: Submit
+) -> None:
+    """`rank` reads a distributed job's per-rank rows (hooks.per_rank), not the batch's."""
+    job_id = submit(alice).get_json()["id"]
+    whole = [_trace(1, "fc1", "backward", 2.0)]
+    shares = [
+        {"step": 1, "layer": "fc1", "kind": "backward", "rank": rank, "numel": 5,
+         "norm": 1.0 + rank, "mean": None, "std": None, "min": None, "max": 0.5,
+         "zero_frac": None, "nonfinite": None}
+        for rank in (0, 1)
+    ]  # fmt: skip
+    with session_scope(sessions) as session:
+        repository.record_traces(session=session, job_id=uuid.UUID(job_id), rows=whole)
+        repository.record_rank_traces(session=session, job_id=uuid.UUID(job_id), rows=shares)
+    url = f"/api/v1/jobs/{job_id}/traces"
+    got = client.get(f"{url}?rank=1", headers=alice).get_json()["traces"]
+    assert [(t["rank"], t["layer"], t["norm"], t["update_ratio"]) for t in got] == [
+        (1, "fc1", 2.0, None)
+    ]
+    assert "rank" not in client.get(url, headers=alice).get_json()["traces"][0]
+    thinned = client.get(f"{url}?rank=0&stat=update_ratio&max_points=5", headers=alice)
+    assert thinned.status_code == 200
+    assert client.get(f"{url}?rank=-1", headers=alice).status_code == 400

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import repository
 from shared.config import Settings
 from shared.db import session_scope
-from shared.models import Checkpoint, Job, LayerTrace, Metric
+from shared.models import Checkpoint, Job, LayerTrace, Metric, RankTrace
 from shared.tensors import bytes_to_state_dict
 from tests.shared.net.test_presets import Net
 from tests.support.fixture_types import NewJob
@@ -29,14 +29,16 @@ from tests.support.jobs import job_outcome
 from worker.tasks import execute_train
 
 
-def lenet(*, batch_size: int, world_size: int | None, **train: Any) -> dict[str, Any]:
+def lenet(
+    *, batch_size: int, world_size: int | None, per_rank: bool = False, **train: Any
+) -> dict[str, Any]:
     """The seed's Net on the digits at 32 x 32 (1438 training samples)."""
     spec: dict[str, Any] = {
         "model": {"preset": "lenet"},
         "data": {"dataset": "digits", "image_size": 32},
         "train": {"batch_size": batch_size, "max_steps": 30, "seed": 5,
                   "optimizer": {"name": "Adam", "lr": 0.002}, **train},
-        "hooks": {"every_n_steps": 5},
+        "hooks": {"every_n_steps": 5, "per_rank": per_rank},
     }  # fmt: skip
     if world_size is not None:
         spec["train"]["distributed"] = {"world_size": world_size}
@@ -92,7 +94,7 @@ def _losses(sessions: sessionmaker[Session], job_id: uuid.UUID) -> list[float]:
 def test_a_two_process_job_trains_like_its_single_process_twin(
     sessions: sessionmaker[Session], settings: Settings, new_job: NewJob
 ) -> None:
-    ddp = new_job(lenet(batch_size=16, world_size=2)).id
+    ddp = new_job(lenet(batch_size=16, world_size=2, per_rank=True)).id
     twin = new_job(lenet(batch_size=32, world_size=None)).id
     for job_id in (ddp, twin):
         assert execute_train(job_id, worker="w", sessions=sessions, settings=settings) == (
@@ -114,6 +116,10 @@ def test_a_two_process_job_trains_like_its_single_process_twin(
             )
             for job_id in (ddp, twin)
         }
+        ranks = session.execute(
+            select(RankTrace.rank, func.count()).where(RankTrace.job_id == ddp)
+            .group_by(RankTrace.rank).order_by(RankTrace.rank)
+        ).all()  # fmt: skip
     assert (summary["world_size"], summary["batch_size"], summary["global_batch_size"]) == (
         2, 16, 32
     )  # fmt: skip
@@ -124,6 +130,8 @@ def test_a_two_process_job_trains_like_its_single_process_twin(
     assert len(mine) == len(theirs) == 30
     torch.testing.assert_close(torch.tensor(mine), torch.tensor(theirs), rtol=1e-5, atol=0)
     assert traces[ddp] == traces[twin] > 0
+    # hooks.per_rank: the output gradients of both ranks' shares, as many rows each.
+    assert [rank for rank, _ in ranks] == [0, 1] and ranks[0][1] == ranks[1][1] > 0
     Net().load_state_dict(bytes_to_state_dict(final), strict=True)
 
 

@@ -29,6 +29,8 @@ class AlertWatcher:
             # GradScaler's): an alert here would use up the layer's one alert.
             if row.kind not in ("backward", "param_grad") or not math.isfinite(row.norm):
                 continue
+            if row.rank is not None:  # one rank's share: the whole batch's row decides
+                continue
             for name, limit, crossed in (
                 ("vanishing_gradient", self.spec.vanishing_below, operator.lt),
                 ("exploding_gradient", self.spec.exploding_above, operator.gt),

@@ -117,7 +117,9 @@ def train_epoch(run: Run, cb: Callback, state: Progress, cadence: Cadence) -> No
     for batches in micro_batches(run.loader, run.train.accumulate_steps):
         state.step += 1
         state.epoch_step += 1
-        done = train_step(run, batches, state.step)
+        # In a distributed job the callbacks are asked during the step, and the ranks agree
+        # on the answers with the step's loss (one collective); alone, after the step.
+        done = train_step(run, batches, state.step, poll=lambda: _asks(cb, cadence, state.step))
         state.loss = done.loss
         if done.problem is not None:  # non-finite: the step was undone
             cb.on_step_end(step=state.step, epoch=state.epoch, loss=done.loss, traces=done.traces)
@@ -133,10 +135,7 @@ def train_epoch(run: Run, cb: Callback, state: Progress, cadence: Cadence) -> No
                 state.logged_lr = done.lr
                 cb.on_metrics(step=state.step, epoch=state.epoch, split="train",
                               values={"lr": done.lr})  # fmt: skip
-        asks = run.ranks.agree(
-            Asks(stop=cb.should_stop(), suspend=cb.should_suspend(),
-                 checkpoint=cadence.due(state.step))
-        )  # fmt: skip
+        asks = done.asks if done.asks is not None else _asks(cb, cadence, state.step)
         state.stopped = asks.stop
         if state.stopped or state.step >= run.plan.total_steps:
             break
@@ -148,6 +147,11 @@ def train_epoch(run: Run, cb: Callback, state: Progress, cadence: Cadence) -> No
         if state.epoch_step < run.plan.steps_per_epoch and asks.checkpoint:
             checkpoint(cb, resumable(run, state, tag="step"))
             cadence.taken()
+
+
+def _asks(cb: Callback, cadence: Cadence, step: int) -> Asks:
+    """What the callbacks ask for at this step: stop, suspend, a resumable checkpoint."""
+    return Asks(stop=cb.should_stop(), suspend=cb.should_suspend(), checkpoint=cadence.due(step))
 
 
 def end_epoch(run: Run, cb: Callback, state: Progress) -> None:

@@ -23,7 +23,7 @@ from torch.utils.hooks import RemovableHandle
 from shared.net.order import LayerOrder
 from shared.spec import HookSpec
 from shared.spec.hooks import HOOK_KINDS, stats_for
-from worker.training.ranks import Ranks
+from worker.training.ranks import RANK_LOCAL_KINDS, Ranks
 from worker.training.stats import (
     RAW,
     derive,
@@ -60,6 +60,7 @@ class TraceRow:
     update_ratio: float | None = None
     histogram: list[float] | None = None
     seq: int = 0  # capture order within the step: forward order, then backward order
+    rank: int | None = None  # hooks.per_rank: one rank's own share (None: the whole batch)
 
 
 @dataclass(slots=True)
@@ -94,6 +95,7 @@ class HookRecorder:
         self.model = model
         # In a distributed job, rows of rank-local tensors are merged over the ranks.
         self.ranks = ranks if ranks is not None and ranks.distributed else None
+        self.per_rank = spec.per_rank
         self.kinds = frozenset(spec.kinds)
         self.every_n_steps = spec.every_n_steps
         self.stats = {kind: stats_for(kind, spec.stats) for kind in KINDS}
@@ -244,9 +246,8 @@ class HookRecorder:
         if hists:
             parts.append(torch.cat(hists).reshape(-1).to(raw.device))
         flat = torch.cat(parts).cpu()  # the one device-to-host copy of the step
-        rows = self._rows(pending, flat, with_ratios=ratios is not None, scale=scale,
+        return self._rows(pending, flat, with_ratios=ratios is not None, scale=scale,
                           scaled=scaled)  # fmt: skip
-        return sorted(rows, key=self._row_order)
 
     def _row_order(self, row: TraceRow) -> tuple[int, int, int]:
         return KIND_ORDER[row.kind], *self._order.key(row.layer)
@@ -278,9 +279,10 @@ class HookRecorder:
         width = len(RAW)
         raw_table = flat[: n * width].reshape(n, width)
         numels = [p.numel for p in pending]
+        ranks_tables = None
         if self.ranks is not None:
             keys = [(p.kind, p.layer) for p in pending]
-            raw_table, numels = self.ranks.merge_rows(keys, numels, raw_table)
+            raw_table, numels, ranks_tables = self.ranks.merge_rows(keys, numels, raw_table)
         table = raw_table.tolist()
         offset = n * width
         ratio_of: dict[int, float] = {}
@@ -289,28 +291,53 @@ class HookRecorder:
             ratio_of = dict(zip(grads, flat[offset : offset + len(grads)].tolist(), strict=True))
             offset += len(grads)
         hist_rows = iter(flat[offset:].reshape(-1, self.bins).tolist() if self.bins else [])
-        rows = []
-        for i, (p, raw, numel) in enumerate(zip(pending, table, numels, strict=True)):
-            if scale != 1.0 and p.kind in scaled:
-                norm, mean, var, low, high, *counts = raw
-                raw = [norm / scale, mean / scale, var / scale**2, low / scale, high / scale]
-                raw += counts
-            stats = self.stats[p.kind]
-            rows.append(
-                TraceRow(
-                    step=self._step,
-                    layer=p.layer,
-                    kind=p.kind,
-                    numel=numel,
-                    norm=raw[0],
-                    **derive(raw, numel, stats),
-                    nonfinite=int(raw[6]) if "nonfinite" in stats else None,
-                    update_ratio=ratio_of.get(i),
-                    histogram=next(hist_rows) if p.has_hist else None,
-                    seq=p.seq,
-                )
-            )
+        rows = [
+            self._row(p, raw, numel, scale if p.kind in scaled else 1.0,
+                      update_ratio=ratio_of.get(i),
+                      histogram=next(hist_rows) if p.has_hist else None)
+            for i, (p, raw, numel) in enumerate(zip(pending, table, numels, strict=True))
+        ]  # fmt: skip
+        rows.sort(key=self._row_order)
+        if ranks_tables is not None and self.per_rank:
+            # Each rank's own rows of the rank-local kinds, after the whole batch's.
+            for rank, own in enumerate(ranks_tables.tolist()):
+                rows += [
+                    self._row(p, values[1:], int(values[0]), scale if p.kind in scaled else 1.0,
+                              rank=rank)
+                    for p, values in zip(pending, own, strict=True)
+                    if p.kind in RANK_LOCAL_KINDS
+                ]  # fmt: skip
         return rows
+
+    def _row(
+        self,
+        p: _Pending,
+        raw: list[float],
+        numel: int,
+        scale: float,
+        *,
+        update_ratio: float | None = None,
+        histogram: list[float] | None = None,
+        rank: int | None = None,
+    ) -> TraceRow:
+        """A TraceRow from one row of stats.reduce(), divided by `scale` (see collect)."""
+        if scale != 1.0:
+            norm, mean, var, low, high, *counts = raw
+            raw = [norm / scale, mean / scale, var / scale**2, low / scale, high / scale, *counts]
+        stats = self.stats[p.kind]
+        return TraceRow(
+            step=self._step,
+            layer=p.layer,
+            kind=p.kind,
+            numel=numel,
+            norm=raw[0],
+            **derive(raw, numel, stats),
+            nonfinite=int(raw[6]) if "nonfinite" in stats else None,
+            update_ratio=update_ratio,
+            histogram=histogram,
+            seq=p.seq,
+            rank=rank,
+        )
 
     def _capture(self, kind: str, name: str, tensor: torch.Tensor, *, now: bool = False) -> None:
         """Queue a tensor; `now` reduces it at once (it may change in place afterwards)."""

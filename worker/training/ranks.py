@@ -8,9 +8,9 @@ take the same decisions at the same steps, or a collective waits forever:
 - the loss each step reports and checks for NaN / inf is the mean over all ranks (one
   all_reduce before the optimizer step: a rank whose loss is non-finite sent NaN into
   every rank's averaged gradients);
-- after each step, stop (cancel), suspend (preempt, shutdown) and "take a resumable
-  checkpoint now" are what any rank asked for (one all_reduce: rank 0 reads the job's
-  flags, every rank its own node's shutdown);
+- stop (cancel), suspend (preempt, shutdown) and "take a resumable checkpoint now" are
+  what any rank asked for (rank 0 reads the job's flags, every rank its own node's
+  shutdown), asked during the step and agreed in the same all_reduce as the loss;
 - the epoch's evaluation runs on rank 0, and its metrics are broadcast (early stopping
   and ReduceLROnPlateau decide alike everywhere);
 - probe rows of rank-local tensors (layer inputs, outputs and output gradients, which
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -63,24 +64,22 @@ class Ranks:
         """Rank 0 owns the outside world: rows, checkpoints, progress."""
         return self.rank == 0
 
-    def mean_loss(self, total: torch.Tensor) -> float:
-        """The step's loss over every rank's share of the batch (the host copy of a
-        single process's `total.item()`)."""
+    def step_sync(
+        self, total: torch.Tensor, poll: Callable[[], Asks] | None
+    ) -> tuple[float, Asks | None]:
+        """The step's loss over every rank's share of the batch (the host copy of a single
+        process's `total.item()`) and, in a distributed job, what any rank's `poll` asked
+        for: one all_reduce of both. Alone: the loss, and None (the loop asks after the
+        step)."""
         loss = total.item()
         if not self.distributed:
-            return loss
-        values = torch.tensor([loss], dtype=torch.float64)
+            return loss, None
+        asks = poll() if poll is not None else Asks()
+        values = torch.tensor([loss, asks.stop, asks.suspend, asks.checkpoint], dtype=torch.float64)
         dist.all_reduce(values, group=self.control)
-        return float(values.item()) / self.world_size
-
-    def agree(self, asks: Asks) -> Asks:
-        """What any rank asked for."""
-        if not self.distributed:
-            return asks
-        flags = torch.tensor([asks.stop, asks.suspend, asks.checkpoint], dtype=torch.int32)
-        dist.all_reduce(flags, group=self.control)
-        stop, suspend, checkpoint = (bool(v) for v in flags.tolist())
-        return Asks(stop=stop, suspend=suspend, checkpoint=checkpoint)
+        total_loss, stop, suspend, checkpoint = values.tolist()
+        agreed = Asks(stop=stop > 0, suspend=suspend > 0, checkpoint=checkpoint > 0)
+        return total_loss / self.world_size, agreed
 
     def share(self, values: dict[str, float] | None) -> dict[str, float]:
         """Rank 0's `values` on every rank (the others pass None)."""
@@ -99,17 +98,19 @@ class Ranks:
 
     def merge_rows(
         self, keys: list[tuple[str, str]], numels: list[int], raw: torch.Tensor
-    ) -> tuple[torch.Tensor, list[int]]:
+    ) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
         """Statistics of rank-local tensors over the whole batch.
 
         `raw` is this rank's (n, 7) host table of stats.reduce() (norm, mean, var, min, max,
         nonzero, nonfinite) for the step's captured tensors, `keys` their (kind, layer) and
         `numels` their element counts, in the same order on every rank (the same model,
-        the same hooks; checked). Rows of other kinds are returned as they are.
+        the same hooks; checked). Rows of other kinds are returned as they are. The third
+        value is every rank's own table, (world, n, 8): numel, then the raw columns (None
+        when nothing was merged).
         """
         kinds = [kind for kind, _ in keys]
         if not self.distributed or not any(kind in RANK_LOCAL_KINDS for kind in kinds):
-            return raw, numels
+            return raw, numels, None
         codes = [float(zlib.crc32(f"{kind}:{layer}".encode())) for kind, layer in keys]
         extra = torch.tensor([codes, numels], dtype=torch.float64).T
         local = torch.cat([extra, raw], dim=1)
@@ -140,7 +141,7 @@ class Ranks:
             int(total) if local else own
             for total, local, own in zip(n.tolist(), local_rows, numels, strict=True)
         ]
-        return table, totals
+        return table, totals, stack
 
     def gather_rng(self, device: torch.device) -> list[dict[str, torch.Tensor]] | None:
         """Every rank's torch random generators (CPU, and this rank's CUDA device), on

@@ -8,8 +8,9 @@ the summed gradients. A non-finite loss is located and the step undone (diagnose
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,7 @@ from worker.training.diagnose import (
 )
 from worker.training.optim import current_lr
 from worker.training.probes import HookRecorder, TraceRow
+from worker.training.ranks import Asks
 from worker.training.setup import Loader, Run
 
 
@@ -37,19 +39,26 @@ class StepResult:
     traces: list[TraceRow]
     lr: float  # the learning rate the update used; NaN when the step was undone
     problem: str | None = None  # a non-finite loss: where it started; the step was undone
+    asks: Asks | None = None  # a distributed job: what the ranks agreed on during the step
 
 
-def train_step(run: Run, batches: list[Batch], step: int) -> StepResult:
-    """zero_grad, forward and backward over the micro-batches, clip, optimizer step."""
+def train_step(
+    run: Run, batches: list[Batch], step: int, poll: Callable[[], Asks] | None = None
+) -> StepResult:
+    """zero_grad, forward and backward over the micro-batches, clip, optimizer step.
+
+    In a distributed job `poll` (the callbacks' asks) is called before the update and
+    the ranks agree on its answers together with the loss; StepResult.asks has them.
+    """
     run.optimizer.zero_grad()
     replay = run.guard.remember(run.model, run.device)  # to re-run or undo a bad step
     total = forward_backward(run, batches, step)
     run.scaler.unscale_(run.optimizer)  # param_grad traces and clipping see true gradients
     # The step's one host sync, before the update; in a distributed job the mean over
     # the ranks, so every rank takes (or undoes) the step alike.
-    loss = run.ranks.mean_loss(total)
+    loss, asks = run.ranks.step_sync(total, poll)
     if not math.isfinite(loss):
-        return _undo(run, batches, step, loss, replay)
+        return dataclasses.replace(_undo(run, batches, step, loss, replay), asks=asks)
     run.recorder.after_backward()
     clip_gradients(run.model, run.train)
     lr = current_lr(run.optimizer)  # the rate this step uses
@@ -63,7 +72,7 @@ def train_step(run: Run, batches: list[Batch], step: int) -> StepResult:
     # Output gradients were recorded during the scaled backward (of each rank's own
     # mean loss, in a distributed job): bring them to the job's loss.
     rows = run.recorder.collect(scale=scale * run.ranks.backward_scale())
-    return StepResult(loss, rows, lr)
+    return StepResult(loss, rows, lr, asks=asks)
 
 
 def forward_backward(

@@ -14,6 +14,7 @@ with heavy cancellation, whose relative rounding error is far larger than the lo
 from __future__ import annotations
 
 import json
+import math
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from worker.training.ranks import Ranks
 WORLD = 2
 
 
-def lenet(*, batch_size: int, world_size: int | None = None, **hooks: Any) -> JobSpec:
+def lenet(*, batch_size: int, world_size: int | None = None, per_rank: bool = False) -> JobSpec:
     """The seed's Net on the digits: 1438 training samples, an even number."""
     train: dict[str, Any] = {"batch_size": batch_size, "max_steps": 30, "seed": 5,
                              "optimizer": {"name": "Adam", "lr": 0.002}}  # fmt: skip
@@ -45,7 +46,10 @@ def lenet(*, batch_size: int, world_size: int | None = None, **hooks: Any) -> Jo
             "model": {"preset": "lenet"},
             "data": {"dataset": "digits", "image_size": 32},
             "train": train,
-            "hooks": {"kinds": ["forward", "backward", "param_grad", "weights"], **hooks},
+            "hooks": {
+                "kinds": ["forward", "backward", "param_grad", "weights"],
+                "per_rank": per_rank,
+            },
         }
     )
 
@@ -61,9 +65,10 @@ def _rank(rank: int, port: int, spec_json: str, out: str) -> None:
         dist.destroy_process_group()
     if rank == 0:
         traces = {
-            step: [[r.layer, r.kind, r.numel, r.norm, r.mean, r.std, r.max] for r in rows]
+            step: [[r.layer, r.kind, r.numel, r.norm, r.mean, r.std, r.max, r.rank]
+                   for r in rows]
             for step, rows in recorder.traces.items()
-        }
+        }  # fmt: skip
         final = next(b for b in recorder.blobs if b.tag == "final")
         Path(out, "final.safetensors").write_bytes(final.model_state)
         report = {"losses": recorder.losses, "traces": traces, "steps": result.steps,
@@ -87,7 +92,7 @@ def run_distributed(spec: JobSpec, out: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def twins(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Recorder]:
     out = tmp_path_factory.mktemp("ddp")
-    distributed = run_distributed(lenet(batch_size=16, world_size=WORLD), out)
+    distributed = run_distributed(lenet(batch_size=16, world_size=WORLD, per_rank=True), out)
     distributed["state"] = bytes_to_state_dict((out / "final.safetensors").read_bytes())
     single = Recorder()
     fit(lenet(batch_size=16 * WORLD), callbacks=[single])
@@ -134,7 +139,7 @@ def test_probes_equal_the_single_process_twin(
     distributed, single = twins
     assert sorted(map(int, distributed["traces"])) == sorted(single.traces)
     for step, rows in single.traces.items():
-        theirs = distributed["traces"][str(step)]
+        theirs = [r for r in distributed["traces"][str(step)] if r[7] is None]
         assert [(r[0], r[1]) for r in theirs] == [(r.layer, r.kind) for r in rows]
         kinds = {r.kind for r in rows}
         assert {"forward", "backward", "param_grad", "weights"} <= kinds
@@ -142,9 +147,31 @@ def test_probes_equal_the_single_process_twin(
             assert mine[2] == twin.numel, (step, twin.layer, twin.kind)
             expected = [twin.norm, twin.mean, twin.std, twin.max]
             torch.testing.assert_close(
-                torch.tensor(mine[3:], dtype=torch.float64),
+                torch.tensor(mine[3:7], dtype=torch.float64),
                 torch.tensor(expected, dtype=torch.float64),
                 rtol=2e-4,
                 atol=1e-7,
                 msg=lambda m, t=twin, s=step: f"step {s} {t.layer} {t.kind}: {m}",
             )
+
+
+def test_per_rank_rows_are_each_rank_s_share_of_the_batch(
+    twins: tuple[dict[str, Any], Recorder],
+) -> None:
+    """hooks.per_rank: every rank-local row once per rank; the ranks' halves add up to the
+    whole batch's row (element counts, squared norms, maxima)."""
+    distributed, _ = twins
+    for rows in distributed["traces"].values():
+        whole = {(r[0], r[1]): r for r in rows if r[7] is None}
+        shares: dict[tuple[str, str], list[list[Any]]] = {}
+        for r in rows:
+            if r[7] is not None:
+                shares.setdefault((r[0], r[1]), []).append(r)
+        assert shares and all(kind in {"forward", "backward"} for _, kind in shares)
+        assert {key for key in whole if key[1] in {"forward", "backward"}} == set(shares)
+        for key, parts in shares.items():
+            assert sorted(p[7] for p in parts) == list(range(WORLD))
+            assert sum(p[2] for p in parts) == whole[key][2]
+            norm = math.sqrt(sum(p[3] ** 2 for p in parts))
+            assert norm == pytest.approx(whole[key][3], rel=1e-9)
+            assert max(p[6] for p in parts) == pytest.approx(whole[key][6], rel=1e-12)
