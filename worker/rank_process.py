@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -105,9 +106,11 @@ def _train(rank: int, launch: RankLaunch, channel: RankChannel) -> Any:
         launch.store_host, launch.store_port, is_master=False,
         timeout=timedelta(seconds=launch.rendezvous_seconds), wait_for_workers=False,
     )  # fmt: skip
+    job_store = PrefixStore(launch.store_prefix, store)
+    _rendezvous(job_store, launch)
     dist.init_process_group(
         launch.backend,
-        store=PrefixStore(launch.store_prefix, store),
+        store=job_store,
         rank=rank,
         world_size=launch.world_size,
         timeout=timedelta(seconds=launch.collective_seconds),
@@ -149,9 +152,27 @@ def _train(rank: int, launch: RankLaunch, channel: RankChannel) -> Any:
     return result if ranks.leads else None
 
 
+class RendezvousTimeout(RuntimeError):
+    """Not every rank reached the job's store in time (a node died after joining)."""
+
+
+def _rendezvous(store: Any, launch: RankLaunch) -> None:
+    """Wait, at most the rendezvous timeout, until every rank has reached the store:
+    init_process_group would wait for a missing rank as long as a collective may take."""
+    store.add("ranks_joined", 1)
+    deadline = time.monotonic() + launch.rendezvous_seconds
+    while (joined := int(store.add("ranks_joined", 0))) < launch.world_size:
+        if time.monotonic() > deadline:
+            raise RendezvousTimeout(
+                f"{joined} of {launch.world_size} ranks joined within "
+                f"{launch.rendezvous_seconds:g} s (TRAINYARD_RENDEZVOUS_TIMEOUT)"
+            )
+        time.sleep(0.05)
+
+
 def _peer_failure(exc: BaseException) -> bool:
     """Whether the error says another rank went away (its own failure is the cause)."""
-    if isinstance(exc, dist.DistError):
+    if isinstance(exc, dist.DistError | RendezvousTimeout):
         return True
     text = str(exc)
     return any(

@@ -101,6 +101,42 @@ BAD_SPECS = [
         "tokens",
         "spec.model.layers[0]",
     ),
+    # Distributed jobs: the operator's limit, whole nodes, a backend the device has, and
+    # a sample for every process.
+    (
+        spec(train={"distributed": {"world_size": 9}}),
+        400,
+        "TRAINYARD_MAX_WORLD_SIZE",
+        "spec.train.distributed.world_size",
+    ),
+    (
+        spec(train={"distributed": {"world_size": 3, "nodes": 2}}),
+        400,
+        "does not split over 2 nodes",
+        "spec.train.distributed",
+    ),
+    (
+        spec(train={"distributed": {"world_size": 2, "backend": "nccl"}}),
+        400,
+        "nccl",
+        "spec.train",
+    ),
+    (
+        spec(
+            data={
+                "dataset": "synthetic",
+                "task": "regression",
+                "input_shape": [64],
+                "size": 5,
+                "val_fraction": 0.0,
+            },
+            train={"loss": "MSELoss", "distributed": {"world_size": 8}},
+        ),
+        400,
+        "more than the 5 training samples",
+        "spec.train.distributed.world_size",
+    ),
+    (spec(train={"distributed": {"world_size": 2, "nodez": 2}}), 400, "nodez", "spec.train"),
 ]
 
 
@@ -336,3 +372,14 @@ def test_the_steps_that_epochs_imply_are_within_the_limit(
     assert error["details"][0]["loc"] == "spec.train.epochs"
     assert "160,000,000 steps" in error["message"]
     assert submit(alice, {**body, "train": {"epochs": 1000, "batch_size": 64}}).status_code == 202
+
+
+def test_a_distributed_spec_is_accepted_as_written(
+    client: FlaskClient, alice: dict[str, str], submit: Submit
+) -> None:
+    body = spec(train={"batch_size": 16, "distributed": {"world_size": 2, "nodes": 2}})
+    resp = submit(alice, body)
+    assert resp.status_code == 202, resp.get_json()
+    stored = client.get(f"/api/v1/jobs/{resp.get_json()['id']}", headers=alice).get_json()
+    distributed = stored["spec"]["train"]["distributed"]
+    assert distributed == {"world_size": 2, "nodes": 2, "backend": "auto"}

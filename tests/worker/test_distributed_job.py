@@ -26,6 +26,7 @@ from shared.tensors import bytes_to_state_dict
 from tests.shared.net.test_presets import Net
 from tests.support.fixture_types import NewJob
 from tests.support.jobs import job_outcome
+from worker.shutdown import SHUTTING_DOWN
 from worker.tasks import execute_train
 
 
@@ -236,3 +237,29 @@ def test_a_spec_needing_more_processes_than_allowed_is_refused_at_submit(
     spec = JobSpec.model_validate(mlp(distributed={"world_size": 16}))
     with pytest.raises(SpecError, match=r"train\.distributed\.world_size is 16"):
         check_spec(spec, limits=SpecLimits.of(settings))
+
+
+def test_a_warm_shutdown_suspends_every_rank_and_the_job_resumes_exactly(
+    sessions: sessionmaker[Session], settings: Settings, new_job: NewJob
+) -> None:
+    """SIGTERM to the worker (Celery's warm shutdown sets SHUTTING_DOWN): the ranks agree
+    to suspend at the same step, rank 0 checkpoints, the job goes back to the queue with
+    its attempt given back, and resumes as if never stopped."""
+    whole = new_job(mlp()).id
+    assert execute_train(whole, worker="w", sessions=sessions, settings=settings) == "succeeded"
+    job_id = new_job(mlp()).id
+    try:
+        result = _run_and_act(
+            sessions, settings, job_id, _has_checkpoint(job_id), SHUTTING_DOWN.set
+        )
+    finally:
+        SHUTTING_DOWN.clear()
+    assert result == "requeued"
+    assert rank_processes() == []
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and (job.status, job.attempt) == ("queued", 0)
+    assert execute_train(job_id, worker="w2", sessions=sessions, settings=settings) == (
+        "succeeded"
+    )
+    assert job_outcome(sessions, job_id) == job_outcome(sessions, whole)

@@ -26,7 +26,8 @@ def kill_gang_node(cluster: Cluster, rng: random.Random | None = None) -> Outcom
     rng = rng or random.Random()
     out = Outcome(
         "node 1's worker of a 2-node job SIGKILLed mid-training; a new one started later",
-        "no rank left behind; the lone worker runs another job meanwhile; the job resumes "
+        "every rank logs to its worker's log as `rank N: `; no rank left behind; the lone "
+        "worker runs another job meanwhile; the job resumes "
         "from a checkpoint once 2 workers are up: losses and final sha256 identical to "
         "the same job on one node",
     )
@@ -43,6 +44,9 @@ def kill_gang_node(cluster: Cluster, rng: random.Random | None = None) -> Outcom
     followers = [w for w in cluster.workers if w is not leader and w.alive()]
     if not out.check(leader is not None and len(followers) == 1, "cannot tell the two nodes"):
         return out
+    assert leader is not None
+    out.check(leader.has_logged("rank 0: "), "rank 0's lines are not in its worker's log")
+    out.check(followers[0].has_logged("rank 1: "), "rank 1's lines are not in its worker's log")
     followers[0].kill()
     killed = time.monotonic()
     time.sleep(1.0)
