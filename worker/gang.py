@@ -50,7 +50,8 @@ CHECK_SECONDS = 1.0  # how often a joined node checks that its gang still stands
 class GangRun:
     """How node 0's part ended: the gang was released (not filled), or its ranks' outcome."""
 
-    outcome: RanksOutcome | None = None  # None: released, the gang did not fill
+    outcome: RanksOutcome | None = None  # None: released (did not fill) or cancelled
+    cancelled: bool = False  # cancelled while waiting for the nodes
 
 
 def node_address(settings: Settings) -> str:
@@ -87,39 +88,58 @@ def lead_gang(
     distributed = spec.train.distributed
     assert distributed is not None and distributed.nodes > 1
     host = node_address(settings)
-    store = serve_store(host, settings.rendezvous_port, settings)
-    wait_s = settings.rendezvous_timeout
-    with session_scope(sessions) as session:
-        seat = repository.open_gang(
-            session=session, job_id=job.id, worker=worker, size=distributed.nodes, host=host,
-            port=store.port, join_seconds=wait_s,
-        )  # fmt: skip
-    try:
-        _call_nodes(job, settings, distributed.nodes - 1)
-        joined = _wait_for_nodes(sessions, seat, lease, wait_s)
-        if joined < seat.size:
-            reason = (
-                f"{joined} of {seat.size} nodes joined within {wait_s:g} s "
-                "(TRAINYARD_RENDEZVOUS_TIMEOUT); back in the queue, claimable again in "
-                f"{wait_s:g} s"
+    with serve_store(host, settings.rendezvous_port, settings) as store:
+        with session_scope(sessions) as session:
+            seat = repository.open_gang(
+                session=session, job_id=job.id, worker=worker, size=distributed.nodes,
+                host=host, port=store.port, join_seconds=settings.rendezvous_timeout,
+            )  # fmt: skip
+        try:
+            _call_nodes(job, settings, distributed.nodes - 1)
+            joined = _wait_for_nodes(sessions, seat, lease, settings.rendezvous_timeout)
+            if joined < seat.size:
+                return _not_filled(sessions, seat, worker, lease, joined, settings)
+            node = Node(node_rank=0, host=host, port=store.port, prefix=seat.gang_id,
+                        served=store)  # fmt: skip
+            outcome = launch_node(
+                job.id, spec, worker=worker, settings=settings, node=node,
+                relay=leader_relay(lease, limit), resume=resume, initial_state=initial_state,
+            )  # fmt: skip
+            return GangRun(outcome=outcome)
+        finally:
+            retry_database(
+                lambda: _close(sessions, seat),
+                what="closing the job's gang",
+                window_seconds=settings.db_outage_seconds,
             )
-            log.info("job %s: %s", job.id, reason)
-            with session_scope(sessions) as session:
-                repository.release_gang(session=session, seat=seat, worker=worker,
-                                        retry_after_seconds=wait_s, reason=reason)  # fmt: skip
-            return GangRun()
-        node = Node(node_rank=0, host=host, port=store.port, prefix=seat.gang_id)
-        outcome = launch_node(
-            job.id, spec, worker=worker, settings=settings, node=node,
-            relay=leader_relay(lease, limit), resume=resume, initial_state=initial_state,
-        )  # fmt: skip
-        return GangRun(outcome=outcome)
-    finally:
-        retry_database(
-            lambda: _close(sessions, seat),
-            what="closing the job's gang",
-            window_seconds=settings.db_outage_seconds,
+
+
+def _not_filled(
+    sessions: sessionmaker[Session],
+    seat: Seat,
+    worker: str,
+    lease: LeaseKeeper,
+    joined: int,
+    settings: Settings,
+) -> GangRun:
+    """The wait ended before every node joined: cancelled, or back to the queue (at once
+    when this worker is shutting down; else not claimable for one wait)."""
+    if lease.requests.cancel:
+        return GangRun(cancelled=True)
+    wait_s = settings.rendezvous_timeout
+    if SHUTTING_DOWN.is_set():
+        retry_after, reason = 0.0, "the worker is shutting down; back in the queue"
+    else:
+        retry_after = wait_s
+        reason = (
+            f"{joined} of {seat.size} nodes joined within {wait_s:g} s "
+            f"(TRAINYARD_RENDEZVOUS_TIMEOUT); back in the queue, claimable again in {wait_s:g} s"
         )
+    log.info("job %s: %s", seat.job_id, reason)
+    with session_scope(sessions) as session:
+        repository.release_gang(session=session, seat=seat, worker=worker,
+                                retry_after_seconds=retry_after, reason=reason)  # fmt: skip
+    return GangRun()
 
 
 def _close(sessions: sessionmaker[Session], seat: Seat) -> None:

@@ -118,8 +118,12 @@ def run_ranks(
             )
             for local in range(launch.per_node)
         ]
-        for process in processes:
-            process.start()
+        try:
+            for process in processes:
+                process.start()
+        except BaseException:
+            _kill(processes)
+            raise
         _supervise(processes, channel, relay)
         return _outcome(launch, processes, Path(out_dir))
     finally:
@@ -152,12 +156,13 @@ def _supervise(
         raise
     finally:
         for process in processes:
-            process.join()
+            if process.pid is not None:
+                process.join()
 
 
 def _kill(processes: list[Any]) -> None:
     for process in processes:
-        if process.exitcode is None:
+        if process.pid is not None and process.exitcode is None:
             process.kill()
 
 

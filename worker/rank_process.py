@@ -26,12 +26,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+import torch
 import torch.distributed as dist
 from torch.distributed import PrefixStore, TCPStore  # type: ignore[attr-defined]  # re-exported from C
 
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
-from shared.errors import LeaseLost
+from shared.errors import LeaseLost, SpecError
 from shared.spec import JobSpec
 from worker.messages import user_message
 from worker.rank_channel import ChannelLease, NodeAsks, RankChannel, ShutdownFlag
@@ -64,6 +65,7 @@ class RankLaunch:
     collective_seconds: float
     gpus: tuple[str, ...] | None  # CUDA_VISIBLE_DEVICES of each local rank
     out_dir: str
+    parent_pid: int  # the worker that spawned the ranks
     resume: ResumePoint | None = None
     initial_state: bytes | None = None
 
@@ -75,15 +77,24 @@ class RankLaunch:
 def run_rank(local_rank: int, launch: RankLaunch, channel: RankChannel) -> None:
     """The spawned process's entry point."""
     rank = launch.rank(local_rank)
-    _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the worker's to handle
+    _die_with_parent(launch.parent_pid)
+    # Signals are the worker's to handle (Ctrl-C in a terminal, SIGTERM to the process
+    # group): it relays a shutdown, and the ranks checkpoint and stop together.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _prefix_output(rank)
     if launch.gpus is not None:  # before CUDA starts in this process: one GPU per rank
         os.environ["CUDA_VISIBLE_DEVICES"] = launch.gpus[local_rank]
+    if "OMP_NUM_THREADS" not in os.environ:
+        # The node's cores shared out, as torchrun does: per_node processes each using
+        # every core would fight over them.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // launch.per_node))
     report: dict[str, Any]
     code = 0
+    job_store: Any = None
     try:
-        result = _train(rank, launch, channel)
+        job_store = _job_store(launch)
+        result = _train(rank, launch, channel, job_store)
         report = {"result": dataclasses.asdict(result)} if result is not None else {"done": True}
     except LeaseLost:
         report = {"lost": True}
@@ -91,22 +102,50 @@ def run_rank(local_rank: int, launch: RankLaunch, channel: RankChannel) -> None:
         log.exception("rank %d failed", rank)
         report = {"error": user_message(exc), "peer": _peer_failure(exc)}
         code = 1
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        if not report["peer"] and job_store is not None:
+            _tell_node_0(job_store, rank, report["error"])
+    # The account first: tearing a group down after a failure can block.
     Path(launch.out_dir, f"rank-{rank}.json").write_text(json.dumps(report))
+    if code == 0 and dist.is_initialized():
+        dist.destroy_process_group()
     logging.shutdown()
-    sys.exit(code)
+    if code:
+        os._exit(code)  # no interpreter teardown (a dead peer's group could block it)
+    sys.exit(0)
 
 
-def _train(rank: int, launch: RankLaunch, channel: RankChannel) -> Any:
-    settings = Settings.model_validate_json(launch.settings_json)
-    spec = JobSpec.model_validate_json(launch.spec_json)
+def _job_store(launch: RankLaunch) -> Any:
+    """The job's rendezvous store (node 0 serves it), under this gang's prefix."""
     store = TCPStore(
         launch.store_host, launch.store_port, is_master=False,
         timeout=timedelta(seconds=launch.rendezvous_seconds), wait_for_workers=False,
     )  # fmt: skip
-    job_store = PrefixStore(launch.store_prefix, store)
+    return PrefixStore(launch.store_prefix, store)
+
+
+def _tell_node_0(job_store: Any, rank: int, message: str) -> None:
+    """Leave this rank's own error where node 0's worker reads it (errors_in_store): the
+    other ranks only see a peer go away."""
+    try:
+        job_store.set(f"error/{rank}", message)
+    except Exception:
+        log.warning("rank %d: could not report its error to node 0", rank, exc_info=True)
+
+
+def errors_in_store(job_store: Any, world_size: int) -> dict[int, str]:
+    """The ranks' own errors that reached the job's store, by rank."""
+    errors = {}
+    for rank in range(world_size):
+        key = f"error/{rank}"
+        if job_store.check([key]):
+            errors[rank] = job_store.get(key).decode(errors="replace")
+    return errors
+
+
+def _train(rank: int, launch: RankLaunch, channel: RankChannel, job_store: Any) -> Any:
+    settings = Settings.model_validate_json(launch.settings_json)
+    spec = JobSpec.model_validate_json(launch.spec_json)
+    _same_backend_as_node_0(job_store, launch)
     _rendezvous(job_store, launch)
     dist.init_process_group(
         launch.backend,
@@ -116,7 +155,11 @@ def _train(rank: int, launch: RankLaunch, channel: RankChannel) -> Any:
         timeout=timedelta(seconds=launch.collective_seconds),
     )
     # Agreements are host values: beside nccl they need a gloo group of their own.
-    control = dist.new_group(backend="gloo") if launch.backend == "nccl" else None
+    control = (
+        dist.new_group(backend="gloo", timeout=timedelta(seconds=launch.collective_seconds))
+        if launch.backend == "nccl"
+        else None
+    )
     assert control is None or isinstance(control, dist.ProcessGroup)
     ranks = Ranks(rank=rank, world_size=launch.world_size, control=control)
     callbacks: list[Callback]
@@ -156,6 +199,19 @@ class RendezvousTimeout(RuntimeError):
     """Not every rank reached the job's store in time (a node died after joining)."""
 
 
+def _same_backend_as_node_0(job_store: Any, launch: RankLaunch) -> None:
+    """Every node must train on the same device kind with the same backend (a gang over
+    a CPU and a GPU worker cannot): node 0's worker put its choice in the store."""
+    chosen = job_store.get("backend").decode()
+    mine = f"{launch.backend} on {launch.device}"
+    if chosen != mine:
+        raise SpecError.at(
+            "train.distributed.backend",
+            f"node {launch.node_rank} would train with {mine}, node 0 with {chosen}: "
+            "set train.device (and backend) so that every node can run it",
+        )
+
+
 def _rendezvous(store: Any, launch: RankLaunch) -> None:
     """Wait, at most the rendezvous timeout, until every rank has reached the store:
     init_process_group would wait for a missing rank as long as a collective may take."""
@@ -182,11 +238,14 @@ def _peer_failure(exc: BaseException) -> bool:
     )  # fmt: skip
 
 
-def _die_with_parent() -> None:
-    """SIGKILL this process when the worker that spawned it dies (Linux)."""
+def _die_with_parent(parent_pid: int) -> None:
+    """SIGKILL this process when the worker that spawned it dies (Linux), and end at once
+    if it already has (it died while this process was starting)."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 class _Prefixed:

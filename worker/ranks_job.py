@@ -10,19 +10,22 @@ that joined relays only its own shutdown, and whether the gang still stands.
 
 from __future__ import annotations
 
+import os
+import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
-from torch.distributed import TCPStore  # type: ignore[attr-defined]  # re-exported from C
+from torch.distributed import PrefixStore, TCPStore  # type: ignore[attr-defined]  # from C
 
 from shared.config import Settings
 from shared.errors import TrainyardError
 from shared.spec import JobSpec
 from worker.lease_keeper import LeaseKeeper
 from worker.rank_launcher import Flags, RanksOutcome, backend_for, local_devices, run_ranks
-from worker.rank_process import RankLaunch
+from worker.rank_process import RankLaunch, errors_in_store
 from worker.shutdown import SHUTTING_DOWN
 from worker.training.resume import ResumePoint
 from worker.training.time_limit import TimeLimit
@@ -38,20 +41,27 @@ class RanksFailed(TrainyardError):
 
 @dataclass(frozen=True, slots=True)
 class Node:
-    """This node's place in the job: its rank among the nodes and the rendezvous store."""
+    """This node's place in the job: its rank among the nodes and the rendezvous store
+    (`served` on node 0, whose worker serves it)."""
 
     node_rank: int
     host: str
     port: int
     prefix: str  # new for every gang / attempt: a late rank of an earlier one cannot join
+    served: TCPStore | None = None
 
 
-def serve_store(host: str, port: int, settings: Settings) -> TCPStore:
-    """The job's rendezvous store, served by this process (it outlasts any one rank)."""
-    return TCPStore(
-        host, port, is_master=True, wait_for_workers=False,
-        timeout=timedelta(seconds=settings.rendezvous_timeout),
-    )  # fmt: skip
+@contextmanager
+def serve_store(host: str, port: int, settings: Settings) -> Iterator[TCPStore]:
+    """The job's rendezvous store, served by this process (it outlasts any one rank),
+    listening on `host` only: TCPStore alone would listen on every interface, and it
+    has no authentication (on one node: the loopback)."""
+    with socket.create_server((host, port)) as listener:
+        yield TCPStore(
+            host, listener.getsockname()[1], is_master=True, wait_for_workers=False,
+            master_listen_fd=listener.fileno(),
+            timeout=timedelta(seconds=settings.rendezvous_timeout),
+        )  # fmt: skip
 
 
 def launch_node(
@@ -89,11 +99,22 @@ def launch_node(
             collective_seconds=settings.collective_timeout,
             gpus=gpus,
             out_dir=out_dir,
+            parent_pid=os.getpid(),
             resume=resume,
             initial_state=initial_state,
         )
 
-    return run_ranks(launch_for, relay=relay)
+    job_store = PrefixStore(node.prefix, node.served) if node.served is not None else None
+    if job_store is not None:  # every node's ranks check they chose the same
+        job_store.set("backend", f"{backend} on {device}")
+    outcome = run_ranks(launch_for, relay=relay)
+    if job_store is not None and outcome.result is None and not outcome.lost:
+        # A rank's own error on any node (the others saw a peer go away): the job's.
+        errors = errors_in_store(job_store, distributed.world_size)
+        if errors:
+            rank, message = min(errors.items())
+            return RanksOutcome(error=f"rank {rank}: {message}")
+    return outcome
 
 
 def leader_relay(lease: LeaseKeeper, limit: TimeLimit | None) -> Relay:
@@ -128,10 +149,10 @@ def train_one_node(
     initial_state: bytes | None,
 ) -> RanksOutcome:
     """Train a claimed single-node distributed job on `world_size` local processes."""
-    store = serve_store("127.0.0.1", 0, settings)
-    node = Node(node_rank=0, host="127.0.0.1", port=store.port,
-                prefix=f"{job_id}/{attempt}/{uuid.uuid4().hex}")  # fmt: skip
-    return launch_node(
-        job_id, spec, worker=worker, settings=settings, node=node,
-        relay=leader_relay(lease, limit), resume=resume, initial_state=initial_state,
-    )  # fmt: skip
+    with serve_store("127.0.0.1", 0, settings) as store:
+        node = Node(node_rank=0, host="127.0.0.1", port=store.port,
+                    prefix=f"{job_id}/{attempt}/{uuid.uuid4().hex}", served=store)  # fmt: skip
+        return launch_node(
+            job_id, spec, worker=worker, settings=settings, node=node,
+            relay=leader_relay(lease, limit), resume=resume, initial_state=initial_state,
+        )  # fmt: skip

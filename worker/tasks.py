@@ -211,6 +211,10 @@ def _train_distributed(
             job, spec, worker=worker, sessions=sessions, settings=settings, lease=lease,
             limit=limit, resume=resume, initial_state=initial_state,
         )  # fmt: skip
+        if gang.cancelled:
+            ended = _finish(sessions, job.id, worker, settings, status=JobStatus.CANCELLED,
+                            summary=None, error=None)  # fmt: skip
+            return str(JobStatus.CANCELLED) if ended else "lost"
         if gang.outcome is None:
             return "waiting"
         outcome = gang.outcome

@@ -91,16 +91,21 @@ def join_gang(*, session: Session, queue: str, worker: str) -> Seat | None:
         .limit(1)
     )
     if session.get_bind().dialect.name == "postgresql":
-        pick = pick.with_for_update(of=Job, skip_locked=True)
+        # Not SKIP LOCKED: workers called together must queue up for the seats, not pass
+        # the gang by while another one takes its seat.
+        pick = pick.with_for_update(of=Job)
     job = session.scalars(pick).first()
     if job is None:
         return None
     assert job.gang_id is not None and job.gang_size is not None
     assert job.gang_host is not None and job.gang_port is not None
+    # Counted again now that the row is locked: the pick may have waited for a joiner.
     taken = session.scalar(
         select(func.count()).where(JobNode.job_id == job.id, JobNode.gang_id == job.gang_id)
     )
     rank = int(taken or 0)
+    if rank >= job.gang_size:
+        return None
     session.add(JobNode(job_id=job.id, node_rank=rank, gang_id=job.gang_id, worker=worker))
     add_event(session=session, job_id=job.id, kind="gang",
               message=f"{worker} joined as node {rank} of {job.gang_size}",
@@ -140,6 +145,7 @@ def release_gang(
             lease_expires_at=None,
             enqueued_at=None,
             attempt=Job.attempt - 1,
+            preempt_requested=False,  # a gang that never trained: a preemption is moot
             not_before=now + timedelta(seconds=retry_after_seconds),
             **NO_GANG,
         )

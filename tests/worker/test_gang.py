@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,11 +18,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import repository
 from shared.config import Settings
+from shared.db import session_scope
 from shared.models import Job
 from tests.support.fixture_types import NewJob
 from tests.support.jobs import job_outcome
 from tests.support.specs import TINY
 from tests.worker.test_distributed_job import mlp, rank_processes
+from tests.worker.training.test_data_files import mnist_files
 from worker.tasks import execute_train
 
 
@@ -160,3 +163,92 @@ def test_killing_a_node_fails_the_gang_and_the_job_resumes(
         job = _job(session, job_id)
         assert job.summary is not None and job.summary["resumed_from_step"] == resumable.step
     assert job_outcome(sessions, job_id) == job_outcome(sessions, whole)
+
+
+def test_a_cancel_while_the_gang_waits_cancels_the_job(
+    sessions: sessionmaker[Session], gang_settings: Settings, new_job: NewJob
+) -> None:
+    job_id = new_job(two_nodes()).id
+    results: list[str] = []
+    thread = threading.Thread(
+        target=lambda: results.append(
+            execute_train(job_id, worker="w1", sessions=sessions, settings=gang_settings)
+        )
+    )
+    thread.start()
+    _wait(sessions, lambda s: _job(s, job_id).gang_id is not None, "the gang to open")
+    with session_scope(sessions) as session:
+        repository.request_cancel(session=session, job_id=job_id)
+    thread.join(60)  # the heartbeat brings the request within a few seconds, not 60 s
+    assert not thread.is_alive() and results == ["cancelled"]
+    with sessions() as session:
+        job = _job(session, job_id)
+        assert (job.status, job.gang_id) == ("cancelled", None)
+
+
+def test_three_nodes_called_at_once_all_find_their_seat(
+    sessions: sessionmaker[Session], gang_settings: Settings, new_job: NewJob
+) -> None:
+    """The two workers that node 0 calls arrive together: each waits for the other's seat
+    instead of passing the gang by."""
+    job_id = new_job(mlp(epochs=1, distributed={"world_size": 3, "nodes": 3})).id
+    results: dict[str, str] = {}
+
+    def run(worker: str) -> None:
+        results[worker] = execute_train(job_id, worker=worker, sessions=sessions,
+                                        settings=gang_settings)  # fmt: skip
+
+    first = threading.Thread(target=run, args=("w1",))
+    first.start()
+    _wait(sessions, lambda s: _job(s, job_id).gang_id is not None, "the gang to open")
+    others = [threading.Thread(target=run, args=(name,)) for name in ("w2", "w3")]
+    for thread in others:
+        thread.start()
+    for thread in (first, *others):
+        thread.join(240)
+        assert not thread.is_alive()
+    assert results["w1"] == "succeeded"
+    assert sorted((results["w2"], results["w3"])) == ["node 1", "node 2"]
+    assert rank_processes() == []
+
+
+def test_an_error_on_node_1_alone_fails_the_job_with_its_message(
+    sessions: sessionmaker[Session], gang_settings: Settings, new_job: NewJob, tmp_path: Path
+) -> None:
+    """Node 1's worker lacks the job's data files: its rank fails on its own (node 0's
+    rank only sees a peer go away), and the job fails with node 1's message, not as a
+    crash to retry."""
+    mnist_files(tmp_path / "node0", n_train=40, n_test=8)
+    (tmp_path / "node1").mkdir()
+    spec = {
+        "model": {"layers": [{"type": "Flatten"},
+                             {"type": "Linear", "in_features": 784, "out_features": 10}]},
+        "data": {"dataset": "mnist"},
+        "train": {"batch_size": 4, "distributed": {"world_size": 2, "nodes": 2}},
+    }  # fmt: skip
+    job_id = new_job(spec).id
+    per_worker = {
+        "w1": gang_settings.model_copy(update={"data_dir": tmp_path / "node0"}),
+        "w2": gang_settings.model_copy(update={"data_dir": tmp_path / "node1"}),
+    }
+    results: dict[str, str] = {}
+
+    def run(worker: str) -> None:
+        results[worker] = execute_train(job_id, worker=worker, sessions=sessions,
+                                        settings=per_worker[worker])  # fmt: skip
+
+    first = threading.Thread(target=run, args=("w1",))
+    first.start()
+    _wait(sessions, lambda s: _job(s, job_id).gang_id is not None, "the gang to open")
+    second = threading.Thread(target=run, args=("w2",))
+    second.start()
+    for thread in (first, second):
+        thread.join(240)
+        assert not thread.is_alive()
+    assert results == {"w1": "failed", "w2": "node 1"}
+    with sessions() as session:
+        job = _job(session, job_id)
+        assert job.status == "failed" and job.attempt == 1
+        assert job.error is not None and job.error.startswith("rank 1: "), job.error
+        assert "TRAINYARD_DATA_DIR" in job.error or "MNIST" in job.error, job.error
+    assert rank_processes() == []

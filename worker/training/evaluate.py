@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from worker.training.ranks import Ranks
+
 
 def train_mode(model: nn.Module) -> None:
     """model.train(), except normalisation layers whose parameters are all frozen.
@@ -29,8 +31,13 @@ def evaluate(
     device: torch.device,
     classification: bool,
     split: str = "val",
+    ranks: Ranks | None = None,
 ) -> dict[str, float]:
-    """`<split>_loss` (mean over samples) and, for classification, `<split>_accuracy`."""
+    """`<split>_loss` (mean over samples) and, for classification, `<split>_accuracy`.
+
+    In a distributed job (`ranks`) each rank evaluates its share of the split (`loader`)
+    and the sums are added over the ranks: every rank gets the metrics of the whole split.
+    """
     model.eval()
     # Accumulate on the device and read back once, not once per batch.
     total_loss = torch.zeros((), device=device, dtype=torch.float64)
@@ -45,7 +52,10 @@ def evaluate(
             correct += (output.argmax(dim=1) == labels).sum()
         seen += x.shape[0]
     train_mode(model)
-    metrics = {f"{split}_loss": total_loss.item() / seen}
+    loss_sum, hits, count = total_loss.item(), float(correct.item()), float(seen)
+    if ranks is not None and ranks.distributed:
+        loss_sum, hits, count = ranks.sum_values([loss_sum, hits, count])
+    metrics = {f"{split}_loss": loss_sum / count}
     if classification:
-        metrics[f"{split}_accuracy"] = correct.item() / seen
+        metrics[f"{split}_accuracy"] = hits / count
     return metrics

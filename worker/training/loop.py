@@ -48,8 +48,8 @@ def fit(
 
     In a distributed job every rank calls fit with its `ranks` (the process group is
     initialised); rank 0's callbacks see what a single process's would (the loss over
-    every rank, merged probe rows, checkpoints), and the other ranks' see no
-    checkpoints or evaluations.
+    every rank, merged probe rows, checkpoints, the test metrics), and the other ranks'
+    see no checkpoints.
     """
     cb = CallbackList(callbacks)
     try:
@@ -157,15 +157,12 @@ def _asks(cb: Callback, cadence: Cadence, step: int) -> Asks:
 def end_epoch(run: Run, cb: Callback, state: Progress) -> None:
     """Evaluate, report, advance an epoch schedule, checkpoint (and keep the best)."""
     losses = state.epoch_losses  # every step skipped ("skip_step"): no mean
-    metrics = {"train_loss": sum(losses) / len(losses) if losses else float("nan")}
-    if run.ranks.leads:  # rank 0 evaluates; every rank decides on its metrics
-        if run.val_loader is not None:
-            metrics |= evaluate(
-                run.model, run.val_loader, run.criterion, run.device, run.classification, "val"
-            )
-        state.metrics = run.ranks.share(metrics)
-    else:
-        state.metrics = run.ranks.share(None)
+    state.metrics = {"train_loss": sum(losses) / len(losses) if losses else float("nan")}
+    if run.val_loader is not None:  # a distributed job's ranks each take their share
+        state.metrics |= evaluate(
+            run.model, run.val_loader, run.criterion, run.device, run.classification, "val",
+            ranks=run.ranks,
+        )  # fmt: skip
     cb.on_epoch_end(step=state.step, epoch=state.epoch, metrics=state.metrics)
     run.schedule.after_epoch(state.metrics)
     best = run.early is not None and run.early.update(state.epoch, state.metrics)

@@ -11,8 +11,8 @@ take the same decisions at the same steps, or a collective waits forever:
 - stop (cancel), suspend (preempt, shutdown) and "take a resumable checkpoint now" are
   what any rank asked for (rank 0 reads the job's flags, every rank its own node's
   shutdown), asked during the step and agreed in the same all_reduce as the loss;
-- the epoch's evaluation runs on rank 0, and its metrics are broadcast (early stopping
-  and ReduceLROnPlateau decide alike everywhere);
+- each rank evaluates its share of the validation split and the sums are added up, so
+  every rank has the same metrics (early stopping and ReduceLROnPlateau decide alike);
 - probe rows of rank-local tensors (layer inputs, outputs and output gradients, which
   each rank sees for its share of the batch) are merged into the statistics of the whole
   batch; parameter gradients are already all-reduced, and weights are the same on every
@@ -25,7 +25,6 @@ device synchronisation.
 
 from __future__ import annotations
 
-import json
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,20 +80,24 @@ class Ranks:
         agreed = Asks(stop=stop > 0, suspend=suspend > 0, checkpoint=checkpoint > 0)
         return total_loss / self.world_size, agreed
 
-    def share(self, values: dict[str, float] | None) -> dict[str, float]:
-        """Rank 0's `values` on every rank (the others pass None)."""
+    def sum_values(self, values: list[float]) -> list[float]:
+        """`values` added up over the ranks (float64), on every rank."""
         if not self.distributed:
-            assert values is not None
             return values
-        payload = json.dumps(values).encode() if self.leads else b""
-        size = torch.tensor([len(payload)], dtype=torch.int64)
-        dist.broadcast(size, src=0, group=self.control)
-        data = torch.empty(int(size.item()), dtype=torch.uint8)
-        if self.leads:
-            data.copy_(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
-        dist.broadcast(data, src=0, group=self.control)
-        shared: dict[str, float] = json.loads(bytes(data.tolist()))
-        return shared
+        summed = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(summed, group=self.control)
+        return [float(v) for v in summed.tolist()]
+
+    def same_everywhere(self, value: int, what: str) -> None:
+        """Refuse to train when the ranks disagree on `value` (say, the steps the data
+        gives each rank: nodes holding different data files)."""
+        if not self.distributed:
+            return
+        mine = torch.tensor([value, -value], dtype=torch.int64)
+        dist.all_reduce(mine, op=dist.ReduceOp.MAX, group=self.control)
+        high, low = int(mine[0]), -int(mine[1])
+        if high != low:
+            raise RuntimeError(f"the ranks disagree on {what}: from {low} to {high}")
 
     def merge_rows(
         self, keys: list[tuple[str, str]], numels: list[int], raw: torch.Tensor

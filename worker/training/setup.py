@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from shared.net.build import build_model
 from shared.net.dryrun import DEFAULT_MAX_PARAMS
@@ -118,6 +118,7 @@ def prepare(
     criterion = make_criterion(train)
     # Counted on the samples the files really hold (the API counted the nominal size).
     plan = StepPlan.of(train, len(splits.train))
+    ranks.same_everywhere(plan.total_steps, "the run's steps (do all nodes hold the same data?)")
     return Run(
         spec=spec,
         device=dev,
@@ -153,11 +154,14 @@ def _loaders(
         num_workers=train.num_workers, pin_memory=pin, rank=ranks.rank,
         world_size=ranks.world_size,
     )  # fmt: skip
+    val = splits.val
+    if val is not None and ranks.distributed:  # each rank evaluates every world_size-th sample
+        val = Subset(val, range(ranks.rank, len(val), ranks.world_size))  # type: ignore[assignment]
     val_loader, test_loader = (
         make_loader(ds, batch_size=train.batch_size, shuffle=False, seed=0,
                     num_workers=train.num_workers, pin_memory=pin)
         if ds is not None
         else None
-        for ds in (splits.val, splits.test)
+        for ds in (val, splits.test)
     )  # fmt: skip
     return loader, val_loader, test_loader
