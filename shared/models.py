@@ -192,7 +192,21 @@ class Metric(Base):
     value: Mapped[float] = mapped_column(Float)
 
 
-class LayerTrace(Base):
+class TraceStats:
+    """The statistics of one hooked tensor, as layer_traces and rank_traces store them."""
+
+    numel: Mapped[int] = mapped_column(BigInteger)
+    norm: Mapped[float] = mapped_column(Float)
+    # NULL: the statistic was not selected in the job's hooks.stats.
+    mean: Mapped[float | None] = mapped_column(Float)
+    std: Mapped[float | None] = mapped_column(Float)
+    min: Mapped[float | None] = mapped_column(Float)
+    max: Mapped[float | None] = mapped_column(Float)
+    zero_frac: Mapped[float | None] = mapped_column(Float)
+    nonfinite: Mapped[int | None] = mapped_column(BigInteger)  # NULL: not counted
+
+
+class LayerTrace(TraceStats, Base):
     """Statistics of one hooked tensor: a layer's output gradient, a parameter's gradient, ...
 
     The primary key (job_id, step, layer, kind) serves "all layers at one step"; the
@@ -213,20 +227,11 @@ class LayerTrace(Base):
     step: Mapped[int] = mapped_column(Integer, primary_key=True)
     layer: Mapped[str] = mapped_column(String(255), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)
-    numel: Mapped[int] = mapped_column(BigInteger)
-    norm: Mapped[float] = mapped_column(Float)
-    # NULL: the statistic was not selected in the job's hooks.stats.
-    mean: Mapped[float | None] = mapped_column(Float)
-    std: Mapped[float | None] = mapped_column(Float)
-    min: Mapped[float | None] = mapped_column(Float)
-    max: Mapped[float | None] = mapped_column(Float)
-    zero_frac: Mapped[float | None] = mapped_column(Float)
-    nonfinite: Mapped[int | None] = mapped_column(BigInteger)  # NULL: not counted
     update_ratio: Mapped[float | None] = mapped_column(Float)  # param_grad: ||dw|| / ||w||
     histogram: Mapped[list[float] | None] = mapped_column(JSONType)
 
 
-class RankTrace(Base):
+class RankTrace(TraceStats, Base):
     """A distributed job's rank-local statistics (hooks.per_rank): one rank's share of a
     layer's input, output or output gradient at a logged step. layer_traces holds the
     whole batch's; these find the rank whose data or hardware misbehaves."""
@@ -243,14 +248,6 @@ class RankTrace(Base):
     layer: Mapped[str] = mapped_column(String(255), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)
     rank: Mapped[int] = mapped_column(Integer, primary_key=True)
-    numel: Mapped[int] = mapped_column(BigInteger)
-    norm: Mapped[float] = mapped_column(Float)
-    mean: Mapped[float | None] = mapped_column(Float)
-    std: Mapped[float | None] = mapped_column(Float)
-    min: Mapped[float | None] = mapped_column(Float)
-    max: Mapped[float | None] = mapped_column(Float)
-    zero_frac: Mapped[float | None] = mapped_column(Float)
-    nonfinite: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Checkpoint(Base):

@@ -30,15 +30,12 @@ from shared.db_retry import retry_database
 from shared.models import Job
 from shared.queues import make_celery, send_job
 from shared.repository import Seat
-from shared.spec import JobSpec
 from shared.spec_check import load_stored_spec
 from worker.job_inputs import initial_state, resume_point_to_read
 from worker.lease_keeper import LeaseKeeper
 from worker.rank_launcher import Flags, RanksOutcome
-from worker.ranks_job import Node, Relay, launch_node, leader_relay, serve_store
+from worker.ranks_job import ClaimedRun, Node, Relay, launch_node, serve_store
 from worker.shutdown import SHUTTING_DOWN
-from worker.training.resume import ResumePoint
-from worker.training.time_limit import TimeLimit
 
 log = logging.getLogger(__name__)
 
@@ -72,40 +69,26 @@ def node_address(settings: Settings) -> str:
         return socket.gethostname()
 
 
-def lead_gang(
-    job: Job,
-    spec: JobSpec,
-    *,
-    worker: str,
-    sessions: sessionmaker[Session],
-    settings: Settings,
-    lease: LeaseKeeper,
-    limit: TimeLimit | None,
-    resume: ResumePoint | None,
-    initial_state: bytes | None,
-) -> GangRun:
+def lead_gang(run: ClaimedRun) -> GangRun:
     """Node 0: open the gang, wait for the other nodes, train, close the gang."""
-    distributed = spec.train.distributed
+    distributed = run.spec.train.distributed
     assert distributed is not None and distributed.nodes > 1
+    sessions, settings = run.sessions, run.settings
     host = node_address(settings)
     with serve_store(host, settings.rendezvous_port, settings) as store:
         with session_scope(sessions) as session:
             seat = repository.open_gang(
-                session=session, job_id=job.id, worker=worker, size=distributed.nodes,
+                session=session, job_id=run.job.id, worker=run.worker, size=distributed.nodes,
                 host=host, port=store.port, join_seconds=settings.rendezvous_timeout,
             )  # fmt: skip
         try:
-            _call_nodes(job, settings, distributed.nodes - 1)
-            joined = _wait_for_nodes(sessions, seat, lease, settings.rendezvous_timeout)
+            _call_nodes(run.job, settings, distributed.nodes - 1)
+            joined = _wait_for_nodes(sessions, seat, run.lease, settings.rendezvous_timeout)
             if joined < seat.size:
-                return _not_filled(sessions, seat, worker, lease, joined, settings)
+                return _not_filled(sessions, seat, run.worker, run.lease, joined, settings)
             node = Node(node_rank=0, host=host, port=store.port, prefix=seat.gang_id,
                         served=store)  # fmt: skip
-            outcome = launch_node(
-                job.id, spec, worker=worker, settings=settings, node=node,
-                relay=leader_relay(lease, limit), resume=resume, initial_state=initial_state,
-            )  # fmt: skip
-            return GangRun(outcome=outcome)
+            return GangRun(outcome=run.launch(node))
         finally:
             retry_database(
                 lambda: _close(sessions, seat),

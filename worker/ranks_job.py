@@ -18,10 +18,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
+from sqlalchemy.orm import Session, sessionmaker
 from torch.distributed import PrefixStore, TCPStore  # type: ignore[attr-defined]  # from C
 
 from shared.config import Settings
 from shared.errors import TrainyardError
+from shared.models import Job
 from shared.spec import JobSpec
 from worker.lease_keeper import LeaseKeeper
 from worker.rank_launcher import Flags, RanksOutcome, backend_for, local_devices, run_ranks
@@ -136,23 +138,34 @@ def leader_relay(lease: LeaseKeeper, limit: TimeLimit | None) -> Relay:
     return relay
 
 
-def train_one_node(
-    job_id: uuid.UUID,
-    attempt: int,
-    spec: JobSpec,
-    *,
-    worker: str,
-    settings: Settings,
-    lease: LeaseKeeper,
-    limit: TimeLimit | None,
-    resume: ResumePoint | None,
-    initial_state: bytes | None,
-) -> RanksOutcome:
-    """Train a claimed single-node distributed job on `world_size` local processes."""
-    with serve_store("127.0.0.1", 0, settings) as store:
-        node = Node(node_rank=0, host="127.0.0.1", port=store.port,
-                    prefix=f"{job_id}/{attempt}/{uuid.uuid4().hex}", served=store)  # fmt: skip
+@dataclass(frozen=True, slots=True)
+class ClaimedRun:
+    """A claimed distributed job, as node 0's worker starts it: the row, its spec, the
+    claim (name, heartbeat, time limit) and what the fit starts from."""
+
+    job: Job
+    spec: JobSpec
+    worker: str
+    sessions: sessionmaker[Session]
+    settings: Settings
+    lease: LeaseKeeper
+    limit: TimeLimit | None
+    resume: ResumePoint | None
+    initial_state: bytes | None
+
+    def launch(self, node: Node) -> RanksOutcome:
+        """Start this node's ranks as node 0 and watch them to the end."""
         return launch_node(
-            job_id, spec, worker=worker, settings=settings, node=node,
-            relay=leader_relay(lease, limit), resume=resume, initial_state=initial_state,
+            self.job.id, self.spec, worker=self.worker, settings=self.settings, node=node,
+            relay=leader_relay(self.lease, self.limit), resume=self.resume,
+            initial_state=self.initial_state,
         )  # fmt: skip
+
+
+def train_one_node(run: ClaimedRun) -> RanksOutcome:
+    """Train a claimed single-node distributed job on `world_size` local processes."""
+    job = run.job
+    with serve_store("127.0.0.1", 0, run.settings) as store:
+        prefix = f"{job.id}/{job.attempt}/{uuid.uuid4().hex}"
+        return run.launch(Node(node_rank=0, host="127.0.0.1", port=store.port, prefix=prefix,
+                               served=store))  # fmt: skip

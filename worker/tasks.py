@@ -31,13 +31,12 @@ from worker.gang import follow_gang, join_gang, lead_gang
 from worker.inference import LoadedModel, ModelCache, load_model, predict
 from worker.lease_keeper import LeaseKeeper
 from worker.messages import user_message
-from worker.ranks_job import RanksFailed, train_one_node
+from worker.ranks_job import ClaimedRun, RanksFailed, train_one_node
 from worker.shutdown import EXIT_DEADLINE
 from worker.sinks import DatabaseSink
 from worker.training.callbacks import FitResult
 from worker.training.device import resolve_device
 from worker.training.loop import fit
-from worker.training.resume import ResumePoint
 from worker.training.time_limit import TimeLimit
 
 log = logging.getLogger(__name__)
@@ -153,10 +152,10 @@ def _train_claimed(
             window_seconds=settings.db_outage_seconds,
         )
         if spec.train.world_size > 1:
-            ended = _train_distributed(
-                job, spec, worker=worker, sessions=sessions, settings=settings, lease=lease,
-                limit=limit, resume=resume, initial_state=initial_state,
-            )  # fmt: skip
+            claimed = ClaimedRun(
+                job, spec, worker, sessions, settings, lease, limit, resume, initial_state
+            )
+            ended = _train_distributed(claimed)
             if isinstance(ended, str):
                 return ended  # waiting for nodes, or back in the queue after a crash
             result, preempted = ended, lease.requests.preempt
@@ -189,28 +188,15 @@ def _train_claimed(
     return str(status)
 
 
-def _train_distributed(
-    job: Job,
-    spec: JobSpec,
-    *,
-    worker: str,
-    sessions: sessionmaker[Session],
-    settings: Settings,
-    lease: LeaseKeeper,
-    limit: TimeLimit | None,
-    resume: ResumePoint | None,
-    initial_state: bytes | None,
-) -> FitResult | str:
+def _train_distributed(run: ClaimedRun) -> FitResult | str:
     """Rank 0's FitResult, or what the task returns when the ranks did not end a fit:
-    "waiting" (a gang that did not fill) or "requeued" / "failed" after a crash. A rank's
-    own error raises RanksFailed, a lost claim LeaseLost."""
-    distributed = spec.train.distributed
+    "waiting" (a gang that did not fill), "cancelled" (while it waited), or "requeued" /
+    "failed" after a crash. A rank's own error raises RanksFailed, a lost claim LeaseLost."""
+    job, sessions, settings, worker = run.job, run.sessions, run.settings, run.worker
+    distributed = run.spec.train.distributed
     assert distributed is not None
     if distributed.nodes > 1:
-        gang = lead_gang(
-            job, spec, worker=worker, sessions=sessions, settings=settings, lease=lease,
-            limit=limit, resume=resume, initial_state=initial_state,
-        )  # fmt: skip
+        gang = lead_gang(run)
         if gang.cancelled:
             ended = _finish(sessions, job.id, worker, settings, status=JobStatus.CANCELLED,
                             summary=None, error=None)  # fmt: skip
@@ -219,10 +205,7 @@ def _train_distributed(
             return "waiting"
         outcome = gang.outcome
     else:
-        outcome = train_one_node(
-            job.id, job.attempt, spec, worker=worker, settings=settings, lease=lease,
-            limit=limit, resume=resume, initial_state=initial_state,
-        )  # fmt: skip
+        outcome = train_one_node(run)
     if outcome.lost:
         raise LeaseLost(f"job {job.id}: a rank saw the claim lost")
     if outcome.crash is not None:

@@ -41,28 +41,31 @@ def two_nodes() -> dict[str, Any]:
 
 def _workers(
     sessions: sessionmaker[Session],
-    settings: Settings,
+    settings: Settings | dict[str, Settings],
     job_id: uuid.UUID,
     act: Callable[[], None] | None = None,
     ready: Callable[[Session], bool] | None = None,
+    followers: tuple[str, ...] = ("w2",),
 ) -> dict[str, str]:
-    """w1 claims the job and opens its gang; once it is open, w2 takes its turn and joins.
-    With `act`: called once `ready` holds. Each worker's task result."""
+    """w1 claims the job and opens its gang; once it is open, the `followers` take their
+    turns together and join. With `act`: called once `ready` holds. `settings` may differ
+    by worker. Each worker's task result."""
     results: dict[str, str] = {}
 
     def run(worker: str) -> None:
-        results[worker] = execute_train(job_id, worker=worker, sessions=sessions,
-                                        settings=settings)  # fmt: skip
+        own = settings[worker] if isinstance(settings, dict) else settings
+        results[worker] = execute_train(job_id, worker=worker, sessions=sessions, settings=own)
 
     first = threading.Thread(target=run, args=("w1",))
     first.start()
     _wait(sessions, lambda s: _job(s, job_id).gang_id is not None, "the gang to open")
-    second = threading.Thread(target=run, args=("w2",))
-    second.start()
+    others = [threading.Thread(target=run, args=(name,)) for name in followers]
+    for thread in others:
+        thread.start()
     if act is not None and ready is not None:
         _wait(sessions, ready, "the job to be ready for the test's action")
         act()
-    for thread in (first, second):
+    for thread in (first, *others):
         thread.join(240)
         assert not thread.is_alive()
     return results
@@ -192,21 +195,7 @@ def test_three_nodes_called_at_once_all_find_their_seat(
     """The two workers that node 0 calls arrive together: each waits for the other's seat
     instead of passing the gang by."""
     job_id = new_job(mlp(epochs=1, distributed={"world_size": 3, "nodes": 3})).id
-    results: dict[str, str] = {}
-
-    def run(worker: str) -> None:
-        results[worker] = execute_train(job_id, worker=worker, sessions=sessions,
-                                        settings=gang_settings)  # fmt: skip
-
-    first = threading.Thread(target=run, args=("w1",))
-    first.start()
-    _wait(sessions, lambda s: _job(s, job_id).gang_id is not None, "the gang to open")
-    others = [threading.Thread(target=run, args=(name,)) for name in ("w2", "w3")]
-    for thread in others:
-        thread.start()
-    for thread in (first, *others):
-        thread.join(240)
-        assert not thread.is_alive()
+    results = _workers(sessions, gang_settings, job_id, followers=("w2", "w3"))
     assert results["w1"] == "succeeded"
     assert sorted((results["w2"], results["w3"])) == ["node 1", "node 2"]
     assert rank_processes() == []
@@ -231,20 +220,7 @@ def test_an_error_on_node_1_alone_fails_the_job_with_its_message(
         "w1": gang_settings.model_copy(update={"data_dir": tmp_path / "node0"}),
         "w2": gang_settings.model_copy(update={"data_dir": tmp_path / "node1"}),
     }
-    results: dict[str, str] = {}
-
-    def run(worker: str) -> None:
-        results[worker] = execute_train(job_id, worker=worker, sessions=sessions,
-                                        settings=per_worker[worker])  # fmt: skip
-
-    first = threading.Thread(target=run, args=("w1",))
-    first.start()
-    _wait(sessions, lambda s: _job(s, job_id).gang_id is not None, "the gang to open")
-    second = threading.Thread(target=run, args=("w2",))
-    second.start()
-    for thread in (first, second):
-        thread.join(240)
-        assert not thread.is_alive()
+    results = _workers(sessions, per_worker, job_id)
     assert results == {"w1": "failed", "w2": "node 1"}
     with sessions() as session:
         job = _job(session, job_id)
