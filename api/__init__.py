@@ -7,7 +7,7 @@ import threading
 
 from flask import Flask
 
-from api import auth, errors
+from api import auth, errors, headers, text_guard
 from api.context import Services, close_session
 from api.quotas import install_rate_limit
 from api.routes import checkpoints, health, jobs, models, plots, reports, results
@@ -35,6 +35,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.teardown_appcontext(close_session)
 
     errors.register(app)
+    text_guard.install(app)  # before the rate limit and auth read anything
+    headers.install(app)
     limiter = install_rate_limit(app, settings)
     if limiter is not None:
         limiter.exempt(health.bp)  # load balancers and compose probe it all the time

@@ -2,26 +2,43 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from flask import request
+from flask import current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
+from api.text_guard import check_json
 from shared.errors import SpecError
 
 
 def json_object(example: str) -> dict[str, Any]:
     """The request body as a dict; `example` shows the caller the expected shape."""
+    data = _body_bytes()
     try:
-        # force: a JSON body sent without Content-Type (curl -d) is still read as JSON.
-        body = request.get_json(force=True, silent=True)
-    except RecursionError:
-        body = None  # nested deeper than the JSON parser goes: not a body anyone meant
+        # Read as JSON whatever the Content-Type says (curl -d sends a form type).
+        body = json.loads(data) if data else None
+    except (ValueError, RecursionError):  # not JSON; or nested deeper than the parser goes
+        body = None
     if not isinstance(body, dict):
         raise SpecError(
             f"the request body must be a JSON object such as {example}",
             details=[{"loc": "body", "msg": "not a JSON object"}],
         )
+    check_json(body, raw=data)  # NUL / lone surrogates: 400 here, not a failed INSERT later
     return body
+
+
+def _body_bytes() -> bytes:
+    """The body, or RequestEntityTooLarge (413) when it is over the limit, however it is
+    sent: a chunked body has no Content-Length, and werkzeug then stops reading at the
+    limit without saying so (a 400 "not a JSON object" would blame the client's JSON)."""
+    data = request.get_data(cache=True)
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    at_limit = request.content_length is None and limit is not None and len(data) >= limit
+    if at_limit and request.environ["wsgi.input"].read(1):  # there was more than the limit
+        raise RequestEntityTooLarge()
+    return data
 
 
 def refuse_unknown(body: dict[str, Any], allowed: set[str], shape: str) -> None:

@@ -55,7 +55,12 @@ def register(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> tuple[Response, int]:
         code = (exc.name or "error").lower().replace(" ", "_")
-        return problem(exc.code or 500, code, exc.description or exc.name)
+        response, status = problem(exc.code or 500, code, exc.description or exc.name)
+        # What the exception says besides its HTML body: `Allow` on a 405, for one.
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response, status
 
     @app.errorhandler(OperationalError)
     @app.errorhandler(InterfaceError)

@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         default=2048 * 2048, description="Largest image (width x height) an inference input may be"
     )
+    max_image_side: int = Field(
+        default=4096, ge=1, description="Longest side of an inference image, in pixels"
+    )
+    max_image_aspect: float = Field(
+        default=16.0, ge=1.0, description="Longest side over shortest of an inference image"
+    )
     predict_wait_seconds: float = Field(
         default=10.0, description="How long POST .../predict waits before answering 202"
     )
@@ -134,6 +140,10 @@ class Settings(BaseSettings):
             return self.database_url
         return f"sqlite:///{(self.home / 'trainyard.db').resolve()}"
 
+    def shown_database_url(self) -> str:
+        """The database URL with its password masked: what logs and messages print."""
+        return masked_url(self.resolved_database_url())
+
     def resolved_broker_url(self) -> str:
         """The broker URL, defaulting to kombu's filesystem transport in home."""
         return self.broker_url or "filesystem://"
@@ -145,6 +155,17 @@ class Settings(BaseSettings):
     def base_url(self) -> str:
         """Where users reach the API."""
         return self.public_url or f"http://{self.api_host}:{self.api_port}"
+
+
+def masked_url(url: str) -> str:
+    """`url` with the password of its user part (if any) shown as ***."""
+    from sqlalchemy.engine import make_url  # the URL grammar SQLAlchemy itself reads
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url.split("@", 1)[-1] if "@" in url else url
 
 
 @lru_cache(maxsize=1)

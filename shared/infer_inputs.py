@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -38,12 +37,17 @@ class InputLimits:
 
     max_samples: int = 256
     max_image_pixels: int = 2048 * 2048
+    max_image_side: int = 4096
+    max_image_aspect: float = 16.0
 
     @classmethod
     def of(cls, settings: Settings) -> InputLimits:
         """The operator's limits from settings."""
         return cls(
-            max_samples=settings.max_infer_samples, max_image_pixels=settings.max_image_pixels
+            max_samples=settings.max_infer_samples,
+            max_image_pixels=settings.max_image_pixels,
+            max_image_side=settings.max_image_side,
+            max_image_aspect=settings.max_image_aspect,
         )
 
 
@@ -137,6 +141,29 @@ def _images_tensor(images: list[Any], data: DataSpec, limits: InputLimits) -> to
     return torch.stack(samples).contiguous()
 
 
+def _check_size(size: tuple[int, int], loc: str, limits: InputLimits) -> None:
+    """From the header, before any pixel is decoded: total pixels (decompression bombs),
+    each side and the aspect ratio (a 1 x 4,194,304 strip is within the pixels but costs
+    seconds to decode and resize to a model's input)."""
+    w, h = size
+    problems = []
+    if w * h > limits.max_image_pixels:
+        problems.append(f"at most {limits.max_image_pixels:,} pixels (TRAINYARD_MAX_IMAGE_PIXELS)")
+    if max(w, h) > limits.max_image_side:
+        problems.append(
+            f"at most {limits.max_image_side:,} pixels a side (TRAINYARD_MAX_IMAGE_SIDE)"
+        )
+    if min(w, h) == 0 or max(w, h) / min(w, h) > limits.max_image_aspect:
+        problems.append(
+            f"an aspect ratio of at most {limits.max_image_aspect:g}:1 (TRAINYARD_MAX_IMAGE_ASPECT)"
+        )
+    if problems:
+        raise LimitExceeded(
+            f"{loc}: image is {w}x{h}; " + "; ".join(problems),
+            details=[{"loc": loc, "msg": "image too large"}],
+        )
+
+
 def _decode_image(text: str, loc: str, limits: InputLimits) -> Image.Image:
     if text.startswith("data:"):  # a data URL as a browser writes it
         text = text.partition(",")[2]
@@ -153,13 +180,7 @@ def _decode_image(text: str, loc: str, limits: InputLimits) -> Image.Image:
         ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
         raise SpecError.at(loc, "not a PNG or JPEG image") from None
-    # Checked from the header, before the pixels are decoded (decompression bombs).
-    if math.prod(image.size) > limits.max_image_pixels:
-        w, h = image.size
-        raise LimitExceeded(
-            f"{loc}: image is {w}x{h}; at most {limits.max_image_pixels:,} pixels",
-            details=[{"loc": loc, "msg": "image too large"}],
-        )
+    _check_size(image.size, loc, limits)
     try:
         image.load()
     # Pillow raises several kinds for a crafted file (SyntaxError from a bad chunk).

@@ -25,7 +25,7 @@ def db_upgrade(revision: str) -> None:
 
     settings = get_settings()
     upgrade(settings.resolved_database_url(), revision)
-    click.echo(f"database at {revision}: {settings.resolved_database_url()}", err=True)
+    click.echo(f"database at {revision}: {settings.shown_database_url()}", err=True)
 
 
 @click.command()

@@ -18,7 +18,7 @@ from pydantic import (
 from shared.spec.base import Strict
 
 # Child names become attribute names and state_dict key parts: keep them plain.
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")  # fullmatch: "fc\n" is no name
 _GLOB_RE = r"^[A-Za-z0-9_.*?\[\]-]{1,255}$"
 # A glob over parameter / state_dict names: matched with fnmatchcase, never a path.
 Glob = Annotated[str, StringConstraints(pattern=_GLOB_RE)]
@@ -46,7 +46,7 @@ class LayerSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _plain_name(cls, value: str | None) -> str | None:
-        if value is not None and not _NAME_RE.match(value):
+        if value is not None and not _NAME_RE.fullmatch(value):
             raise ValueError("must be a Python identifier of at most 64 characters")
         return value
 

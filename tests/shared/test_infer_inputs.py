@@ -141,3 +141,21 @@ def test_images_need_one_or_three_channels() -> None:
 def test_images_for_a_model_that_takes_vectors_are_refused() -> None:
     with pytest.raises(SpecError, match="images need a model trained on images"):
         inputs_tensor([_png(np.zeros((8, 8), dtype=np.uint8))], TOKENS, LIMITS)
+
+
+def test_a_strip_within_the_pixels_is_refused_by_its_side_and_shape(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """1 x 4,194,304 is within 2048 x 2048 pixels but costs seconds to decode and resize:
+    refused from the header by its longest side and its aspect ratio."""
+
+    def no_decoding(self: Image.Image) -> None:
+        raise AssertionError("the pixels must not be decoded")
+
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
+    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", no_decoding)
+    limits = InputLimits()  # the defaults: 4,194,304 pixels, 4096 a side, 16:1
+    with pytest.raises(LimitExceeded, match=r"image is 4194304x1; .* a side .* aspect ratio"):
+        inputs_tensor([_header_only_png(4_194_304, 1)], DIGITS, limits)
+    with pytest.raises(LimitExceeded, match=r"image is 100x2000; an aspect ratio of at most 16"):
+        inputs_tensor([_header_only_png(100, 2000)], DIGITS, limits)
