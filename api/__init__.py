@@ -10,7 +10,7 @@ from flask import Flask
 from api import auth, errors, headers, text_guard
 from api.context import Services, close_session
 from api.quotas import install_rate_limit
-from api.routes import checkpoints, health, jobs, models, plots, reports, results
+from api.routes import checkpoints, health, jobs, models, plots, reports, results, tokens
 from shared.config import Settings, get_settings
 from shared.db import make_engine, make_session_factory
 from shared.notify import JobEndSignal
@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         limiter.exempt(health.bp)  # load balancers and compose probe it all the time
     app.register_blueprint(health.bp)
     api_v1 = auth.protected_blueprint()
-    for bp in (jobs.bp, results.bp, checkpoints.bp, models.bp, reports.bp, plots.bp):
+    for bp in (jobs.bp, results.bp, checkpoints.bp, models.bp, reports.bp, plots.bp, tokens.bp):
         api_v1.register_blueprint(bp)
     app.register_blueprint(api_v1)
     logging.getLogger(__name__).info("trainyard api on %s", settings.base_url())

@@ -111,6 +111,13 @@ class DiskFull(TrainyardError):
     code = "insufficient_storage"
 
 
+class Forbidden(TrainyardError):
+    """A live token without the scope (or admin right) the request needs."""
+
+    status = 403
+    code = "forbidden"
+
+
 class Unauthorized(TrainyardError):
     """Missing, unknown or revoked bearer token."""
 

@@ -319,3 +319,26 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # What the token may do: read (GET), submit (POST / DELETE on the owner's jobs);
+    # admin tokens (is_admin) also manage tokens.
+    scopes: Mapped[str] = mapped_column(
+        String(64), default="read,submit", server_default="read,submit"
+    )
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # NULL: never
+
+
+class AuditEvent(Base):
+    """Who did what security-relevant thing, when: failed authentications, token changes,
+    checkpoint downloads, cancels, deletions. Append-only; queried with SQL."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_owner_at", "owner", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    action: Mapped[str] = mapped_column(String(32))
+    owner: Mapped[str | None] = mapped_column(String(64))  # NULL: no valid token
+    token_prefix: Mapped[str | None] = mapped_column(String(12))
+    target: Mapped[str] = mapped_column(String(255), default="")
+    remote_addr: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text, default="")

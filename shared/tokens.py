@@ -1,16 +1,23 @@
-"""API tokens: random, shown once, stored as sha256 only."""
+"""API tokens: random, shown once, stored as sha256 only; scoped, expiring, revocable."""
 
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.models import ApiToken, utcnow
+from shared.errors import NotFound, SpecError
+from shared.models import ApiToken, AuditEvent, utcnow
 
 _PREFIX = "ty_"
+SCOPES = ("read", "submit")  # an admin token (is_admin) also manages tokens
+DEFAULT_SCOPES = ("read", "submit")
+_DURATION = re.compile(r"(\d{1,6})([mhdw])")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 def hash_token(plaintext: str) -> str:
@@ -18,36 +25,126 @@ def hash_token(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode()).hexdigest()
 
 
+def parse_duration(text: str) -> timedelta:
+    """'30d', '12h', '90m', '2w' as a timedelta; SpecError naming `expires` otherwise."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None or int(match[1]) == 0:
+        raise SpecError.at("expires", f"{text!r} is not a duration such as 30d, 12h, 90m or 2w")
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+def check_scopes(scopes: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The scopes, known ones only, at least one."""
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown or not scopes:
+        raise SpecError.at("scopes", f"scopes are some of {list(SCOPES)}, got {list(scopes)}")
+    return tuple(s for s in SCOPES if s in scopes)
+
+
 def create_token(
-    *, session: Session, name: str, owner: str, is_admin: bool = False
+    *,
+    session: Session,
+    name: str,
+    owner: str,
+    is_admin: bool = False,
+    scopes: tuple[str, ...] = DEFAULT_SCOPES,
+    expires_in: timedelta | None = None,
 ) -> tuple[str, ApiToken]:
     """Create a token and return (plaintext, row); the plaintext is not stored anywhere."""
     plaintext = _PREFIX + secrets.token_urlsafe(32)
+    now = utcnow()
     row = ApiToken(
         name=name,
         owner=owner,
         token_hash=hash_token(plaintext),
         prefix=plaintext[:10],
         is_admin=is_admin,
-        created_at=utcnow(),
+        created_at=now,
+        scopes=",".join(check_scopes(scopes)),
+        expires_at=now + expires_in if expires_in is not None else None,
     )
     session.add(row)
     session.flush()
+    audit(session=session, action="token_created", owner=owner, token_prefix=row.prefix,
+          target=f"token {row.id}", detail=f"name {name}, scopes {row.scopes}")  # fmt: skip
     return plaintext, row
 
 
 def find_token(*, session: Session, plaintext: str) -> ApiToken | None:
-    """The live (not revoked) token with this plaintext, or None."""
+    """The token with this plaintext if it is live (not revoked, not expired), else None."""
     row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(plaintext)))
-    if row is None or row.revoked_at is not None:
+    if row is None or row.revoked_at is not None or is_expired(row):
         return None
     return row
 
 
-def revoke_token(*, session: Session, token_id: int, owner: str) -> bool:
-    """Revoke one of the owner's tokens; False if there is no such live token."""
-    row = session.get(ApiToken, token_id)
-    if row is None or row.owner != owner or row.revoked_at is not None:
+def is_expired(row: ApiToken, now: datetime | None = None) -> bool:
+    """Whether the token's expiry has passed."""
+    return row.expires_at is not None and row.expires_at <= (now or utcnow())
+
+
+def list_tokens(*, session: Session, owner: str | None = None) -> list[ApiToken]:
+    """Tokens (every owner's, or one owner's), newest first; revoked ones included."""
+    query = select(ApiToken).order_by(ApiToken.id.desc())
+    if owner is not None:
+        query = query.where(ApiToken.owner == owner)
+    return list(session.scalars(query))
+
+
+def get_token(*, session: Session, ref: str) -> ApiToken:
+    """A token by id or by its printed prefix (ty_xxxxxxx); NotFound otherwise."""
+    row = (
+        session.get(ApiToken, int(ref))
+        if ref.isdigit()
+        else session.scalar(select(ApiToken).where(ApiToken.prefix == ref))
+    )
+    if row is None:
+        raise NotFound(f"no token {ref!r}", details=[{"loc": "token", "msg": "not found"}])
+    return row
+
+
+def revoke_token(*, session: Session, token: ApiToken, by: str) -> bool:
+    """Revoke a token (at once: the next request with it is a 401); False if it was."""
+    if token.revoked_at is not None:
         return False
-    row.revoked_at = utcnow()
+    token.revoked_at = utcnow()
+    audit(session=session, action="token_revoked", owner=token.owner,
+          token_prefix=token.prefix, target=f"token {token.id}", detail=f"by {by}")  # fmt: skip
     return True
+
+
+def rotate_token(*, session: Session, token: ApiToken, by: str) -> tuple[str, ApiToken]:
+    """A new token with the old one's name, owner, scopes and lifetime; the old one is
+    revoked. Returns (plaintext, new row)."""
+    lifetime = (
+        token.expires_at - token.created_at
+        if token.expires_at is not None and token.created_at is not None
+        else None
+    )
+    revoke_token(session=session, token=token, by=by)
+    plaintext, row = create_token(
+        session=session, name=token.name, owner=token.owner, is_admin=token.is_admin,
+        scopes=tuple(token.scopes.split(",")), expires_in=lifetime,
+    )  # fmt: skip
+    audit(session=session, action="token_rotated", owner=token.owner, token_prefix=row.prefix,
+          target=f"token {token.id} -> {row.id}", detail=f"by {by}")  # fmt: skip
+    return plaintext, row
+
+
+def audit(
+    *,
+    session: Session,
+    action: str,
+    owner: str | None,
+    token_prefix: str | None = None,
+    target: str = "",
+    remote_addr: str | None = None,
+    detail: str = "",
+) -> None:
+    """Append one row to the audit log (in the caller's transaction)."""
+    session.add(
+        AuditEvent(
+            at=utcnow(), action=action, owner=owner, token_prefix=token_prefix,
+            target=target[:255], remote_addr=remote_addr, detail=detail[:2000],
+        )
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
+from api.auth import audit_here
 from api.context import db
 from api.ownership import owned_job
 from api.serialize import checkpoint_json
@@ -27,6 +28,8 @@ def state_dict(job_id: str, ref: str) -> Response:
     session = db()
     job = owned_job(job_id)
     ckpt = repository.get_checkpoint(session=session, job_id=job.id, ref=ref)
+    audit_here(session, "checkpoint_download", f"job {job.id} checkpoint {ckpt.id}")
+    session.commit()
     resp = Response(ckpt.model_state, mimetype="application/octet-stream")
     resp.headers["Content-Disposition"] = (
         f'attachment; filename="{job.id}-step{ckpt.step}-{ckpt.tag}.safetensors"'

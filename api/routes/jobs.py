@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from api.auth import current_owner
+from api.auth import audit_here, current_owner
 from api.body import json_object, refuse_unknown
 from api.context import db, services
 from api.idempotency import Idempotency, replayed
@@ -155,13 +155,30 @@ def preempt(job_id: str) -> tuple[Response, int]:
 
 
 def _ask(job_id: str, request: Callable[..., None]) -> tuple[Response, int]:
-    """Record a request on the caller's job; 202 with the job as it is now."""
+    """Record a request on the caller's job (and in the audit log); 202 with the job as
+    it is now."""
     session = db()
     job = owned_job(job_id)
     request(session=session, job_id=job.id)
+    audit_here(session, request.__name__.removeprefix("request_"), f"job {job.id}")
     session.commit()
     session.refresh(job)
     return jsonify(job_json(job)), 202
+
+
+@bp.delete("/jobs/<job_id>")
+def delete_job(job_id: str) -> tuple[str, int]:
+    """Delete one of the caller's jobs with everything it recorded (metrics, traces,
+    checkpoints, events). A running job's worker loses its claim at its next heartbeat
+    and stops; nothing it writes afterwards is kept."""
+    session = db()
+    job = owned_job(job_id)
+    audit_here(session, "job_deleted", f"job {job.id}", detail=f"was {job.status}")
+    if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+        repository.request_cancel(session=session, job_id=job.id)  # in the audit's terms
+    session.delete(job)
+    session.commit()
+    return "", 204
 
 
 @bp.get("/jobs/<job_id>/events")

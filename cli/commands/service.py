@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from shared.config import Settings, get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 @click.group()
@@ -107,17 +112,81 @@ def token() -> None:
 @token.command("create")
 @click.argument("name")
 @click.option("--owner", default=None, help="Owner of the token's jobs (default: NAME).")
-def token_create(name: str, owner: str | None) -> None:
+@click.option("--expires", default=None, help="Lifetime such as 30d, 12h, 2w (default: none).")
+@click.option(
+    "--scope", "scopes", multiple=True, type=click.Choice(["read", "submit"]),
+    help="What it may do (repeat; default: read and submit).",
+)  # fmt: skip
+@click.option("--admin", is_flag=True, help="May also list and revoke every token (API).")
+def token_create(
+    name: str, owner: str | None, expires: str | None, scopes: tuple[str, ...], admin: bool
+) -> None:
     """Create a token and print it alone on stdout (it is stored hashed)."""
-    from shared.db import make_engine, make_session_factory, session_scope
-    from shared.tokens import create_token
+    from shared.tokens import DEFAULT_SCOPES, create_token, parse_duration
 
-    settings = get_settings()
-    engine = make_engine(settings.resolved_database_url())
-    with session_scope(make_session_factory(engine)) as session:
-        plaintext, _ = create_token(session=session, name=name, owner=owner or name)
-    engine.dispose()
+    with _token_session() as session:  # a bad --expires is a one-line error too
+        lifetime = parse_duration(expires) if expires else None
+        plaintext, _ = create_token(
+            session=session, name=name, owner=owner or name, is_admin=admin,
+            scopes=scopes or DEFAULT_SCOPES, expires_in=lifetime,
+        )  # fmt: skip
     click.echo(plaintext)
+
+
+@token.command("list")
+@click.option("--owner", default=None, help="One owner's tokens only.")
+def token_list(owner: str | None) -> None:
+    """Every token: id, prefix, name, owner, scopes, state, expiry, last use (no secrets)."""
+    from shared.tokens import is_expired, list_tokens
+
+    with _token_session() as session:
+        for row in list_tokens(session=session, owner=owner):
+            state = "revoked" if row.revoked_at else ("expired" if is_expired(row) else "live")
+            scopes = row.scopes + (",admin" if row.is_admin else "")
+            expires = row.expires_at.isoformat(timespec="seconds") if row.expires_at else "-"
+            used = row.last_used_at.isoformat(timespec="seconds") if row.last_used_at else "-"
+            click.echo(f"{row.id}\t{row.prefix}\t{row.name}\t{row.owner}\t{scopes}\t{state}"
+                       f"\texpires {expires}\tused {used}")  # fmt: skip
+
+
+@token.command("revoke")
+@click.argument("ref")
+def token_revoke(ref: str) -> None:
+    """Revoke a token by id or prefix: its next request is a 401."""
+    from shared.tokens import get_token, revoke_token
+
+    with _token_session() as session:
+        row = get_token(session=session, ref=ref)
+        done = revoke_token(session=session, token=row, by="cli")
+    click.echo(f"token {ref} {'revoked' if done else 'was already revoked'}", err=True)
+
+
+@token.command("rotate")
+@click.argument("ref")
+def token_rotate(ref: str) -> None:
+    """Revoke a token and print its replacement (same name, owner, scopes, lifetime)."""
+    from shared.tokens import get_token, rotate_token
+
+    with _token_session() as session:
+        plaintext, _ = rotate_token(session=session, token=get_token(session=session, ref=ref),
+                                    by="cli")  # fmt: skip
+    click.echo(plaintext)
+
+
+@contextmanager
+def _token_session() -> Iterator[Session]:
+    """A committed transaction on the configured database; errors as one line, exit 1."""
+    from shared.db import make_engine, make_session_factory, session_scope
+    from shared.errors import TrainyardError
+
+    engine = make_engine(get_settings().resolved_database_url())
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            yield session
+    except TrainyardError as exc:
+        raise click.ClickException(exc.message) from None
+    finally:
+        engine.dispose()
 
 
 COMMANDS = (db, serve, worker, sweep, token)

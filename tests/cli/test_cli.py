@@ -118,3 +118,33 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError:  # the process ended while we looked
         return b""
+
+
+def test_token_lifecycle_from_the_cli(pg_env: None, sessions: sessionmaker[Session]) -> None:
+    """create with a lifetime and scopes, list (no secrets), rotate (the old one stops
+    working, the new one keeps name, owner, scopes and lifetime), revoke."""
+    runner = CliRunner()
+    made = runner.invoke(
+        main, ["token", "create", "reader", "--owner", "dana", "--expires", "30d",
+               "--scope", "read"],
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    first = made.stdout.strip()
+    listed = runner.invoke(main, ["token", "list", "--owner", "dana"])
+    assert listed.exit_code == 0 and first not in listed.output
+    assert "reader\tdana\tread\tlive\texpires " in listed.output
+    rotated = runner.invoke(main, ["token", "rotate", first[:10]])
+    assert rotated.exit_code == 0, rotated.output
+    second = rotated.stdout.strip()
+    with session_scope(sessions) as session:
+        assert find_token(session=session, plaintext=first) is None
+        row = find_token(session=session, plaintext=second)
+        assert row is not None and (row.name, row.owner, row.scopes) == ("reader", "dana", "read")
+        assert row.expires_at is not None and row.created_at is not None
+        assert 29.9 < (row.expires_at - row.created_at).total_seconds() / 86400 < 30.1
+    assert runner.invoke(main, ["token", "revoke", second[:10]]).exit_code == 0
+    with session_scope(sessions) as session:
+        assert find_token(session=session, plaintext=second) is None
+    bad = runner.invoke(main, ["token", "create", "x", "--expires", "soon"])
+    assert bad.exit_code != 0 and "not a duration" in bad.output
+    get_settings.cache_clear()

@@ -1,0 +1,62 @@
+"""Tokens, for admins: list every token (never its secret) and revoke one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from api.auth import current_token
+from api.context import db
+from shared.errors import Forbidden
+from shared.models import ApiToken
+from shared.tokens import get_token, is_expired, list_tokens, revoke_token
+
+bp = Blueprint("tokens", __name__)
+
+
+def _admin() -> str:
+    token = current_token()
+    if not token.is_admin:
+        raise Forbidden(
+            "managing tokens needs an admin token (trainyard token create --admin)",
+            details=[{"loc": "Authorization", "msg": "not an admin token"}],
+        )
+    return f"{token.owner} ({token.prefix})"
+
+
+def token_json(row: ApiToken) -> dict[str, Any]:
+    """A token's metadata: what it may do and whether it still works; no secret."""
+    state = "revoked" if row.revoked_at else ("expired" if is_expired(row) else "live")
+    return {
+        "id": row.id,
+        "name": row.name,
+        "owner": row.owner,
+        "prefix": row.prefix,
+        "scopes": row.scopes.split(","),
+        "admin": row.is_admin,
+        "state": state,
+        "created_at": row.created_at.isoformat() if row.created_at else None,
+        "expires_at": row.expires_at.isoformat() if row.expires_at else None,
+        "last_used_at": row.last_used_at.isoformat() if row.last_used_at else None,
+        "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
+    }
+
+
+@bp.get("/tokens")
+def tokens() -> Response:
+    """Every token (or one owner's: `?owner=`), newest first."""
+    _admin()
+    rows = list_tokens(session=db(), owner=request.args.get("owner") or None)
+    return jsonify({"tokens": [token_json(r) for r in rows]})
+
+
+@bp.delete("/tokens/<int:token_id>")
+def revoke(token_id: int) -> Response:
+    """Revoke a token: its next request is a 401."""
+    by = _admin()
+    session = db()
+    row = get_token(session=session, ref=str(token_id))
+    revoke_token(session=session, token=row, by=by)
+    session.commit()
+    return jsonify(token_json(row))

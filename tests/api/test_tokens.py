@@ -1,0 +1,82 @@
+"""Tokens with a lifecycle: scopes, expiry, revocation by an admin, an audit log; and
+owners deleting their own jobs."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from flask.testing import FlaskClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db import session_scope
+from shared.models import AuditEvent, Job
+from shared.tokens import create_token
+from tests.support.fixture_types import Submit
+
+
+def _token(sessions: sessionmaker[Session], owner: str, **options: object) -> dict[str, str]:
+    with session_scope(sessions) as session:
+        plaintext, _ = create_token(session=session, name=owner, owner=owner, **options)  # type: ignore[arg-type]
+    return {"Authorization": f"Bearer {plaintext}"}
+
+
+def _audit(sessions: sessionmaker[Session], action: str) -> list[AuditEvent]:
+    with sessions() as session:
+        return list(session.scalars(select(AuditEvent).where(AuditEvent.action == action)))
+
+
+def test_an_expired_token_is_a_401_that_says_so_and_is_audited(
+    client: FlaskClient, sessions: sessionmaker[Session]
+) -> None:
+    expired = _token(sessions, "erin", expires_in=timedelta(seconds=-1))
+    resp = client.get("/api/v1/jobs", headers=expired)
+    assert resp.status_code == 401 and "expired" in resp.get_json()["error"]["message"]
+    failed = _audit(sessions, "auth_failed")
+    assert failed and failed[-1].target == "/api/v1/jobs" and "expired" in failed[-1].detail
+    secret = expired["Authorization"].split()[1]
+    assert all(secret not in (row.token_prefix or "") + row.detail for row in failed)
+
+
+def test_a_read_only_token_reads_but_cannot_submit(
+    client: FlaskClient, sessions: sessionmaker[Session], submit: Submit
+) -> None:
+    reader = _token(sessions, "rita", scopes=("read",))
+    assert client.get("/api/v1/jobs", headers=reader).status_code == 200
+    resp = submit(reader)
+    assert resp.status_code == 403 and "needs scope 'submit'" in resp.get_json()["error"]["message"]
+
+
+def test_admins_list_and_revoke_tokens_and_others_may_not(
+    client: FlaskClient, sessions: sessionmaker[Session], alice: dict[str, str]
+) -> None:
+    admin = _token(sessions, "root", is_admin=True)
+    assert client.get("/api/v1/tokens", headers=alice).status_code == 403
+    listed = client.get("/api/v1/tokens", headers=admin).get_json()["tokens"]
+    alices = [t for t in listed if t["owner"] == "alice"]
+    assert alices and all("hash" not in key for t in listed for key in t)
+    assert client.get("/api/v1/jobs", headers=alice).status_code == 200
+    resp = client.delete(f"/api/v1/tokens/{alices[0]['id']}", headers=admin)
+    assert resp.status_code == 200 and resp.get_json()["state"] == "revoked"
+    assert client.get("/api/v1/jobs", headers=alice).status_code == 401  # at once
+    assert client.delete("/api/v1/tokens/999999", headers=admin).status_code == 404
+    assert [e.detail for e in _audit(sessions, "token_revoked")] == ["by root (" + admin[
+        "Authorization"].split()[1][:10] + ")"]  # fmt: skip
+
+
+def test_an_owner_deletes_a_job_with_everything_it_recorded(
+    client: FlaskClient,
+    sessions: sessionmaker[Session],
+    alice: dict[str, str],
+    bob: dict[str, str],
+    submit: Submit,
+) -> None:
+    job_id = submit(alice).get_json()["id"]
+    assert client.delete(f"/api/v1/jobs/{job_id}", headers=bob).status_code == 404
+    assert client.delete(f"/api/v1/jobs/{job_id}", headers=alice).status_code == 204
+    assert client.get(f"/api/v1/jobs/{job_id}", headers=alice).status_code == 404
+    with sessions() as session:
+        assert session.get(Job, uuid.UUID(job_id)) is None
+    deleted = _audit(sessions, "job_deleted")
+    assert [(e.owner, e.target) for e in deleted] == [("alice", f"job {job_id}")]
