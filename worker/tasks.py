@@ -312,25 +312,6 @@ def _hand_back(
         repository.requeue_job(session=session, job_id=job_id, worker=worker, reason=reason)
 
 
-def _claim(
-    sessions: sessionmaker[Session], job_id: uuid.UUID, worker: str, settings: Settings
-) -> Job | None:
-    """Claim the job for this worker; the claimed row, or None when it is not claimable
-    (final, cancelled, or leased by another worker)."""
-    with session_scope(sessions) as session:
-        job = repository.claim_job(
-            session=session,
-            job_id=job_id,
-            worker=worker,
-            lease_seconds=settings.lease_seconds,
-            max_attempts=settings.max_attempts,
-        )
-        if job is None:
-            log.info("job %s not claimable (final, cancelled or leased elsewhere)", job_id)
-            return None
-        return job
-
-
 def _time_limit(job: Job, settings: Settings) -> TimeLimit | None:
     """The job's wall-clock quota, counting the time since its first start (both stamps
     come from the database's clock at the claim)."""
@@ -353,9 +334,16 @@ def _outcome(
 
 
 def _claim_turn(
-    sessions: sessionmaker[Session], job_id: uuid.UUID, worker: str, settings: Settings
+    sessions: sessionmaker[Session],
+    job_id: uuid.UUID,
+    worker: str,
+    settings: Settings,
+    *,
+    running_quota: bool = True,
 ) -> Job | None:
-    """Claim the training job this message's turn goes to; None when none is waiting."""
+    """Claim the job this message's turn goes to in its queue; None when none is waiting.
+    `running_quota`: whether TRAINYARD_QUOTA_MAX_RUNNING applies (not to predictions)."""
+    max_running = (settings.quota_max_running or None) if running_quota else None
 
     def claim() -> Job | None:
         with session_scope(sessions) as session:
@@ -365,7 +353,7 @@ def _claim_turn(
                 worker=worker,
                 lease_seconds=settings.lease_seconds,
                 max_attempts=settings.max_attempts,
-                max_running_per_owner=settings.quota_max_running or None,
+                max_running_per_owner=max_running,
             )
 
     job = retry_database(claim, what="claiming a job", window_seconds=settings.db_outage_seconds)
@@ -412,8 +400,14 @@ def execute_infer(
     ended: JobEndSignal | None = None,
 ) -> str:
     """queued -> running -> succeeded | failed, with the predictions as the summary;
-    `ended` wakes an API process waiting for the answer."""
-    job = _claim(sessions, job_id, worker, settings)
+    `ended` wakes an API process waiting for the answer.
+
+    As for training, the message is a turn at the inference queue: the worker runs the
+    job the claim order puts first (priority, then the owner with the fewest running
+    jobs), so one owner's batch of predictions cannot hold every inference worker while
+    another owner's waits.
+    """
+    job = _claim_turn(sessions, job_id, worker, settings, running_quota=False)
     if job is None:
         return "skipped"
     with _heartbeat(sessions, job, worker, settings):  # a cold model load can be long

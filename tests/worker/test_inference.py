@@ -198,3 +198,27 @@ def test_a_loaded_model_is_in_eval_mode_without_gradients(
     assert not loaded.model.training and not any(m.training for m in loaded.model.modules())
     assert not any(p.requires_grad for p in loaded.model.parameters())
     assert loaded.nbytes == (64 * 32 + 32 + 32 * 10 + 10) * 4
+
+
+def test_one_owners_batch_does_not_hold_the_queue_from_another_owner(
+    sessions: sessionmaker[Session], settings: Settings, clean_db: None
+) -> None:
+    """Owner A queues three predictions, then B one; A's first is running (on another
+    worker). The next turn goes to B's, not to A's second: fair share, as for training."""
+    source = _trained(sessions, settings, REGRESSOR)
+    first, second, third = (_infer_job(sessions, source, [0.0] * 10) for _ in range(3))
+    with session_scope(sessions) as session:
+        ckpt = repository.get_checkpoint(session=session, job_id=source.id, ref="final")
+        spec = {"model_job_id": str(source.id), "checkpoint": "final",
+                "checkpoint_id": str(ckpt.id), "inputs": [0.5] * 10}  # fmt: skip
+        other = repository.create_job(
+            session=session, owner="b", kind="infer", spec=spec, queue="infer"
+        ).id
+        assert repository.claim_job(session=session, job_id=first, worker="elsewhere",
+                                    lease_seconds=60, max_attempts=3) is not None  # fmt: skip
+    # The turn of A's second message.
+    execute_infer(second, worker="i", sessions=sessions, settings=settings,
+                  cache=ModelCache(2**26))  # fmt: skip
+    with sessions() as session:
+        states = {j: session.get(Job, j).status for j in (second, third, other)}  # type: ignore[union-attr]
+    assert states == {second: "queued", third: "queued", other: "succeeded"}
