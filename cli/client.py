@@ -1,11 +1,51 @@
-"""A small HTTP client for the API; errors become one readable line."""
+"""A small HTTP client for the API; errors become one readable line.
+
+Transient failures are retried with exponential backoff (tenacity): the API down for a
+moment (connection refused or reset), 503 while its database restarts, 429 past the rate
+limit (waiting what Retry-After says, at most the backoff's cap). Every POST carries an
+Idempotency-Key that stays the same across its retries, so a submission whose answer was
+lost is not made twice.
+"""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import click
 import requests
+from tenacity import (
+    RetryCallState,
+    retry,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
+
+RETRY_STATUSES = (429, 502, 503, 504)
+MAX_ATTEMPTS = 6
+MAX_SECONDS = 60.0
+
+
+class Transient(Exception):
+    """An answer worth asking again (RETRY_STATUSES), or none at all."""
+
+    def __init__(self, response: requests.Response | None, reason: str) -> None:
+        super().__init__(reason)
+        self.response = response
+
+
+def _wait(state: RetryCallState) -> float:
+    """Exponential backoff, or the server's Retry-After when it names a longer wait."""
+    backoff = wait_exponential(multiplier=0.5, max=10)(state)
+    outcome = state.outcome
+    error = outcome.exception() if outcome is not None else None
+    if isinstance(error, Transient) and error.response is not None:
+        after = error.response.headers.get("Retry-After", "")
+        if after.isdigit():
+            return min(max(backoff, float(after)), 10.0)
+    return backoff
 
 
 class ApiClient:
@@ -19,16 +59,38 @@ class ApiClient:
         self._timeout = timeout
 
     def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        """Send a request; a non-2xx answer raises ClickException with the API's message."""
+        """Send a request (retrying transient failures); a non-2xx answer raises
+        ClickException with the API's message."""
         url = path if path.startswith("http") else f"{self.base_url}{path}"
+        if method.upper() == "POST":
+            headers = dict(kwargs.pop("headers", None) or {})
+            headers.setdefault("Idempotency-Key", str(uuid.uuid4()))  # one for all retries
+            kwargs["headers"] = headers
         try:
-            resp = self._session.request(method, url, timeout=self._timeout, **kwargs)
-        except requests.ConnectionError:
-            raise click.ClickException(
-                f"cannot reach the API at {self.base_url} (set TRAINYARD_URL or --url)"
-            ) from None
+            resp = self._send(method, url, **kwargs)
+        except Transient as exc:
+            if exc.response is None:
+                raise click.ClickException(
+                    f"cannot reach the API at {self.base_url} (set TRAINYARD_URL or --url)"
+                ) from None
+            resp = exc.response
         if resp.status_code >= 400:
             raise click.ClickException(_error_line(resp))
+        return resp
+
+    @retry(
+        retry=retry_if_exception_type(Transient),
+        wait=_wait,
+        stop=stop_after_attempt(MAX_ATTEMPTS) | stop_after_delay(MAX_SECONDS),
+        reraise=True,
+    )
+    def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        try:
+            resp = self._session.request(method, url, timeout=self._timeout, **kwargs)
+        except requests.ConnectionError as exc:
+            raise Transient(None, str(exc)) from None
+        if resp.status_code in RETRY_STATUSES:
+            raise Transient(resp, f"HTTP {resp.status_code}")
         return resp
 
     def get_json(self, path: str, **params: Any) -> Any:
