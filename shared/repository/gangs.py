@@ -16,11 +16,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import case, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from shared.errors import LeaseLost
-from shared.models import Job, JobNode, JobStatus
+from shared.models import Checkpoint, Job, JobNode, JobStatus
 from shared.repository.jobs import add_event, database_now
 
 
@@ -136,6 +136,7 @@ def release_gang(
     """Node 0 gives up a gang that did not fill: the job back to the queue (its attempt
     given back: nothing ran), not claimable for `retry_after_seconds`."""
     now = database_now(session)
+    trained = exists().where(Checkpoint.job_id == Job.id)
     released = session.execute(
         update(Job)
         .where(Job.id == seat.job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
@@ -146,6 +147,9 @@ def release_gang(
             enqueued_at=None,
             attempt=Job.attempt - 1,
             preempt_requested=False,  # a gang that never trained: a preemption is moot
+            # The wall-clock quota counts from the first start: a job that never trained
+            # (no checkpoint) has not started yet, however long its gangs waited.
+            started_at=case((trained, Job.started_at), else_=None),
             not_before=now + timedelta(seconds=retry_after_seconds),
             **NO_GANG,
         )

@@ -121,6 +121,7 @@ def test_a_gang_that_cannot_fill_gives_its_worker_back(
         job = _job(session, gang_job)
         assert (job.status, job.attempt, job.worker, job.gang_id) == ("queued", 0, None, None)
         assert job.not_before is not None
+        assert job.started_at is None  # waiting for nodes is not running (the time quota)
         events = [e.message for e in repository.list_events(session=session, job_id=gang_job)]
     assert any("1 of 2 nodes joined within 1.5 s" in m for m in events), events
     # The only worker is free for other work: the gang job's next turn runs another job,
