@@ -3,6 +3,10 @@ scopes say what it may do, and every refusal is written to the audit log."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
+
 from flask import Blueprint, g, request
 from sqlalchemy.orm import Session
 
@@ -12,6 +16,12 @@ from shared.models import ApiToken, utcnow
 from shared.tokens import audit, find_token, hash_token, is_expired
 
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
+# POSTs that only compute an answer from the body and store nothing: `read` is enough.
+READ_ONLY_POSTS = frozenset({"api_v1.models.summary"})
+# Failed authentications written to the audit log per client address and minute (per API
+# process); past it they are counted in one last row, not written one by one, so a flood
+# of made-up tokens cannot turn into a flood of writes.
+AUDITED_FAILURES_PER_MINUTE = 20
 
 
 def protected_blueprint() -> Blueprint:
@@ -29,7 +39,8 @@ def protected_blueprint() -> Blueprint:
         if token is None:
             _refuse(_why_not(plaintext.strip()), plaintext.strip())
         assert token is not None
-        scope = "read" if request.method in READ_METHODS else "submit"
+        reads = request.method in READ_METHODS or request.endpoint in READ_ONLY_POSTS
+        scope = "read" if reads else "submit"
         if scope not in token.scopes.split(","):
             raise Forbidden(
                 f"this token may {token.scopes.replace(',', ', ')}; "
@@ -57,18 +68,47 @@ def _why_not(plaintext: str) -> str:
     return "unknown or revoked token"
 
 
+class FailureBudget:
+    """How many failed authentications of one address this minute are still written."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.time) -> None:
+        self.per_minute = per_minute
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._minute = -1
+        self._counts: dict[str, int] = {}
+
+    def take(self, address: str) -> int:
+        """This failure's number within the address's minute (1, 2, ...)."""
+        minute = int(self._clock() // 60)
+        with self._lock:
+            if minute != self._minute:
+                self._minute, self._counts = minute, {}
+            self._counts[address] = self._counts.get(address, 0) + 1
+            return self._counts[address]
+
+
+_FAILURES = FailureBudget(AUDITED_FAILURES_PER_MINUTE)
+
+
 def _refuse(message: str, plaintext: str | None) -> None:
     """Log the failed authentication (no secret: the token's first characters at most),
-    then 401."""
-    session = services().sessions()
-    try:
-        audit(session=session, action="auth_failed", owner=None,
-              token_prefix=plaintext[:10] if plaintext else None,
-              target=request.path[:255], remote_addr=request.remote_addr,
-              detail=message)  # fmt: skip
-        session.commit()
-    finally:
-        session.close()
+    within the address's budget, then 401."""
+    address = request.remote_addr or "?"
+    number = _FAILURES.take(address)
+    if number <= _FAILURES.per_minute:
+        detail = message
+        if number == _FAILURES.per_minute:
+            detail += f"; further failures from {address} this minute are not logged"
+        session = services().sessions()
+        try:
+            audit(session=session, action="auth_failed", owner=None,
+                  token_prefix=plaintext[:10] if plaintext else None,
+                  target=request.path[:255], remote_addr=request.remote_addr,
+                  detail=detail)  # fmt: skip
+            session.commit()
+        finally:
+            session.close()
     raise Unauthorized(message)
 
 

@@ -14,18 +14,24 @@ from shared.errors import SpecError
 
 def json_object(example: str) -> dict[str, Any]:
     """The request body as a dict; `example` shows the caller the expected shape."""
-    data = _body_bytes()
     try:
-        # Read as JSON whatever the Content-Type says (curl -d sends a form type).
-        body = json.loads(data) if data else None
+        # UTF-8 only, strictly (json.loads on bytes would also take UTF-16 and let a raw
+        # surrogate through); read as JSON whatever the Content-Type says (curl -d).
+        text = _body_bytes().decode("utf-8")
+        body = json.loads(text) if text else None
+    except UnicodeDecodeError:
+        raise SpecError(
+            "the request body must be UTF-8 encoded JSON",
+            details=[{"loc": "body", "msg": "not UTF-8"}],
+        ) from None
     except (ValueError, RecursionError):  # not JSON; or nested deeper than the parser goes
-        body = None
+        text, body = "", None
     if not isinstance(body, dict):
         raise SpecError(
             f"the request body must be a JSON object such as {example}",
             details=[{"loc": "body", "msg": "not a JSON object"}],
         )
-    check_json(body, raw=data)  # NUL / lone surrogates: 400 here, not a failed INSERT later
+    check_json(body, raw=text)  # NUL / lone surrogates: 400 here, not a failed INSERT later
     return body
 
 

@@ -36,6 +36,14 @@ def pydantic_details(exc: ValidationError, prefix: str) -> list[dict[str, Any]]:
     return details
 
 
+def _keep_headers(response: Response, exc: HTTPException) -> Response:
+    """What the exception says besides its HTML body: `Allow` on a 405, for one."""
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
+
+
 def register(app: Flask) -> None:
     """Install handlers for domain errors, HTTP errors and anything unexpected."""
 
@@ -56,11 +64,7 @@ def register(app: Flask) -> None:
     def _http(exc: HTTPException) -> tuple[Response, int]:
         code = (exc.name or "error").lower().replace(" ", "_")
         response, status = problem(exc.code or 500, code, exc.description or exc.name)
-        # What the exception says besides its HTML body: `Allow` on a 405, for one.
-        for name, value in exc.get_headers():
-            if name.lower() != "content-type":
-                response.headers[name] = value
-        return response, status
+        return _keep_headers(response, exc), status
 
     @app.errorhandler(OperationalError)
     @app.errorhandler(InterfaceError)
@@ -78,6 +82,13 @@ def register(app: Flask) -> None:
             response, status = problem(503, "database_unavailable", message)
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response, status
+
+    @app.errorhandler(sqlalchemy.exc.DataError)
+    def _bad_data(exc: sqlalchemy.exc.DataError) -> tuple[Response, int]:
+        # A value the database refused (the text guard should have caught it first): the
+        # client's, not the server's; the driver's text stays in the log.
+        log.warning("database refused a value: %s", exc)
+        return problem(400, "invalid_value", "a value in the request cannot be stored")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> tuple[Response, int]:

@@ -46,13 +46,14 @@ def refuse(loc: str, text: str) -> None:
 
 # In JSON text a NUL or a surrogate can only be written as an escape (raw control
 # characters are not allowed in strings, raw surrogates are not UTF-8).
-_SUSPECT = re.compile(rb"\\u(?:0000|[dD][89abcdefABCDEF])")
+_SUSPECT = re.compile(r"\\u(?:0000|[dD][89abcdefABCDEF])")
 
 
-def check_json(value: Any, loc: str = "body", raw: bytes | None = None) -> None:
+def check_json(value: Any, loc: str = "body", raw: str | None = None) -> None:
     """Every string in a parsed JSON value, keys included (iteratively: no depth limit).
-    With the `raw` JSON text, a body without a suspect escape is not walked at all: a
-    batch of numbers costs one regex scan, not a Python step per number."""
+    With the `raw` JSON text (strict UTF-8: no raw surrogate can be in it), a body
+    without a suspect escape is not walked at all: a batch of numbers costs one regex
+    scan, not a Python step per number."""
     if raw is not None and not _SUSPECT.search(raw):
         return
     stack = [(loc, value)]
@@ -69,10 +70,11 @@ def check_json(value: Any, loc: str = "body", raw: bytes | None = None) -> None:
 
 
 def install(app: Flask) -> None:
-    """Check the query string and the stored headers of every request."""
+    """Check the path, the query string and the stored headers of every request."""
 
     @app.before_request
     def _query_and_headers() -> None:
+        refuse("path", request.path)  # a NUL in a URL id would reach the audit log
         for name, value in request.args.items(multi=True):
             refuse("query parameter name", name)
             refuse(f"query.{name}", value)

@@ -2,7 +2,8 @@
 
 Transient failures are retried with exponential backoff (tenacity): the API down for a
 moment (connection refused or reset), 503 while its database restarts, 429 past the rate
-limit (waiting what Retry-After says, at most the backoff's cap). Every POST carries an
+limit (waiting what Retry-After says, at most the backoff's cap; a quota's 429 is not
+retried: it lasts until jobs finish). Every POST carries an
 Idempotency-Key that stays the same across its retries, so a submission whose answer was
 lost is not made twice.
 """
@@ -89,7 +90,7 @@ class ApiClient:
             resp = self._session.request(method, url, timeout=self._timeout, **kwargs)
         except requests.ConnectionError as exc:
             raise Transient(None, str(exc)) from None
-        if resp.status_code in RETRY_STATUSES:
+        if resp.status_code in RETRY_STATUSES and not _lasting(resp):
             raise Transient(resp, f"HTTP {resp.status_code}")
         return resp
 
@@ -100,6 +101,17 @@ class ApiClient:
     def post_json(self, path: str, body: Any) -> Any:
         """POST JSON and decode the JSON answer."""
         return self.request("POST", path, json=body).json()
+
+
+def _lasting(resp: requests.Response) -> bool:
+    """A 429 for a quota (too many jobs queued) lasts until jobs finish: not retried.
+    Only the rate limit's 429 passes in seconds."""
+    if resp.status_code != 429:
+        return False
+    try:
+        return bool(resp.json()["error"]["code"] != "rate_limited")
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def _error_line(resp: requests.Response) -> str:

@@ -93,11 +93,10 @@ def list_tokens(*, session: Session, owner: str | None = None) -> list[ApiToken]
 
 def get_token(*, session: Session, ref: str) -> ApiToken:
     """A token by id or by its printed prefix (ty_xxxxxxx); NotFound otherwise."""
-    row = (
-        session.get(ApiToken, int(ref))
-        if ref.isdigit()
-        else session.scalar(select(ApiToken).where(ApiToken.prefix == ref))
-    )
+    if ref.isdigit():
+        row = session.get(ApiToken, int(ref)) if int(ref) < 2**63 else None
+    else:
+        row = session.scalar(select(ApiToken).where(ApiToken.prefix == ref))
     if row is None:
         raise NotFound(f"no token {ref!r}", details=[{"loc": "token", "msg": "not found"}])
     return row
@@ -116,6 +115,8 @@ def revoke_token(*, session: Session, token: ApiToken, by: str) -> bool:
 def rotate_token(*, session: Session, token: ApiToken, by: str) -> tuple[str, ApiToken]:
     """A new token with the old one's name, owner, scopes and lifetime; the old one is
     revoked. Returns (plaintext, new row)."""
+    if token.revoked_at is not None:
+        raise SpecError.at("token", f"token {token.id} is revoked: create a new one instead")
     lifetime = (
         token.expires_at - token.created_at
         if token.expires_at is not None and token.created_at is not None

@@ -28,9 +28,10 @@ def state_dict(job_id: str, ref: str) -> Response:
     session = db()
     job = owned_job(job_id)
     ckpt = repository.get_checkpoint(session=session, job_id=job.id, ref=ref)
+    weights = ckpt.model_state  # read before the commit ends the transaction
     audit_here(session, "checkpoint_download", f"job {job.id} checkpoint {ckpt.id}")
     session.commit()
-    resp = Response(ckpt.model_state, mimetype="application/octet-stream")
+    resp = Response(weights, mimetype="application/octet-stream")
     resp.headers["Content-Disposition"] = (
         f'attachment; filename="{job.id}-step{ckpt.step}-{ckpt.tag}.safetensors"'
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -23,7 +24,7 @@ from api.serialize import event_json, job_json
 from api.submit import enqueue, queue_infer
 from api.validation import validate_train_spec
 from shared import repository
-from shared.errors import BadParameter, SpecError
+from shared.errors import BadParameter, InvalidTransition, SpecError
 from shared.models import Job, JobStatus
 from shared.queues import queue_for_device
 
@@ -175,7 +176,8 @@ def delete_job(job_id: str) -> tuple[str, int]:
     job = owned_job(job_id)
     audit_here(session, "job_deleted", f"job {job.id}", detail=f"was {job.status}")
     if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
-        repository.request_cancel(session=session, job_id=job.id)  # in the audit's terms
+        with contextlib.suppress(InvalidTransition):  # it may have ended meanwhile
+            repository.request_cancel(session=session, job_id=job.id)
     session.delete(job)
     session.commit()
     return "", 204

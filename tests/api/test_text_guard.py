@@ -53,10 +53,25 @@ def test_nul_and_lone_surrogates_in_a_body_are_refused_and_nothing_is_stored(
     assert _jobs(sessions) == before
 
 
-def test_a_layer_name_ending_in_a_newline_is_refused(
-    alice: dict[str, str], submit: Submit
-) -> None:
+def test_a_layer_name_ending_in_a_newline_is_refused(alice: dict[str, str], submit: Submit) -> None:
     layers = [{"type": "Linear", "name": "fc\n", "in_features": 10, "out_features": 1}]
     resp = submit(alice, {**TINY, "model": {"layers": layers}})
     assert resp.status_code == 400, resp.get_json()
     assert "identifier" in resp.get_json()["error"]["message"]
+
+
+def test_a_nul_in_the_path_is_a_400_before_authentication(client: FlaskClient) -> None:
+    _refused(client.get("/api/v1/jobs/%00"), "path")
+
+
+def test_a_body_that_is_not_utf8_is_refused(
+    client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
+) -> None:
+    """A raw surrogate (CESU bytes) or a UTF-16 body would slip past the escape scan."""
+    before = _jobs(sessions)
+    for raw in (b'{"kind": "train", "spec": {"a": "\xed\xa0\x80"}}',
+                '{"kind": "train", "spec": {"a": "\\u0000"}}'.encode("utf-16")):  # fmt: skip
+        resp = client.post("/api/v1/jobs", data=raw, headers=alice)
+        assert resp.status_code == 400, resp.get_json()
+        assert resp.get_json()["error"]["details"][0]["loc"] == "body"
+    assert _jobs(sessions) == before

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
+import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -80,3 +81,51 @@ def test_an_owner_deletes_a_job_with_everything_it_recorded(
         assert session.get(Job, uuid.UUID(job_id)) is None
     deleted = _audit(sessions, "job_deleted")
     assert [(e.owner, e.target) for e in deleted] == [("alice", f"job {job_id}")]
+
+
+def test_a_flood_of_made_up_tokens_writes_a_bounded_number_of_audit_rows(
+    client: FlaskClient, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api import auth
+
+    budget = auth.FailureBudget(5, clock=lambda: 600.0)  # one minute, a fresh budget
+    monkeypatch.setattr(auth, "_FAILURES", budget)
+    for i in range(12):
+        resp = client.get("/api/v1/jobs", headers={"Authorization": f"Bearer made-up-{i}"})
+        assert resp.status_code == 401
+    rows = _audit(sessions, "auth_failed")
+    assert len(rows) == 5
+    assert "further failures from 127.0.0.1 this minute are not logged" in rows[-1].detail
+
+
+def test_a_read_only_token_may_check_a_spec_but_not_submit_it(
+    client: FlaskClient, sessions: sessionmaker[Session]
+) -> None:
+    reader = _token(sessions, "rob", scopes=("read",))
+    spec = {"model": {"preset": "lenet"}, "data": {"dataset": "digits", "image_size": 32}}
+    assert (
+        client.post("/api/v1/models/summary", json={"spec": spec}, headers=reader).status_code
+        == 200
+    )
+    assert client.delete("/api/v1/tokens/99999999999999999999", headers=reader).status_code in (
+        403,
+        404,
+    )
+
+
+def test_huge_token_ids_and_revoked_rotations_are_clear_errors(
+    client: FlaskClient, sessions: sessionmaker[Session]
+) -> None:
+    import pytest as _pytest
+
+    from shared.errors import SpecError
+    from shared.tokens import get_token, revoke_token, rotate_token
+
+    admin = _token(sessions, "root2", is_admin=True)
+    assert client.delete("/api/v1/tokens/99999999999999999999", headers=admin).status_code == 404
+    with session_scope(sessions) as session:
+        _, row = create_token(session=session, name="old", owner="olga")
+        revoke_token(session=session, token=row, by="test")
+        with _pytest.raises(SpecError, match="is revoked"):
+            rotate_token(session=session, token=get_token(session=session, ref=str(row.id)),
+                         by="test")  # fmt: skip

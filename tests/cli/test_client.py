@@ -23,6 +23,7 @@ class Script:
     def __init__(self, statuses: list[int]) -> None:
         self.statuses = statuses
         self.keys: list[str | None] = []
+        self.code_429 = "rate_limited"  # the rate limit's; a quota's is quota_exceeded
 
 
 @pytest.fixture()
@@ -34,7 +35,8 @@ def fake_api() -> Iterator[tuple[str, Script]]:
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
             script.keys.append(self.headers.get("Idempotency-Key"))
             status = script.statuses.pop(0) if script.statuses else 202
-            busy = {"error": {"code": "x", "message": "busy", "details": []}}
+            code = script.code_429 if status == 429 else "x"
+            busy = {"error": {"code": code, "message": "busy", "details": []}}
             body = json.dumps({"id": "j1"} if status < 400 else busy)
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -78,3 +80,11 @@ def test_it_gives_up_with_the_apis_message(fake_api: tuple[str, Script]) -> None
 def test_an_unreachable_api_is_one_line_after_the_retries() -> None:
     with pytest.raises(click.ClickException, match="cannot reach the API"):
         ApiClient(f"http://127.0.0.1:{free_port()}", "t").post_json("/api/v1/jobs", {})
+
+
+def test_a_quota_429_is_not_retried(fake_api: tuple[str, Script]) -> None:
+    url, script = fake_api
+    script.statuses, script.code_429 = [429, 429, 429], "quota_exceeded"
+    with pytest.raises(click.ClickException, match="HTTP 429 quota_exceeded"):
+        ApiClient(url, "t").post_json("/api/v1/jobs", {})
+    assert len(script.keys) == 1
