@@ -89,6 +89,13 @@ class ApiClient:
         try:
             resp = self._session.request(method, url, timeout=self._timeout, **kwargs)
         except requests.ConnectionError as exc:
+            if not _never_sent(exc) and not _replay_safe(method, url):
+                # It may have been done: asking again could answer "already ended" for a
+                # cancel that worked. Say so rather than guess.
+                raise click.ClickException(
+                    f"the connection to {self.base_url} broke during {method} {url}; "
+                    "it may or may not have been done: check with `trainyard show`"
+                ) from None
             raise Transient(None, str(exc)) from None
         if resp.status_code in RETRY_STATUSES and not _lasting(resp):
             raise Transient(resp, f"HTTP {resp.status_code}")
@@ -101,6 +108,23 @@ class ApiClient:
     def post_json(self, path: str, body: Any) -> Any:
         """POST JSON and decode the JSON answer."""
         return self.request("POST", path, json=body).json()
+
+
+# POSTs the API replays from their Idempotency-Key instead of doing twice.
+_KEYED_POSTS = ("/api/v1/jobs", "/predict")
+
+
+def _replay_safe(method: str, url: str) -> bool:
+    """Whether sending the request again cannot do it twice."""
+    path = url.split("?", 1)[0]
+    return method.upper() != "POST" or path.endswith(_KEYED_POSTS)
+
+
+def _never_sent(exc: requests.ConnectionError) -> bool:
+    """The connection was refused or never made: the server saw nothing."""
+    return isinstance(exc, requests.exceptions.ConnectTimeout) or "NewConnectionError" in repr(
+        exc
+    )
 
 
 def _lasting(resp: requests.Response) -> bool:

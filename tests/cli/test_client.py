@@ -24,6 +24,7 @@ class Script:
         self.statuses = statuses
         self.keys: list[str | None] = []
         self.code_429 = "rate_limited"  # the rate limit's; a quota's is quota_exceeded
+        self.hang_ups = 0  # requests to answer by closing the connection instead
 
 
 @pytest.fixture()
@@ -34,6 +35,10 @@ def fake_api() -> Iterator[tuple[str, Script]]:
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
             script.keys.append(self.headers.get("Idempotency-Key"))
+            if script.hang_ups:
+                script.hang_ups -= 1
+                self.close_connection = True  # done, but the answer is lost
+                return
             status = script.statuses.pop(0) if script.statuses else 202
             code = script.code_429 if status == 429 else "x"
             busy = {"error": {"code": code, "message": "busy", "details": []}}
@@ -87,4 +92,19 @@ def test_a_quota_429_is_not_retried(fake_api: tuple[str, Script]) -> None:
     script.statuses, script.code_429 = [429, 429, 429], "quota_exceeded"
     with pytest.raises(click.ClickException, match="HTTP 429 quota_exceeded"):
         ApiClient(url, "t").post_json("/api/v1/jobs", {})
+    assert len(script.keys) == 1
+
+
+def test_a_lost_answer_is_asked_again_only_where_the_api_replays_it(
+    fake_api: tuple[str, Script],
+) -> None:
+    """A submission (keyed) is sent again; a cancel whose answer was lost is not (a second
+    one would say "already ended"): the user is told to check."""
+    url, script = fake_api
+    script.hang_ups = 1
+    assert ApiClient(url, "t").post_json("/api/v1/jobs", {}) == {"id": "j1"}
+    assert len(script.keys) == 2 and script.keys[0] == script.keys[1]
+    script.keys, script.hang_ups = [], 1
+    with pytest.raises(click.ClickException, match="may or may not have been done"):
+        ApiClient(url, "t").post_json("/api/v1/jobs/j1/cancel", {})
     assert len(script.keys) == 1
