@@ -11,9 +11,10 @@ from flask import Blueprint, g, request
 from sqlalchemy.orm import Session
 
 from api.context import db, services
+from shared.audit import audit
 from shared.errors import Forbidden, Unauthorized
 from shared.models import ApiToken, utcnow
-from shared.tokens import audit, find_token, hash_token, is_expired
+from shared.tokens import check_token
 
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
 # POSTs that only compute an answer from the body and store nothing: `read` is enough.
@@ -35,9 +36,9 @@ def protected_blueprint() -> Blueprint:
         scheme, _, plaintext = header.partition(" ")
         if scheme.lower() != "bearer" or not plaintext.strip():
             _refuse("missing bearer token (Authorization: Bearer <token>)", None)
-        token = find_token(session=db(), plaintext=plaintext.strip())
-        if token is None:
-            _refuse(_why_not(plaintext.strip()), plaintext.strip())
+        token, why_not = check_token(session=db(), plaintext=plaintext.strip())
+        if why_not is not None:
+            _refuse(why_not, plaintext.strip())
         assert token is not None
         reads = request.method in READ_METHODS or request.endpoint in READ_ONLY_POSTS
         scope = "read" if reads else "submit"
@@ -55,17 +56,6 @@ def protected_blueprint() -> Blueprint:
         g.owner, g.token = token.owner, token
 
     return bp
-
-
-def _why_not(plaintext: str) -> str:
-    """Why a token is not live, without telling an unknown token from a revoked one's
-    owner: revoked and expired tokens were real, and their users need to know which."""
-    from sqlalchemy import select
-
-    row = db().scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(plaintext)))
-    if row is not None and row.revoked_at is None and is_expired(row):
-        return "expired token: ask for a new one (trainyard token rotate)"
-    return "unknown or revoked token"
 
 
 class FailureBudget:

@@ -10,8 +10,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared.audit import audit
 from shared.errors import NotFound, SpecError
-from shared.models import ApiToken, AuditEvent, utcnow
+from shared.models import ApiToken, utcnow
 
 _PREFIX = "ty_"
 SCOPES = ("read", "submit")  # an admin token (is_admin) also manages tokens
@@ -72,10 +73,20 @@ def create_token(
 
 def find_token(*, session: Session, plaintext: str) -> ApiToken | None:
     """The token with this plaintext if it is live (not revoked, not expired), else None."""
+    row, why_not = check_token(session=session, plaintext=plaintext)
+    return row if why_not is None else None
+
+
+def check_token(*, session: Session, plaintext: str) -> tuple[ApiToken | None, str | None]:
+    """The token with this plaintext and, when it is not live, why (one lookup). Revoked
+    and expired tokens were real, and their users need to know which; an unknown token
+    is not told apart from a revoked one."""
     row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(plaintext)))
-    if row is None or row.revoked_at is not None or is_expired(row):
-        return None
-    return row
+    if row is None or row.revoked_at is not None:
+        return row, "unknown or revoked token"
+    if is_expired(row):
+        return row, "expired token: ask for a new one (trainyard token rotate)"
+    return row, None
 
 
 def is_expired(row: ApiToken, now: datetime | None = None) -> bool:
@@ -130,22 +141,3 @@ def rotate_token(*, session: Session, token: ApiToken, by: str) -> tuple[str, Ap
     audit(session=session, action="token_rotated", owner=token.owner, token_prefix=row.prefix,
           target=f"token {token.id} -> {row.id}", detail=f"by {by}")  # fmt: skip
     return plaintext, row
-
-
-def audit(
-    *,
-    session: Session,
-    action: str,
-    owner: str | None,
-    token_prefix: str | None = None,
-    target: str = "",
-    remote_addr: str | None = None,
-    detail: str = "",
-) -> None:
-    """Append one row to the audit log (in the caller's transaction)."""
-    session.add(
-        AuditEvent(
-            at=utcnow(), action=action, owner=owner, token_prefix=token_prefix,
-            target=target[:255], remote_addr=remote_addr, detail=detail[:2000],
-        )
-    )

@@ -100,10 +100,7 @@ def join_gang(*, session: Session, queue: str, worker: str) -> Seat | None:
     assert job.gang_id is not None and job.gang_size is not None
     assert job.gang_host is not None and job.gang_port is not None
     # Counted again now that the row is locked: the pick may have waited for a joiner.
-    taken = session.scalar(
-        select(func.count()).where(JobNode.job_id == job.id, JobNode.gang_id == job.gang_id)
-    )
-    rank = int(taken or 0)
+    rank = _seats_taken(session, job.id, job.gang_id)
     if rank >= job.gang_size:
         return None
     session.add(JobNode(job_id=job.id, node_rank=rank, gang_id=job.gang_id, worker=worker))
@@ -116,8 +113,12 @@ def join_gang(*, session: Session, queue: str, worker: str) -> Seat | None:
 
 def gang_members(*, session: Session, seat: Seat) -> int:
     """How many nodes have joined the gang so far."""
+    return _seats_taken(session, seat.job_id, seat.gang_id)
+
+
+def _seats_taken(session: Session, job_id: uuid.UUID, gang_id: str) -> int:
     count = session.scalar(
-        select(func.count()).where(JobNode.job_id == seat.job_id, JobNode.gang_id == seat.gang_id)
+        select(func.count()).where(JobNode.job_id == job_id, JobNode.gang_id == gang_id)
     )
     return int(count or 0)
 
