@@ -12,9 +12,12 @@ from tests.chaos.cluster import Cluster
 from tests.chaos.scenarios.common import SPEC, TINY, Outcome, running_at_least
 
 # SPEC on two ranks (a global batch of 128: 11 steps an epoch), on one node and on two.
+# Six epochs (66 steps), so that a kill at step 20 at the latest always lands before the
+# end: with three, a job on a quiet machine could finish the last steps before the kill.
 ONE_NODE: dict[str, Any] = copy.deepcopy(SPEC)
+ONE_NODE["train"]["epochs"] = 6
 ONE_NODE["train"]["distributed"] = {"world_size": 2}
-TWO_NODES: dict[str, Any] = copy.deepcopy(SPEC)
+TWO_NODES: dict[str, Any] = copy.deepcopy(ONE_NODE)
 TWO_NODES["train"]["distributed"] = {"world_size": 2, "nodes": 2}
 RENDEZVOUS = 8.0  # TRAINYARD_RENDEZVOUS_TIMEOUT in the cluster
 
@@ -38,7 +41,7 @@ def kill_gang_node(cluster: Cluster, rng: random.Random | None = None) -> Outcom
     if not out.check(ref["status"] == "succeeded", f"one-node run {ref['status']}: {ref['error']}"):
         return out
     job = cluster.submit_ok(TWO_NODES)
-    at = rng.randint(6, 25)
+    at = rng.randint(6, 20)
     row = cluster.wait_job(job, running_at_least(at), f"to train past step {at}")
     leader = cluster.worker_named(row["worker"])
     followers = [w for w in cluster.workers if w is not leader and w.alive()]
@@ -49,6 +52,9 @@ def kill_gang_node(cluster: Cluster, rng: random.Random | None = None) -> Outcom
     out.check(followers[0].has_logged("rank 1: "), "rank 1's lines are not in its worker's log")
     followers[0].kill()
     killed = time.monotonic()
+    ended = cluster.job_row(job)["status"]
+    if not out.check(ended == "running", f"the job was {ended} when its node was killed"):
+        return out
     time.sleep(1.0)
     orphans = _ranks_of(cluster, exclude={w.pid for w in cluster.workers if w.alive()})
     out.check(not orphans, f"ranks of the killed worker still alive: {orphans}")
