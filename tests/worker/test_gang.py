@@ -29,7 +29,11 @@ from worker.tasks import execute_train
 
 
 @pytest.fixture()
-def gang_settings(settings: Settings) -> Settings:
+def gang_settings(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    # One intra-op thread per rank in every layout: a rank alone on its node would take
+    # every core, one of two ranks half of them, and a different thread count may round
+    # a reduction differently, so "bit for bit the same as on one node" needs the same.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     return settings.model_copy(
         update={"node_address": "127.0.0.1", "rendezvous_timeout": 60.0}
     )
