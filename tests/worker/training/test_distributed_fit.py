@@ -7,8 +7,13 @@ the two ranks' losses. They are the same computation summed in a different order
 they agree to float32 rounding: the per-step losses within rtol 1e-5 over 30 Adam steps
 (measured: at most 2.2e-7, a few float32 epsilons: two half-batch means averaged round
 differently from one mean over the batch, and DDP's all-reduce adds one more rounding
-to every gradient). Probe rows and weights get rtol 2e-4: a gradient's mean is a sum
-with heavy cancellation, whose relative rounding error is far larger than the loss's.
+to every gradient). Probe rows get rtol 1e-3 / atol 1e-5 and weights rtol 1e-4 /
+atol 1e-5: a gradient's mean is a sum with heavy cancellation, whose relative rounding
+error is far larger than the loss's, and Adam divides by the root of the squared
+gradients, so an element whose gradient is near zero can move its weight by a relatively
+large amount on a rounding difference (measured on a 2-core machine: 1.95e-6 at most on
+a weight, 1.3e-6 on a bias gradient of about 3e-3; a wrong merge or a missed all-reduce
+is off by orders of magnitude more).
 """
 
 from __future__ import annotations
@@ -128,7 +133,7 @@ def test_final_state_dict_loads_strictly_into_the_seed_net(
     net.load_state_dict(distributed["state"], strict=True)  # no "module." prefix from DDP
     twin = next(b for b in single.blobs if b.tag == "final")
     for key, value in bytes_to_state_dict(twin.model_state).items():
-        torch.testing.assert_close(distributed["state"][key], value, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(distributed["state"][key], value, rtol=1e-4, atol=1e-5)
 
 
 def test_probes_equal_the_single_process_twin(
@@ -149,8 +154,8 @@ def test_probes_equal_the_single_process_twin(
             torch.testing.assert_close(
                 torch.tensor(mine[3:7], dtype=torch.float64),
                 torch.tensor(expected, dtype=torch.float64),
-                rtol=2e-4,
-                atol=1e-7,
+                rtol=1e-3,
+                atol=1e-5,
                 msg=lambda m, t=twin, s=step: f"step {s} {t.layer} {t.kind}: {m}",
             )
 
