@@ -8,9 +8,11 @@ import threading
 from flask import Flask
 
 from api import auth, errors, headers, text_guard
+from api.body import ApiRequest
 from api.context import Services, close_session
+from api.contract import contract
 from api.quotas import install_rate_limit
-from api.routes import checkpoints, health, jobs, models, plots, reports, results, tokens
+from api.routes import checkpoints, docs, health, jobs, models, plots, reports, results, tokens
 from shared.config import Settings, get_settings
 from shared.db import make_engine, make_session_factory
 from shared.notify import JobEndSignal
@@ -21,7 +23,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the WSGI app; tests pass their own Settings, production reads TRAINYARD_*."""
     settings = settings or get_settings()
     app = Flask(__name__)
+    app.request_class = ApiRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.config["TRAINYARD_CHECK_RESPONSES"] = settings.check_responses
     app.json.sort_keys = False  # type: ignore[attr-defined]
     engine = make_engine(settings.resolved_database_url())
     app.extensions["trainyard"] = Services(
@@ -40,10 +44,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     limiter = install_rate_limit(app, settings)
     if limiter is not None:
         limiter.exempt(health.bp)  # load balancers and compose probe it all the time
+        limiter.exempt(docs.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(docs.bp)
     api_v1 = auth.protected_blueprint()
     for bp in (jobs.bp, results.bp, checkpoints.bp, models.bp, reports.bp, plots.bp, tokens.bp):
         api_v1.register_blueprint(bp)
     app.register_blueprint(api_v1)
+    contract.register(app)  # after the blueprints: the document lists their routes
     logging.getLogger(__name__).info("trainyard api on %s", settings.base_url())
     return app

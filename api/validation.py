@@ -23,7 +23,10 @@ from shared.spec_check import CheckedSpec, SpecLimits, check_spec
 
 
 def parse_spec(raw: Any) -> JobSpec:
-    """Pydantic: types, ranges, hard limits; errors name `spec.<field path>`."""
+    """Pydantic: types, ranges, hard limits; errors name `spec.<field path>`. A JobSpec
+    that the route's contract already validated is taken as it is."""
+    if isinstance(raw, JobSpec):
+        return raw
     if not isinstance(raw, dict):
         raise SpecError("'spec' must be a JSON object", details=[{"loc": "spec", "msg": "missing"}])
     try:

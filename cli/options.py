@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
+from cli.api import Trainyard
 from cli.client import ApiClient
 from shared.config import get_settings
 
@@ -19,6 +20,11 @@ token_option = click.option("--token", envvar="TRAINYARD_TOKEN", help="Bearer to
 def client_options(func: F) -> F:
     """--url and --token (TRAINYARD_URL / TRAINYARD_TOKEN)."""
     return url_option(token_option(func))
+
+
+def make_api(url: str | None, token: str | None) -> Trainyard:
+    """The typed API (cli.api) over make_client's transport."""
+    return Trainyard(make_client(url, token))
 
 
 def make_client(url: str | None, token: str | None) -> ApiClient:

@@ -4,28 +4,29 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
 
 import click
 
-from cli.client import ApiClient
+from cli.api import Trainyard
+from shared.contract.queries import MetricsQuery, TracesQuery
+from shared.contract.responses import Job, Trace
 from shared.models import FINAL_STATUSES
 
 FINAL = tuple(str(s) for s in FINAL_STATUSES)
 
 
-def progress_line(job: dict[str, Any], loss: float | None, eta: float | None = None) -> str:
+def progress_line(job: Job, loss: float | None, eta: float | None = None) -> str:
     """`[#####-----]  52%  step 120/230  epoch 2  loss 0.4211  ETA 0:12  running`."""
-    prog = job["progress"]
-    frac = min(max(prog["fraction"] or 0.0, 0.0), 1.0)
+    prog = job.progress
+    frac = min(max(prog.fraction or 0.0, 0.0), 1.0)
     width = 30
     bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-    total = prog["total_steps"] or "?"
+    total = prog.total_steps or "?"
     loss_txt = f"  loss {loss:.4g}" if loss is not None else ""
     eta_txt = f"  ETA {int(eta) // 60}:{int(eta) % 60:02d}" if eta is not None else ""
     return (
-        f"[{bar}] {frac * 100:5.1f}%  step {prog['step']}/{total}  epoch {prog['epoch']}"
-        f"{loss_txt}{eta_txt}  {job['status']}"
+        f"[{bar}] {frac * 100:5.1f}%  step {prog.step}/{total}  epoch {prog.epoch}"
+        f"{loss_txt}{eta_txt}  {job.status}"
     )
 
 
@@ -35,61 +36,55 @@ class EtaClock:
     def __init__(self) -> None:
         self._start: tuple[float, int] | None = None
 
-    def eta(self, job: dict[str, Any], now: float) -> float | None:
-        prog = job["progress"]
-        if job["status"] != "running" or not prog["total_steps"]:
+    def eta(self, job: Job, now: float) -> float | None:
+        prog = job.progress
+        if job.status != "running" or not prog.total_steps:
             return None
         if self._start is None:
-            self._start = (now, prog["step"])
+            self._start = (now, prog.step)
             return None
         t0, s0 = self._start
-        done = prog["step"] - s0
+        done = prog.step - s0
         if done <= 0 or now <= t0:
             return None
-        left: float = (prog["total_steps"] - prog["step"]) * (now - t0) / done
+        left: float = (prog.total_steps - prog.step) * (now - t0) / done
         return max(0.0, left)
 
 
-def _last_loss(client: ApiClient, job: dict[str, Any]) -> float | None:
+def _last_loss(api: Trainyard, job: Job) -> float | None:
     # Only the points since the last heartbeat: a long job has millions of them.
-    series = client.get_json(
-        f"/api/v1/jobs/{job['id']}/metrics",
-        name="loss",
-        split="train",
-        from_step=job["progress"]["step"],
-    )
-    for s in series["series"]:
-        if s["points"]:
-            value = s["points"][-1]["value"]
-            return float(value)
+    query = MetricsQuery(name="loss", split="train", from_step=job.progress.step)
+    for s in api.metrics(job.id, query).series:
+        if s.points:
+            return float(s.points[-1].value)
     return None
 
 
-def watch(client: ApiClient, job_id: str, *, interval: float = 0.5) -> dict[str, Any]:
+def watch(api: Trainyard, job_id: str, *, interval: float = 0.5) -> Job:
     """Poll until the job is final, redrawing one progress line; returns the final job."""
     tty = sys.stdout.isatty()
     last = ""
     clock = EtaClock()
     while True:
-        job = client.get_json(f"/api/v1/jobs/{job_id}")
-        loss = _last_loss(client, job) if job["status"] != "queued" else None
+        job = api.job(job_id)
+        loss = _last_loss(api, job) if job.status != "queued" else None
         line = progress_line(job, loss, clock.eta(job, time.monotonic()))
         if line != last:
             click.echo(("\r" + line) if tty else line, nl=not tty)
             last = line
-        if job["status"] in FINAL:
+        if job.status in FINAL:
             if tty:
                 click.echo()
-            return dict(job)
+            return job
         time.sleep(interval)
 
 
-def summary_text(client: ApiClient, job: dict[str, Any]) -> str:
+def summary_text(api: Trainyard, job: Job) -> str:
     """Final metrics and a per-layer gradient-norm table (last logged step)."""
-    lines = [f"job {job['id']}: {job['status']}"]
-    if job.get("error"):
-        lines.append(f"  error: {job['error']}")
-    summary = job.get("summary") or {}
+    lines = [f"job {job.id}: {job.status}"]
+    if job.error:
+        lines.append(f"  error: {job.error}")
+    summary = job.summary or {}
     metrics = summary.get("metrics") or {}
     if summary:
         lines.append(
@@ -105,25 +100,23 @@ def summary_text(client: ApiClient, job: dict[str, Any]) -> str:
             f"  parameters       {summary.get('param_count')} "
             f"({summary.get('trainable_count')} trainable)"
         )
-    rows = _last_step_grad_norms(client, job["id"])
+    rows = _last_step_grad_norms(api, job.id)
     if rows:
-        lines.append(f"  gradient norms at step {rows[0]['step']}:")
+        lines.append(f"  gradient norms at step {rows[0].step}:")
         lines.append(f"    {'kind':<11} {'layer / parameter':<32} {'norm':>12}")
         for r in rows:
-            lines.append(f"    {r['kind']:<11} {r['layer']:<32} {float(r['norm']):>12.6g}")
+            lines.append(f"    {r.kind:<11} {r.layer:<32} {float(r.norm or 0.0):>12.6g}")
     return "\n".join(lines)
 
 
-def _last_step_grad_norms(client: ApiClient, job_id: str) -> list[dict[str, Any]]:
-    job = client.get_json(f"/api/v1/jobs/{job_id}")
-    last = job["progress"]["step"]
+def _last_step_grad_norms(api: Trainyard, job_id: str) -> list[Trace]:
+    last = api.job(job_id).progress.step
     if not last:
         return []
     # The last logged step is at most `every_n_steps` before the end; look back a little.
-    traces = client.get_json(
-        f"/api/v1/jobs/{job_id}/traces", from_step=max(1, last - 1000), to_step=last
-    )["traces"]
+    query = TracesQuery(from_step=max(1, last - 1000), to_step=last)
+    traces = api.traces(job_id, query).traces
     if not traces:
         return []
-    top = max(t["step"] for t in traces)
-    return [t for t in traces if t["step"] == top]
+    top = max(t.step for t in traces)
+    return [t for t in traces if t.step == top]

@@ -18,9 +18,12 @@ from typing import Any
 import click
 import requests
 
+from cli.api import Trainyard
 from cli.client import ApiClient
 from cli.render import summary_text, watch
 from shared.config import Settings
+from shared.contract.requests import PredictRequest, TrainJobRequest
+from shared.contract.responses import Job
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.queues import ALL_TRAIN_QUEUES, QUEUE_CPU, QUEUE_DEFAULT, QUEUE_INFER, make_celery
 from shared.sweeper import run_forever
@@ -204,26 +207,26 @@ def _local_token(settings: Settings, sessions: Any) -> tuple[str, Path]:
 
 def _run_demo(settings: Settings, sessions: Any, base: str) -> int:
     token, token_path = _local_token(settings, sessions)
-    client = ApiClient(base, token)
+    api = Trainyard(ApiClient(base, token))
     started = time.monotonic()
-    job = client.post_json("/api/v1/jobs", {"kind": "train", "spec": demo_spec()})
-    click.echo(f"demo job {job['id']} queued: preset lenet on digits (32x32)")
-    final = watch(client, job["id"])
+    job = api.submit(TrainJobRequest.model_validate({"spec": demo_spec()}))
+    click.echo(f"demo job {job.id} queued: preset lenet on digits (32x32)")
+    final = watch(api, job.id)
     wall = time.monotonic() - started
-    click.echo(summary_text(client, final))
+    click.echo(summary_text(api, final))
     click.echo(f"  demo wall time {wall:.1f} s (submit to final status)")
-    if final["status"] == "succeeded":
-        click.echo(_demo_prediction(client, job["id"]))
-    job_url = f"{base}/api/v1/jobs/{job['id']}"
+    if final.status == "succeeded":
+        click.echo(_demo_prediction(api, job.id))
+    job_url = f"{base}/api/v1/jobs/{job.id}"
     click.echo(f"\nExplore (token in {token_path}; export TRAINYARD_TOKEN=$(cat {token_path})):")
     for suffix in ("", "/summary", "/metrics", "/traces?kind=param_grad", "/checkpoints",
                    "/plots/grad_flow.png", "/events"):  # fmt: skip
         click.echo(f"  {job_url}{suffix}")
     click.echo(f'  curl -H "Authorization: Bearer $TRAINYARD_TOKEN" {job_url}')
-    return 0 if final["status"] == "succeeded" else 1
+    return 0 if final.status == "succeeded" else 1
 
 
-def _demo_prediction(client: ApiClient, job_id: str) -> str:
+def _demo_prediction(api: Trainyard, job_id: str) -> str:
     """Ask the trained model about three digits, sent as PNG images (the seed's
     Softmax-and-argmax "Predicted class")."""
     import base64
@@ -240,12 +243,12 @@ def _demo_prediction(client: ApiClient, job_id: str) -> str:
         pixels = (digits.images[i] * (255 / 16)).round().astype("uint8")
         Image.fromarray(pixels).save(out, format="PNG")
         images.append(base64.b64encode(out.getvalue()).decode())
-    answer = client.post_json(f"/api/v1/models/{job_id}/predict", {"inputs": images})
-    if "outputs" not in answer:  # 202: the inference worker has not answered in time
-        where = f"{client.base_url}/api/v1/jobs/{answer['id']}"
-        return f"  prediction still {answer['status']}: see {where}"
+    answer = api.predict(job_id, PredictRequest(inputs=images))
+    if isinstance(answer, Job):  # 202: the inference worker has not answered in time
+        return f"  prediction still {answer.status}: see {api.http.base_url}{answer.links.self}"
+    outputs = (answer.model_extra or {}).get("outputs", [])
     lines = ["  predictions (POST /api/v1/models/<id>/predict with three PNG digits):"]
-    for i, out in zip(picks, answer["outputs"], strict=True):
+    for i, out in zip(picks, outputs, strict=True):
         lines.append(
             f"    digit {digits.target[i]}: predicted class {out['predicted_class']} "
             f"(probability {max(out['probabilities']):.3f})"

@@ -76,6 +76,11 @@ class Settings(BaseSettings):
         description="Requests per token (flask-limiter syntax; empty: no limit)",
     )
     page_limit: int = Field(default=100, description="Default and maximum page size")
+    check_responses: bool = Field(
+        default=False,
+        description="Check every JSON answer against its OpenAPI model (the tests do; "
+        "a mismatch is a 500 and a log line)",
+    )
     max_result_rows: int = Field(
         default=50_000, description="Most metric points or trace rows one request returns"
     )

@@ -98,9 +98,14 @@ def redis_client() -> Iterator[redis.Redis]:
 @pytest.fixture()
 def settings(pg_url: str, tmp_path: Path) -> Settings:
     # No request rate limit: in-process tests fire requests faster than any client would
-    # (tests/api/test_quotas.py turns it on).
+    # (tests/api/test_quotas.py turns it on). Every JSON answer is checked against its
+    # OpenAPI model: an answer that drifts from the contract fails the test with a 500.
     return Settings(
-        database_url=pg_url, broker_url=REDIS_URL, home=tmp_path / "home", rate_limit=""
+        database_url=pg_url,
+        broker_url=REDIS_URL,
+        home=tmp_path / "home",
+        rate_limit="",
+        check_responses=True,
     )
 
 

@@ -6,14 +6,21 @@ from flask import Blueprint, Response, jsonify
 
 from api.auth import audit_here
 from api.context import db
+from api.contract import answers, contract
 from api.ownership import owned_job
 from api.serialize import checkpoint_json
 from shared import repository
+from shared.contract.responses import Checkpoints
 
 bp = Blueprint("checkpoints", __name__)
 
 
 @bp.get("/jobs/<job_id>/checkpoints")
+@contract.validate(
+    resp=answers("HTTP_404", HTTP_200=Checkpoints),
+    tags=["checkpoints"],
+    operation_id="listCheckpoints",
+)
 def list_checkpoints(job_id: str) -> Response:
     """A job's checkpoints with step, epoch, tag, size and sha256."""
     session = db()
@@ -23,6 +30,11 @@ def list_checkpoints(job_id: str) -> Response:
 
 
 @bp.get("/jobs/<job_id>/checkpoints/<ref>/state_dict")
+@contract.validate(
+    resp=answers("HTTP_200", "HTTP_404"),  # safetensors bytes (api.routes.docs says so)
+    tags=["checkpoints"],
+    operation_id="downloadStateDict",
+)
 def state_dict(job_id: str, ref: str) -> Response:
     """Download weights; `ref` is a checkpoint id or final / epoch / latest."""
     session = db()

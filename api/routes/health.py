@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
+from spectree import Response as Answers
 from sqlalchemy import text
 
 from api.context import services
+from api.contract import contract
 from shared.config import Settings
+from shared.contract.responses import Health, Readiness
 from shared.disk import disk_room
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@contract.validate(resp=Answers(HTTP_200=Health), tags=["health"], security={})
 def healthz() -> Response:
     """The process is up."""
     return jsonify({"status": "ok"})
 
 
 @bp.get("/readyz")
+@contract.validate(
+    resp=Answers(HTTP_200=Readiness, HTTP_503=Readiness), tags=["health"], security={}
+)
 def readyz() -> tuple[Response, int]:
     """The database and the broker answer and the disk under TRAINYARD_HOME has room;
     503 names whichever does not."""

@@ -8,62 +8,66 @@ import contextlib
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
-from flask import Blueprint, Response, jsonify, request, url_for
+from flask import Blueprint, Response, jsonify, url_for
 
 from api.auth import audit_here, current_owner
-from api.body import json_object, refuse_unknown
+from api.body import raw_body
 from api.context import db, services
+from api.contract import answers, body_model, contract, query_model, within
 from api.idempotency import Idempotency, replayed
 from api.idempotency import from_request as idempotency_of
 from api.ownership import owned_job
-from api.params import choice_arg, int_arg
 from api.quotas import check_queued_quota
 from api.serialize import event_json, job_json
 from api.submit import enqueue, queue_infer
 from api.validation import validate_train_spec
 from shared import repository
-from shared.errors import BadParameter, InvalidTransition, SpecError
+from shared.contract.queries import JobListQuery
+from shared.contract.requests import InferJobRequest, JobRequest, TrainJobRequest
+from shared.contract.responses import Events, JobPage
+from shared.contract.responses import Job as JobOut
+from shared.errors import BadParameter, InvalidTransition
 from shared.models import Job, JobStatus
 from shared.queues import queue_for_device
 
 bp = Blueprint("jobs", __name__)
-
-JOB_KINDS = ("train", "infer")
-DEFAULT_PRIORITY = 5
+TAGS = ["jobs"]
 
 
 @bp.post("/jobs")
+@contract.validate(
+    json=JobRequest,
+    resp=answers("HTTP_404", "HTTP_422", "HTTP_507", HTTP_202=JobOut),
+    tags=TAGS,
+    operation_id="submitJob",
+)
 def submit() -> tuple[Response, int, dict[str, str]]:
-    """Validate, store as queued, then send the message (the row exists before the message)."""
-    body = json_object('{"kind": "train", "spec": {...}}')
-    idempotency = idempotency_of(body)
+    """Submit a training or an inference job.
+
+    Validated first (the spec by pydantic, then a dry run on the meta device: a 400 names
+    the field or layer), stored as queued, then its message is sent. `Location` is the
+    job; an `Idempotency-Key` header makes a retry answer with the first request's job.
+    """
+    idempotency = idempotency_of(raw_body())
     first = replayed(db(), current_owner(), idempotency)
     if first is not None:  # a retry: the job the first request made
         location = url_for("api_v1.jobs.get_job", job_id=str(first.id))
         return jsonify(job_json(first)), 202, {"Location": location}
-    kind = body.get("kind", "train")
-    if kind not in JOB_KINDS:
-        raise SpecError(
-            f"kind must be one of {list(JOB_KINDS)}, got {kind!r}",
-            details=[{"loc": "kind", "msg": "unsupported job kind"}],
-        )
-    submit_kind = submit_infer if kind == "infer" else submit_train
-    job = submit_kind(body, idempotency)
+    asked = body_model(JobRequest).root
+    if isinstance(asked, InferJobRequest):
+        job = queue_infer(asked.model_dump(exclude={"kind"}), idempotency)
+    else:
+        job = submit_train(asked, idempotency)
     location = url_for("api_v1.jobs.get_job", job_id=str(job.id))
     return jsonify(job_json(job)), 202, {"Location": location}
 
 
-def submit_train(body: dict[str, Any], idempotency: Idempotency | None = None) -> Job:
-    """A training job from {"kind": "train", "spec": {...}, "priority": 0-9}."""
+def submit_train(asked: TrainJobRequest, idempotency: Idempotency | None = None) -> Job:
+    """Check a training job (dry run, quotas) and queue it."""
     spec = validate_train_spec(
-        body.get("spec"), settings=services().settings, session=db(), owner=current_owner()
+        asked.spec, settings=services().settings, session=db(), owner=current_owner()
     ).spec
-    refuse_unknown(
-        body, {"kind", "spec", "priority"}, "a training job is {'kind', 'spec', 'priority'}"
-    )
-    priority = job_priority(body.get("priority", DEFAULT_PRIORITY))
     check_queued_quota(session=db(), owner=current_owner(), settings=services().settings)
     return enqueue(
         session=db(),
@@ -71,30 +75,10 @@ def submit_train(body: dict[str, Any], idempotency: Idempotency | None = None) -
         kind="train",
         spec=spec.model_dump(mode="json"),
         queue=queue_for_device(spec.train.device),
-        priority=priority,
+        priority=asked.priority,
         source_job_id=spec.model.init_from.job_id if spec.model.init_from else None,
         idempotency=idempotency,
     )
-
-
-def job_priority(value: Any) -> int:
-    """A job's priority, 0 (last) to 9 (first); a 400 naming the field otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 9:
-        raise SpecError(
-            f"priority must be a whole number from 0 (runs last) to 9 (runs first), got {value!r}",
-            details=[{"loc": "priority", "msg": "expected an integer 0-9"}],
-        )
-    return value
-
-
-def submit_infer(body: dict[str, Any], idempotency: Idempotency | None = None) -> Job:
-    """An inference job from {"kind": "infer", "model_job_id", "checkpoint", "inputs"}."""
-    refuse_unknown(
-        body,
-        {"kind", "model_job_id", "checkpoint", "inputs"},
-        "an inference job is {'kind', 'model_job_id', 'checkpoint', 'inputs'}",
-    )
-    return queue_infer({k: v for k, v in body.items() if k != "kind"}, idempotency)
 
 
 def _decode_cursor(raw: str) -> tuple[datetime, uuid.UUID]:
@@ -113,21 +97,19 @@ def _encode_cursor(at: datetime, job_id: uuid.UUID) -> str:
 
 
 @bp.get("/jobs")
+@contract.validate(query=JobListQuery, resp=answers(HTTP_200=JobPage), tags=TAGS)
 def list_jobs() -> Response:
     """The caller's jobs, newest first, filtered by status / kind, paged by cursor."""
-    status = choice_arg("status", tuple(JobStatus))
-    kind = choice_arg("kind", JOB_KINDS)
+    asked: JobListQuery = query_model(JobListQuery)
     max_limit = services().settings.page_limit
-    limit = int_arg("limit", default=min(50, max_limit), lo=1, hi=max_limit)
-    assert limit is not None
-    cursor = request.args.get("cursor")
+    limit = within("limit", asked.limit, min(50, max_limit), max_limit)
     jobs = repository.list_jobs(
         session=db(),
         owner=current_owner(),
-        status=status,
-        kind=kind,
+        status=asked.status,
+        kind=asked.kind,
         limit=limit,
-        before=_decode_cursor(cursor) if cursor else None,
+        before=_decode_cursor(asked.cursor) if asked.cursor else None,
     )
     next_cursor = _encode_cursor(jobs[-1].created_at, jobs[-1].id) if len(jobs) == limit else None
     return jsonify(
@@ -136,6 +118,7 @@ def list_jobs() -> Response:
 
 
 @bp.get("/jobs/<job_id>")
+@contract.validate(resp=answers("HTTP_404", HTTP_200=JobOut), tags=TAGS, operation_id="getJob")
 def get_job(job_id: str) -> Response:
     """One job: status, progress, summary, error."""
     job = owned_job(job_id)
@@ -143,12 +126,18 @@ def get_job(job_id: str) -> Response:
 
 
 @bp.post("/jobs/<job_id>/cancel")
+@contract.validate(
+    resp=answers("HTTP_404", "HTTP_409", HTTP_202=JobOut), tags=TAGS, operation_id="cancelJob"
+)
 def cancel(job_id: str) -> tuple[Response, int]:
     """Queued jobs end at once; running ones stop at their next step (409 if already final)."""
     return _ask(job_id, repository.request_cancel)
 
 
 @bp.post("/jobs/<job_id>/preempt")
+@contract.validate(
+    resp=answers("HTTP_404", "HTTP_409", HTTP_202=JobOut), tags=TAGS, operation_id="preemptJob"
+)
 def preempt(job_id: str) -> tuple[Response, int]:
     """A running job checkpoints at its next heartbeat, goes back to the queue and resumes
     from there later, without using an attempt (409 unless it is running)."""
@@ -168,6 +157,7 @@ def _ask(job_id: str, request: Callable[..., None]) -> tuple[Response, int]:
 
 
 @bp.delete("/jobs/<job_id>")
+@contract.validate(resp=answers("HTTP_204", "HTTP_404"), tags=TAGS, operation_id="deleteJob")
 def delete_job(job_id: str) -> tuple[str, int]:
     """Delete one of the caller's jobs with everything it recorded (metrics, traces,
     checkpoints, events). A running job's worker loses its claim at its next heartbeat
@@ -184,6 +174,9 @@ def delete_job(job_id: str) -> tuple[str, int]:
 
 
 @bp.get("/jobs/<job_id>/events")
+@contract.validate(
+    resp=answers("HTTP_404", HTTP_200=Events), tags=TAGS, operation_id="getJobEvents"
+)
 def events(job_id: str) -> Response:
     """The job's lifecycle log, oldest first."""
     session = db()

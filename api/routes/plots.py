@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from api import charts
 from api.context import db, services
+from api.contract import answers, contract
 from api.ownership import owned_job
 from shared import repository
 from shared.errors import NotFound, SpecError
@@ -50,6 +51,11 @@ class PngCache:
 
 
 @bp.get("/jobs/<job_id>/plots/<name>.png")
+@contract.validate(
+    resp=answers("HTTP_200", "HTTP_304", "HTTP_404"),  # PNG bytes (api.routes.docs says so)
+    tags=["results"],
+    operation_id="getJobPlot",
+)
 def plot(job_id: str, name: str) -> Response:
     """One plot of the job as PNG; ETag / If-None-Match answer 304 while the job stands still."""
     if name not in charts.PLOTS:

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import uuid
-
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from api.auth import current_owner
 from api.context import db, services
+from api.contract import answers, contract, query_model
 from api.ownership import owned_job
 from api.reports import metrics_at_a_glance, model_description, spec_differences, timing
 from api.serialize import job_json
 from shared import repository
-from shared.errors import BadParameter, JobNotFound
+from shared.contract.queries import CompareQuery
+from shared.contract.responses import Comparison, JobSummary
+from shared.errors import JobNotFound
 from shared.models import Job
 
 bp = Blueprint("reports", __name__)
-MAX_COMPARE = 10
+TAGS = ["results"]
 
 
 def _training_job(job: Job) -> Job | None:
@@ -29,6 +30,9 @@ def _training_job(job: Job) -> Job | None:
 
 
 @bp.get("/jobs/<job_id>/summary")
+@contract.validate(
+    resp=answers("HTTP_404", HTTP_200=JobSummary), tags=TAGS, operation_id="getJobSummary"
+)
 def summary(job_id: str) -> Response:
     """Final and best metrics, counts, wall time, steps/s, print(model), named_parameters."""
     session = db()
@@ -45,30 +49,13 @@ def summary(job_id: str) -> Response:
     )
 
 
-def _ids() -> list[uuid.UUID]:
-    raw = [part.strip() for part in (request.args.get("ids") or "").split(",") if part.strip()]
-    if not 2 <= len(raw) <= MAX_COMPARE:
-        raise BadParameter(
-            f"ids must list 2 to {MAX_COMPARE} job ids, comma-separated",
-            details=[{"loc": "ids", "msg": f"{len(raw)} given"}],
-        )
-    ids = []
-    for part in raw:
-        try:
-            ids.append(uuid.UUID(part))
-        except ValueError:
-            raise BadParameter(
-                f"ids: {part!r} is not a job id", details=[{"loc": "ids", "msg": part}]
-            ) from None
-    return ids
-
-
 @bp.get("/compare")
+@contract.validate(query=CompareQuery, resp=answers("HTTP_404", HTTP_200=Comparison), tags=TAGS)
 def compare() -> Response:
     """Jobs side by side: status, timing, final / best metrics, and where their specs differ."""
     session = db()
     jobs = []
-    for job_id in _ids():
+    for job_id in query_model(CompareQuery).job_ids():
         try:
             jobs.append(repository.get_job(session=session, job_id=job_id, owner=current_owner()))
         except JobNotFound:

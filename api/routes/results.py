@@ -6,47 +6,55 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from api.context import db, services
+from api.contract import answers, contract, query_model, within
 from api.downsample import downsample
 from api.ownership import owned_job
-from api.params import choice_arg, int_arg
-from api.serialize import TRACE_STATS, trace_json
+from api.serialize import trace_json
 from shared import repository
-from shared.errors import BadParameter
+from shared.contract.queries import MetricsQuery, TracesQuery
+from shared.contract.responses import Metrics, Traces
 from shared.jsonvalues import json_float
 from shared.models import LayerTrace, RankTrace
-from shared.spec.hooks import HOOK_KINDS
 
 bp = Blueprint("results", __name__)
 
 
-def _limit() -> int:
+TAGS = ["results"]
+
+
+def _limit(asked: int | None) -> int:
     max_rows = services().settings.max_result_rows
-    limit = int_arg("limit", default=max_rows, lo=1, hi=max_rows)
-    assert limit is not None
-    return limit
+    return within("limit", asked, max_rows, max_rows)
 
 
 @bp.get("/jobs/<job_id>/metrics")
+@contract.validate(
+    query=MetricsQuery,
+    resp=answers("HTTP_404", HTTP_200=Metrics),
+    tags=TAGS,
+    operation_id="getJobMetrics",
+)
 def metrics(job_id: str) -> Response:
     """Metric series grouped by (name, split): points of (step, epoch, value).
 
     `max_points` thins each series server-side, keeping every bucket's first, lowest and
     highest point, so a loss spike stays visible in a plot of a million steps.
     """
+    asked: MetricsQuery = query_model(MetricsQuery)
     session = db()
     job = owned_job(job_id)
-    limit = _limit()
-    max_points = int_arg("max_points", default=None, lo=1, hi=100_000)
+    limit = _limit(asked.limit)
+    max_points = asked.max_points
     rows = repository.list_metrics(
         session=session,
         job_id=job.id,
-        name=request.args.get("name") or None,
-        split=request.args.get("split") or None,
-        from_step=int_arg("from_step", default=None),
-        to_step=int_arg("to_step", default=None),
+        name=asked.name,
+        split=asked.split,
+        from_step=asked.from_step,
+        to_step=asked.to_step,
         limit=limit,
     )
     truncated = len(rows) == limit
@@ -67,6 +75,12 @@ def metrics(job_id: str) -> Response:
 
 
 @bp.get("/jobs/<job_id>/traces")
+@contract.validate(
+    query=TracesQuery,
+    resp=answers("HTTP_404", HTTP_200=Traces),
+    tags=TAGS,
+    operation_id="getJobTraces",
+)
 def traces(job_id: str) -> Response:
     """Trace rows by layer glob, kind and inclusive step range (or one step: `at_step`);
     with `rank`, that rank's own rows of a distributed job (hooks.per_rank).
@@ -74,26 +88,18 @@ def traces(job_id: str) -> Response:
     `stat` keeps one statistic per row; `max_points` thins each (layer, kind) series,
     keeping every bucket's first, lowest and highest value of `stat` (default norm).
     """
+    asked: TracesQuery = query_model(TracesQuery)
     session = db()
     job = owned_job(job_id)
-    limit = _limit()
-    at_step = int_arg("at_step", default=None)
-    if at_step is not None and (request.args.get("from_step") or request.args.get("to_step")):
-        raise BadParameter(
-            "give at_step or a from_step / to_step range, not both",
-            details=[{"loc": "at_step"}],
-        )
-    stat = choice_arg("stat", TRACE_STATS)
-    max_points = int_arg("max_points", default=None, lo=1, hi=100_000)
-    # `rank`: one rank's own rows of a distributed job (hooks.per_rank), not the batch's.
-    rank = int_arg("rank", default=None, lo=0, hi=100_000)
+    limit = _limit(asked.limit)
+    at_step, stat, max_points, rank = asked.at_step, asked.stat, asked.max_points, asked.rank
     query: dict[str, Any] = {
         "session": session,
         "job_id": job.id,
-        "layer": request.args.get("layer") or None,
-        "kind": choice_arg("kind", HOOK_KINDS),
-        "from_step": at_step if at_step is not None else int_arg("from_step", default=None),
-        "to_step": at_step if at_step is not None else int_arg("to_step", default=None),
+        "layer": asked.layer,
+        "kind": asked.kind,
+        "from_step": at_step if at_step is not None else asked.from_step,
+        "to_step": at_step if at_step is not None else asked.to_step,
         "limit": limit,
     }
     rows: Sequence[LayerTrace | RankTrace] = (

@@ -8,9 +8,12 @@ from pathlib import Path
 
 import click
 
-from cli.options import client_options, make_client
+from cli.api import checked
+from cli.options import client_options, make_api
 from cli.render import summary_text, watch
 from cli.tables import number, table
+from shared.contract.queries import JobListQuery
+from shared.contract.requests import TrainJobRequest
 
 
 @click.command("submit")
@@ -26,9 +29,9 @@ def submit_cmd(spec_file: Path, priority: int, url: str | None, token: str | Non
         spec = json.loads(spec_file.read_text())
     except json.JSONDecodeError as exc:
         raise click.ClickException(f"{spec_file}: not valid JSON ({exc})") from None
-    body = {"kind": "train", "spec": spec, "priority": priority}
-    job = make_client(url, token).post_json("/api/v1/jobs", body)
-    click.echo(job["id"])
+    # Checked here first: a typo is named before anything is sent.
+    request = checked(TrainJobRequest, {"spec": spec, "priority": priority}, str(spec_file))
+    click.echo(make_api(url, token).submit(request).id)
 
 
 @click.command("watch")
@@ -36,10 +39,10 @@ def submit_cmd(spec_file: Path, priority: int, url: str | None, token: str | Non
 @client_options
 def watch_cmd(job_id: str, url: str | None, token: str | None) -> None:
     """Show a progress bar until the job ends, then its summary."""
-    client = make_client(url, token)
-    final = watch(client, job_id)
-    click.echo(summary_text(client, final))
-    if final["status"] != "succeeded":
+    api = make_api(url, token)
+    final = watch(api, job_id)
+    click.echo(summary_text(api, final))
+    if final.status != "succeeded":
         sys.exit(1)
 
 
@@ -50,18 +53,17 @@ def watch_cmd(job_id: str, url: str | None, token: str | None) -> None:
 @client_options
 def jobs_cmd(status: str | None, kind: str | None, limit: int, url: str, token: str) -> None:
     """Your jobs, newest first."""
-    params = {k: v for k, v in {"status": status, "kind": kind, "limit": limit}.items() if v}
-    listed = make_client(url, token).get_json("/api/v1/jobs", **params)["jobs"]
+    query = checked(JobListQuery, {"status": status, "kind": kind, "limit": limit}, "option")
     rows = []
-    for job in listed:
-        summary = job.get("summary") or {}
+    for job in make_api(url, token).jobs(query).jobs:
+        summary = job.summary or {}
         metrics = summary.get("metrics") or {}
-        prog = job["progress"]
-        step = f"{prog['step']}/{prog['total_steps'] or '?'}" if job["kind"] == "train" else ""
+        prog = job.progress
+        step = f"{prog.step}/{prog.total_steps or '?'}" if job.kind == "train" else ""
+        created = job.created_at.isoformat()[:19] if job.created_at else ""
         rows.append(
-            [job["id"], job["kind"], job["status"], step,
-             number(summary.get("final_loss")), number(metrics.get("val_accuracy")),
-             (job["created_at"] or "")[:19]]
+            [job.id, job.kind, job.status, step, number(summary.get("final_loss")),
+             number(metrics.get("val_accuracy")), created]
         )  # fmt: skip
     header = ["id", "kind", "status", "step", "loss", "val_acc", "created (UTC)"]
     click.echo(table(rows, header))
@@ -73,19 +75,19 @@ def jobs_cmd(status: str | None, kind: str | None, limit: int, url: str, token: 
 @client_options
 def show_cmd(job_id: str, as_json: bool, url: str, token: str) -> None:
     """A job's summary: status, timing, final and best metrics, the model."""
-    body = make_client(url, token).get_json(f"/api/v1/jobs/{job_id}/summary")
+    body = make_api(url, token).summary(job_id)
     if as_json:
-        click.echo(json.dumps(body, indent=2))
+        click.echo(json.dumps(body.model_dump(mode="json"), indent=2))
         return
-    job = body["job"]
-    lines = [f"job {job['id']} ({job['kind']}): {job['status']}"]
-    if job.get("error"):
-        lines.append(f"  error: {job['error']}")
+    job = body.job
+    lines = [f"job {job.id} ({job.kind}): {job.status}"]
+    if job.error:
+        lines.append(f"  error: {job.error}")
     lines.append(
-        f"  steps {number(body['steps'])}  wall {number(body['wall_s'])} s  "
-        f"{number(body['steps_per_s'])} steps/s  on {body['device'] or '-'}"
+        f"  steps {number(body.steps)}  wall {number(body.wall_s)} s  "
+        f"{number(body.steps_per_s)} steps/s  on {body.device or '-'}"
     )
-    series = body["metrics"]["series"]
+    series = body.metrics.series
     if series:
         rows = [
             [f"{s['split']}/{s['name']}", s["points"], number(s["last"]["value"]),
@@ -94,22 +96,17 @@ def show_cmd(job_id: str, as_json: bool, url: str, token: str) -> None:
             for s in series
         ]  # fmt: skip
         lines += ["", table(rows, ["metric", "points", "final", "best", "best epoch"])]
-    model = body.get("model")
+    model = body.model
     if model:
-        lines += ["", model["module_tree"], ""]
+        lines += ["", model.module_tree, ""]
         rows = [
-            [
-                p["name"],
-                "x".join(map(str, p["shape"])),
-                p["numel"],
-                "yes" if p["trainable"] else "no",
-            ]
-            for p in model["parameters"]
+            [p.name, "x".join(map(str, p.shape)), p.numel, "yes" if p.trainable else "no"]
+            for p in model.parameters
         ]
         lines.append(table(rows, ["parameter", "shape", "numel", "trainable"]))
         lines.append(
-            f"{model['param_count']:,} parameters ({model['trainable_count']:,} trainable, "
-            f"{model['frozen_count']:,} frozen)"
+            f"{model.param_count:,} parameters ({model.trainable_count:,} trainable, "
+            f"{model.frozen_count:,} frozen)"
         )
     click.echo("\n".join(lines))
 
@@ -119,9 +116,9 @@ def show_cmd(job_id: str, as_json: bool, url: str, token: str) -> None:
 @client_options
 def cancel_cmd(job_id: str, url: str, token: str) -> None:
     """Cancel a job (queued ones end at once, running ones at their next step)."""
-    job = make_client(url, token).post_json(f"/api/v1/jobs/{job_id}/cancel", {})
-    state = "cancel requested" if job["status"] == "running" else job["status"]
-    click.echo(f"job {job['id']}: {state}")
+    job = make_api(url, token).cancel(job_id)
+    state = "cancel requested" if job.status == "running" else job.status
+    click.echo(f"job {job.id}: {state}")
 
 
 @click.command("preempt")
@@ -129,8 +126,8 @@ def cancel_cmd(job_id: str, url: str, token: str) -> None:
 @client_options
 def preempt_cmd(job_id: str, url: str, token: str) -> None:
     """Checkpoint a running job and put it back in the queue; it resumes from there."""
-    job = make_client(url, token).post_json(f"/api/v1/jobs/{job_id}/preempt", {})
-    click.echo(f"job {job['id']}: preempt requested")
+    job = make_api(url, token).preempt(job_id)
+    click.echo(f"job {job.id}: preempt requested")
 
 
 COMMANDS = (submit_cmd, watch_cmd, jobs_cmd, show_cmd, cancel_cmd, preempt_cmd)

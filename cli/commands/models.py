@@ -9,8 +9,11 @@ from typing import Any
 
 import click
 
-from cli.options import client_options, make_client
+from cli.api import checked
+from cli.options import client_options, make_api
 from cli.tables import number, table
+from shared.contract.requests import PredictRequest
+from shared.contract.responses import Job
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -41,15 +44,15 @@ def predict_cmd(
     job_id: str, inputs: tuple[Path, ...], checkpoint: str, as_json: bool, url: str, token: str
 ) -> None:
     """Predict with a trained job's model: a .json of samples, or image files."""
-    client = make_client(url, token)
-    body = {"inputs": read_inputs(inputs), "checkpoint": checkpoint}
-    resp = client.request("POST", f"/api/v1/models/{job_id}/predict", json=body)
-    answer = resp.json()
-    if resp.status_code == 202:
+    api = make_api(url, token)
+    request = checked(PredictRequest, {"inputs": read_inputs(inputs), "checkpoint": checkpoint})
+    prediction = api.predict(job_id, request)
+    if isinstance(prediction, Job):  # 202: not answered within the wait
         raise click.ClickException(
-            f"still {answer['status']} after the wait: "
-            f"poll {client.base_url}/api/v1/jobs/{answer['id']}"
+            f"still {prediction.status} after the wait: "
+            f"poll {api.http.base_url}{prediction.links.self}"
         )
+    answer = prediction.model_dump(mode="json")
     if as_json:
         click.echo(json.dumps(answer, indent=2))
         return

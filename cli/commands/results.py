@@ -6,9 +6,11 @@ from pathlib import Path
 
 import click
 
+from cli.api import checked
 from cli.client import ApiClient
-from cli.options import client_options, make_client
+from cli.options import client_options, make_api, make_client
 from cli.tables import number, table, write_csv
+from shared.contract.queries import MetricsQuery, TracesQuery
 
 
 @click.command("metrics")
@@ -23,15 +25,11 @@ def metrics_cmd(
     url: str, token: str,
 ) -> None:  # fmt: skip
     """A job's metric series."""
-    params = {"name": name, "split": split, "max_points": max_points}
-    body = make_client(url, token).get_json(
-        f"/api/v1/jobs/{job_id}/metrics", **{k: v for k, v in params.items() if v is not None}
+    query = checked(
+        MetricsQuery, {"name": name, "split": split, "max_points": max_points}, "option"
     )
-    rows = [
-        [s["split"], s["name"], p["step"], p["epoch"], p["value"]]
-        for s in body["series"]
-        for p in s["points"]
-    ]
+    body = make_api(url, token).metrics(job_id, query)
+    rows = [[s.split, s.name, p.step, p.epoch, p.value] for s in body.series for p in s.points]
     header = ["split", "name", "step", "epoch", "value"]
     if as_csv:
         write_csv(header, rows)
@@ -55,14 +53,10 @@ def traces_cmd(
     """A job's per-layer hook statistics."""
     params = {"layer": layer, "kind": kind, "at_step": at_step, "stat": stat,
               "max_points": max_points}  # fmt: skip
-    body = make_client(url, token).get_json(
-        f"/api/v1/jobs/{job_id}/traces", **{k: v for k, v in params.items() if v is not None}
-    )
+    body = make_api(url, token).traces(job_id, checked(TracesQuery, params, "option"))
     columns = [stat] if stat else ["norm", "mean", "std", "min", "max", "zero_frac"]
     header = ["step", "kind", "layer", *columns]
-    rows = [
-        [t["step"], t["kind"], t["layer"], *(t.get(c) for c in columns)] for t in body["traces"]
-    ]
+    rows = [[t.step, t.kind, t.layer, *(getattr(t, c) for c in columns)] for t in body.traces]
     if as_csv:
         write_csv(header, rows)
     else:

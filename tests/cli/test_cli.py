@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -57,11 +58,18 @@ def test_submit_and_watch_against_live_api(live: LiveService, tmp_path: Path) ->
     assert f"job {job_id}: succeeded" in watched.output
     assert "gradient norms at step" in watched.output and "fc1.weight" in watched.output
 
+    # A spec the contract's model refuses is named before anything is sent...
     bad = tmp_path / "bad.json"
     bad.write_text('{"model": {"preset": "resnet"}, "data": {"dataset": "digits"}}')
     result = runner.invoke(main, ["submit", str(bad)])
     assert result.exit_code == 1
-    assert "HTTP 400 invalid_spec" in result.output and "spec.model.preset" in result.output
+    assert "invalid" in result.output and "spec.model.preset" in result.output
+    # ... and one only the API's dry run can refuse comes back as its 400.
+    lenet_28 = {"model": {"preset": "lenet"}, "data": {"dataset": "digits", "image_size": 28}}
+    bad.write_text(json.dumps(lenet_28))
+    result = runner.invoke(main, ["submit", str(bad)])
+    assert result.exit_code == 1
+    assert "HTTP 400 invalid_spec" in result.output and "fc1" in result.output
 
 
 @pytest.mark.e2e

@@ -20,6 +20,7 @@ from PIL import Image
 from cli.commands.checkpoints import verified
 from cli.main import main
 from cli.render import EtaClock, progress_line
+from shared.contract.responses import Job, Progress
 from shared.tensors import bytes_to_state_dict
 from tests.live import LiveService
 
@@ -143,10 +144,10 @@ def test_a_download_whose_sha256_differs_is_refused() -> None:
 
 def test_watch_shows_an_eta_from_the_progress_it_saw() -> None:
     clock = EtaClock()
-    job = {"status": "running", "progress": {"step": 10, "total_steps": 110, "epoch": 1,
-                                             "fraction": 10 / 110}}  # fmt: skip
+    progress = Progress(step=10, total_steps=110, epoch=1, fraction=10 / 110)
+    job = Job.model_construct(status="running", progress=progress)
     assert clock.eta(job, now=100.0) is None  # one observation: no rate yet
-    job["progress"] = {**job["progress"], "step": 30}
+    job.progress = progress.model_copy(update={"step": 30})
     eta = clock.eta(job, now=104.0)  # 20 steps in 4 s, 80 to go
     assert eta == pytest.approx(16.0)
     assert "ETA 0:16" in progress_line(job, 0.5, eta)
