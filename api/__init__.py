@@ -10,7 +10,6 @@ from flask import Flask
 from api import auth, errors, headers, text_guard
 from api.body import ApiRequest
 from api.context import Services, close_session
-from api.contract import contract
 from api.quotas import install_rate_limit
 from api.routes import checkpoints, docs, health, jobs, models, plots, reports, results, tokens
 from shared.config import Settings, get_settings
@@ -51,6 +50,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     for bp in (jobs.bp, results.bp, checkpoints.bp, models.bp, reports.bp, plots.bp, tokens.bp):
         api_v1.register_blueprint(bp)
     app.register_blueprint(api_v1)
-    contract.register(app)  # after the blueprints: the document lists their routes
     logging.getLogger(__name__).info("trainyard api on %s", settings.base_url())
     return app

@@ -14,6 +14,10 @@ from api.text_guard import check_json
 from shared.errors import SpecError
 
 _PARSED = "trainyard.json"  # where a request keeps its parsed body (environ: per request)
+# Deeper bodies are refused: no request needs more (a spec's layer tree or a batch of
+# images is a few levels), and one nested near the parser's own limit would fail every
+# later encoding of it (idempotency digest, JSONB) with a RecursionError.
+MAX_DEPTH = 64
 
 
 class ApiRequest(Request):
@@ -45,10 +49,30 @@ def json_body() -> dict[str, Any] | None:
         raise _not_an_object() from None
     if body is not None and not isinstance(body, dict):
         raise _not_an_object()
+    if body is not None and _deeper_than(MAX_DEPTH, body, text):
+        raise SpecError(
+            f"the request body is nested more than {MAX_DEPTH} levels deep",
+            details=[{"loc": "body", "msg": "nested too deeply"}],
+        )
     if body is not None:
         check_json(body, raw=text)  # NUL / lone surrogates: 400 here, not a failed INSERT
     request.environ[_PARSED] = body
     return body
+
+
+def _deeper_than(limit: int, body: dict[str, Any], text: str) -> bool:
+    """Whether containers nest more than `limit` deep; iteratively, and only walked when
+    the text has that many brackets at all (two C-speed counts for most bodies)."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
 
 
 def raw_body() -> dict[str, Any]:

@@ -9,7 +9,7 @@ and left alone otherwise: a check costs a second parse of every answer.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import current_app, request
 from pydantic import BaseModel, ValidationError
@@ -22,6 +22,7 @@ from shared.contract.errors import ErrorBody
 from shared.contract.queries import Query
 from shared.errors import BadParameter, SpecError
 
+M = TypeVar("M", bound=BaseModel)
 VERSION = "1"
 # Every route can answer these: a bad parameter or text (400), a missing token (401), a
 # scope the token lacks (403), a body over the limit (413), a request line over
@@ -38,6 +39,25 @@ class JsonBodyPlugin(FlaskPlugin):
 
     FORM_MIMETYPE = ()  # type: ignore[assignment]  # no body is read as a form
 
+    def request_validation(
+        self, request: Any, query: Any, json: Any, form: Any, headers: Any, cookies: Any
+    ) -> None:
+        """spectree's, raising the API's 400 itself: spectree would first JSON-encode the
+        errors with their inputs (the whole body), which a body nested near the parser's
+        limit cannot survive, and which costs a second encoding of every refused body."""
+        if query is not None:
+            _refuse_repeated(request.args)
+        try:
+            super().request_validation(  # type: ignore[no-untyped-call]
+                request, query, json, form, headers, cookies
+            )
+        except ValidationError as exc:
+            raise _as_api_error(exc) from None
+
+    def register_route(self, app: Any) -> None:
+        """Nothing: api.routes.docs serves the document and its page (spectree's own
+        pages would load their scripts from a CDN)."""
+
     def validate_response(
         self, resp: Any, resp_model: Any, skip_validation: bool, force_resp_serialize: bool
     ) -> Any:
@@ -47,12 +67,12 @@ class JsonBodyPlugin(FlaskPlugin):
         )
 
 
-def _refuse(
-    req: Any, resp: Any, error: Exception | None, instance: Any, adapter: Any = None
-) -> None:
-    """Turn spectree's validation error into the API's 400 (before the view runs)."""
-    if isinstance(error, ValidationError):
-        raise _as_api_error(error)
+def _refuse_repeated(args: Any) -> None:
+    for name in args:
+        if len(args.getlist(name)) > 1:
+            raise BadParameter(
+                f"{name!r} is given more than once", details=[{"loc": name, "msg": "repeated"}]
+            )
 
 
 def _after(
@@ -71,13 +91,14 @@ def _as_api_error(exc: ValidationError) -> BadParameter | SpecError:
     lines: list[str] = []
     for err, detail in zip(exc.errors(include_url=False), pydantic_details(exc, ""), strict=True):
         loc = detail["loc"].lstrip(".")
-        if query and err["loc"]:  # flat: drop the union member (`limit.int`)
+        if query and err["loc"]:  # flat: drop the union member (`limit.int`); '' stays ''
             loc = str(err["loc"][0])
             if any(d["loc"] == loc for d in details):
                 continue
-        if exc.title == "JobRequest":  # a tagged union: its first part is the tag
+        elif exc.title == "JobRequest":  # a tagged union: its first part is the tag
             loc = loc.partition(".")[2] if err["loc"] else "kind"
-        loc = loc or ("query" if query else "body")
+        elif not err["loc"]:  # a check of the whole query or body
+            loc = "query" if query else "body"
         msg = str(detail["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown {where}"
@@ -115,7 +136,6 @@ contract = SpecTree(
     path="apidoc",
     mode="strict",  # routes without @contract.validate stay out of the document
     annotations=False,
-    before=_refuse,
     after=_after,
     validation_error_status=400,
     validation_error_model=ErrorBody,
@@ -143,18 +163,20 @@ def answers(*codes: str, **models: Any) -> Response:
     return Response(*bare, **{**errors, **models})
 
 
-def body_model(model: type[BaseModel]) -> Any:
+def body_model(model: type[M]) -> M:
     """The validated body of this request (spectree put it on the request)."""
-    body = request.context.json  # type: ignore[attr-defined]
-    assert isinstance(body, model)
-    return body
+    return _validated(request.context.json, model)  # type: ignore[attr-defined]
 
 
-def query_model(model: type[BaseModel]) -> Any:
+def query_model(model: type[M]) -> M:
     """The validated query of this request."""
-    query = request.context.query  # type: ignore[attr-defined]
-    assert isinstance(query, model)
-    return query
+    return _validated(request.context.query, model)  # type: ignore[attr-defined]
+
+
+def _validated(found: Any, model: type[M]) -> M:
+    if not isinstance(found, model):  # a route asking for a model it did not declare
+        raise TypeError(f"this route validates no {model.__name__}")
+    return found
 
 
 _QUERY_MODELS = _query_models()

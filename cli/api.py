@@ -9,6 +9,7 @@ import uuid
 from typing import Any, TypeVar
 
 import click
+import requests
 from pydantic import BaseModel, ValidationError
 
 from cli.client import ApiClient
@@ -49,6 +50,20 @@ def _body(request: BaseModel) -> dict[str, Any]:
     return request.model_dump(mode="json", exclude_unset=True)
 
 
+def _answer(model: type[M], resp: requests.Response) -> M:
+    """The answer as `model`; one that does not fit (a server of another version) is a
+    line naming what did not, not a traceback."""
+    try:
+        return model.model_validate_json(resp.content)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        loc = ".".join(str(part) for part in err["loc"]) or "answer"
+        raise click.ClickException(
+            f"the API at {resp.url} answered outside the contract this client knows "
+            f"({model.__name__}: {loc}: {err['msg']}); is it another Trainyard version?"
+        ) from None
+
+
 def _params(query: BaseModel | None) -> dict[str, Any]:
     return query.model_dump(mode="json", exclude_none=True) if query is not None else {}
 
@@ -61,11 +76,11 @@ class Trainyard:
 
     def _get(self, model: type[M], path: str, query: BaseModel | None = None) -> M:
         resp = self.http.request("GET", f"/api/v1{path}", params=_params(query))
-        return model.model_validate_json(resp.content)
+        return _answer(model, resp)
 
     def _post(self, model: type[M], path: str, body: BaseModel | None = None) -> M:
         resp = self.http.request("POST", f"/api/v1{path}", json=_body(body) if body else {})
-        return model.model_validate_json(resp.content)
+        return _answer(model, resp)
 
     def submit(self, request: TrainJobRequest | InferJobRequest) -> Job:
         return self._post(Job, "/jobs", request)
@@ -107,5 +122,5 @@ class Trainyard:
         """The predictions (200), or the inference job to poll (202: not done in time)."""
         resp = self.http.request("POST", f"/api/v1/models/{job_id}/predict", json=_body(request))
         if resp.status_code == 202:
-            return Job.model_validate_json(resp.content)
-        return Prediction.model_validate_json(resp.content)
+            return _answer(Job, resp)
+        return _answer(Prediction, resp)

@@ -10,6 +10,7 @@ from api.contract import answers, contract
 from api.ownership import owned_job
 from api.serialize import checkpoint_json
 from shared import repository
+from shared.contract.queries import NoQuery
 from shared.contract.responses import Checkpoints
 
 bp = Blueprint("checkpoints", __name__)
@@ -17,6 +18,7 @@ bp = Blueprint("checkpoints", __name__)
 
 @bp.get("/jobs/<job_id>/checkpoints")
 @contract.validate(
+    query=NoQuery,
     resp=answers("HTTP_404", HTTP_200=Checkpoints),
     tags=["checkpoints"],
     operation_id="listCheckpoints",
@@ -31,6 +33,7 @@ def list_checkpoints(job_id: str) -> Response:
 
 @bp.get("/jobs/<job_id>/checkpoints/<ref>/state_dict")
 @contract.validate(
+    query=NoQuery,
     resp=answers("HTTP_200", "HTTP_404"),  # safetensors bytes (api.routes.docs says so)
     tags=["checkpoints"],
     operation_id="downloadStateDict",

@@ -23,7 +23,7 @@ from api.serialize import event_json, job_json
 from api.submit import enqueue, queue_infer
 from api.validation import validate_train_spec
 from shared import repository
-from shared.contract.queries import JobListQuery
+from shared.contract.queries import JobListQuery, NoQuery
 from shared.contract.requests import InferJobRequest, JobRequest, TrainJobRequest
 from shared.contract.responses import Events, JobPage
 from shared.contract.responses import Job as JobOut
@@ -37,6 +37,7 @@ TAGS = ["jobs"]
 
 @bp.post("/jobs")
 @contract.validate(
+    query=NoQuery,
     json=JobRequest,
     resp=answers("HTTP_404", "HTTP_422", "HTTP_507", HTTP_202=JobOut),
     tags=TAGS,
@@ -118,7 +119,9 @@ def list_jobs() -> Response:
 
 
 @bp.get("/jobs/<job_id>")
-@contract.validate(resp=answers("HTTP_404", HTTP_200=JobOut), tags=TAGS, operation_id="getJob")
+@contract.validate(
+    query=NoQuery, resp=answers("HTTP_404", HTTP_200=JobOut), tags=TAGS, operation_id="getJob"
+)
 def get_job(job_id: str) -> Response:
     """One job: status, progress, summary, error."""
     job = owned_job(job_id)
@@ -127,7 +130,10 @@ def get_job(job_id: str) -> Response:
 
 @bp.post("/jobs/<job_id>/cancel")
 @contract.validate(
-    resp=answers("HTTP_404", "HTTP_409", HTTP_202=JobOut), tags=TAGS, operation_id="cancelJob"
+    query=NoQuery,
+    resp=answers("HTTP_404", "HTTP_409", HTTP_202=JobOut),
+    tags=TAGS,
+    operation_id="cancelJob",
 )
 def cancel(job_id: str) -> tuple[Response, int]:
     """Queued jobs end at once; running ones stop at their next step (409 if already final)."""
@@ -136,7 +142,10 @@ def cancel(job_id: str) -> tuple[Response, int]:
 
 @bp.post("/jobs/<job_id>/preempt")
 @contract.validate(
-    resp=answers("HTTP_404", "HTTP_409", HTTP_202=JobOut), tags=TAGS, operation_id="preemptJob"
+    query=NoQuery,
+    resp=answers("HTTP_404", "HTTP_409", HTTP_202=JobOut),
+    tags=TAGS,
+    operation_id="preemptJob",
 )
 def preempt(job_id: str) -> tuple[Response, int]:
     """A running job checkpoints at its next heartbeat, goes back to the queue and resumes
@@ -157,7 +166,9 @@ def _ask(job_id: str, request: Callable[..., None]) -> tuple[Response, int]:
 
 
 @bp.delete("/jobs/<job_id>")
-@contract.validate(resp=answers("HTTP_204", "HTTP_404"), tags=TAGS, operation_id="deleteJob")
+@contract.validate(
+    query=NoQuery, resp=answers("HTTP_204", "HTTP_404"), tags=TAGS, operation_id="deleteJob"
+)
 def delete_job(job_id: str) -> tuple[str, int]:
     """Delete one of the caller's jobs with everything it recorded (metrics, traces,
     checkpoints, events). A running job's worker loses its claim at its next heartbeat
@@ -175,7 +186,7 @@ def delete_job(job_id: str) -> tuple[str, int]:
 
 @bp.get("/jobs/<job_id>/events")
 @contract.validate(
-    resp=answers("HTTP_404", HTTP_200=Events), tags=TAGS, operation_id="getJobEvents"
+    query=NoQuery, resp=answers("HTTP_404", HTTP_200=Events), tags=TAGS, operation_id="getJobEvents"
 )
 def events(job_id: str) -> Response:
     """The job's lifecycle log, oldest first."""

@@ -16,6 +16,7 @@ from api.ownership import parse_job_id
 from api.serialize import job_json
 from api.submit import queue_infer
 from api.validation import validate_train_spec
+from shared.contract.queries import NoQuery
 from shared.contract.requests import PredictRequest, SummaryRequest
 from shared.contract.responses import Job, ModelSummary, Prediction
 from shared.errors import InferenceFailed
@@ -26,6 +27,7 @@ bp = Blueprint("models", __name__)
 
 @bp.post("/models/summary")
 @contract.validate(
+    query=NoQuery,
     json=SummaryRequest,
     resp=answers("HTTP_404", HTTP_200=ModelSummary),
     tags=["models"],
@@ -44,6 +46,7 @@ def summary() -> Response:
 
 @bp.post("/models/<job_id>/predict")
 @contract.validate(
+    query=NoQuery,
     json=PredictRequest,
     resp=answers("HTTP_404", "HTTP_422", "HTTP_507", HTTP_200=Prediction, HTTP_202=Job),
     tags=["models"],

@@ -16,6 +16,7 @@ from api.context import db, services
 from api.contract import answers, contract
 from api.ownership import owned_job
 from shared import repository
+from shared.contract.queries import NoQuery
 from shared.errors import NotFound, SpecError
 from shared.models import Job, LayerTrace, Metric
 from shared.net.build import build_tree
@@ -52,6 +53,7 @@ class PngCache:
 
 @bp.get("/jobs/<job_id>/plots/<name>.png")
 @contract.validate(
+    query=NoQuery,
     resp=answers("HTTP_200", "HTTP_304", "HTTP_404"),  # PNG bytes (api.routes.docs says so)
     tags=["results"],
     operation_id="getJobPlot",

@@ -11,7 +11,7 @@ from api.ownership import owned_job
 from api.reports import metrics_at_a_glance, model_description, spec_differences, timing
 from api.serialize import job_json
 from shared import repository
-from shared.contract.queries import CompareQuery
+from shared.contract.queries import CompareQuery, NoQuery
 from shared.contract.responses import Comparison, JobSummary
 from shared.errors import JobNotFound
 from shared.models import Job
@@ -31,7 +31,10 @@ def _training_job(job: Job) -> Job | None:
 
 @bp.get("/jobs/<job_id>/summary")
 @contract.validate(
-    resp=answers("HTTP_404", HTTP_200=JobSummary), tags=TAGS, operation_id="getJobSummary"
+    query=NoQuery,
+    resp=answers("HTTP_404", HTTP_200=JobSummary),
+    tags=TAGS,
+    operation_id="getJobSummary",
 )
 def summary(job_id: str) -> Response:
     """Final and best metrics, counts, wall time, steps/s, print(model), named_parameters."""

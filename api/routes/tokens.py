@@ -9,7 +9,7 @@ from flask import Blueprint, Response, jsonify
 from api.auth import current_token
 from api.context import db
 from api.contract import answers, contract, query_model
-from shared.contract.queries import TokenListQuery
+from shared.contract.queries import NoQuery, TokenListQuery
 from shared.contract.responses import Token, Tokens
 from shared.errors import Forbidden
 from shared.models import ApiToken
@@ -46,17 +46,24 @@ def token_json(row: ApiToken) -> dict[str, Any]:
     }
 
 
+@bp.before_request
+def _admins_only() -> None:
+    # Before the parameters are looked at: a non-admin learns nothing but "not allowed".
+    _admin()
+
+
 @bp.get("/tokens")
 @contract.validate(query=TokenListQuery, resp=answers(HTTP_200=Tokens), tags=["tokens"])
 def tokens() -> Response:
     """Every token (or one owner's: `?owner=`), newest first; admin tokens only."""
-    _admin()
     rows = list_tokens(session=db(), owner=query_model(TokenListQuery).owner)
     return jsonify({"tokens": [token_json(r) for r in rows]})
 
 
 @bp.delete("/tokens/<int:token_id>")
-@contract.validate(resp=answers("HTTP_404", "HTTP_409", HTTP_200=Token), tags=["tokens"])
+@contract.validate(
+    query=NoQuery, resp=answers("HTTP_404", "HTTP_409", HTTP_200=Token), tags=["tokens"]
+)
 def revoke(token_id: int) -> Response:
     """Revoke a token: its next request is a 401; admin tokens only."""
     by = _admin()

@@ -5,19 +5,39 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, ConfigDict, Discriminator, Field, RootModel, StrictInt, Tag
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    RootModel,
+    StrictInt,
+    Tag,
+    field_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 
 from shared.spec import JobSpec
 from shared.spec.base import Strict
 from shared.spec.infer import CHECKPOINT_TAGS
 
 DEFAULT_PRIORITY = 5
+MAX_WAIT_SECONDS = 600
 
 
 def _priority(value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 9:
         raise ValueError(
             f"must be a whole number from 0 (runs last) to 9 (runs first), got {value!r}"
+        )
+    return value
+
+
+def _seconds(value: Any) -> Any:
+    number = not isinstance(value, bool) and isinstance(value, int | float)
+    if not number or not 0 <= value <= MAX_WAIT_SECONDS:
+        raise ValueError(
+            f"must be a number of seconds between 0 and {MAX_WAIT_SECONDS}, got {value!r}"
         )
     return value
 
@@ -108,9 +128,14 @@ class PredictRequest(Strict):
 
     inputs: Inputs
     checkpoint: Checkpoint = "final"
-    wait_seconds: float | None = Field(
+    wait_seconds: float | SkipJsonSchema[None] = Field(
         default=None,
-        ge=0,
-        le=600,
         description="How long to wait for the answer (TRAINYARD_PREDICT_WAIT_SECONDS at most)",
+        json_schema_extra={"minimum": 0, "maximum": MAX_WAIT_SECONDS},
     )
+
+    @field_validator("wait_seconds", mode="before")
+    @classmethod
+    def _given_means_a_number(cls, value: Any) -> Any:
+        # Before the type: a bool, a string or an explicit null is refused, not coerced.
+        return _seconds(value)

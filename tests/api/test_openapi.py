@@ -4,6 +4,7 @@ and is readable offline; requests that do not fit the models are 400s naming the
 from __future__ import annotations
 
 import re
+import uuid
 
 from flask import Flask
 from flask.testing import FlaskClient
@@ -107,3 +108,51 @@ def test_a_body_that_is_not_an_object_or_misses_a_field_is_named(
     assert empty["details"][0]["loc"] == "spec"
     kind = client.post("/api/v1/jobs", json={"kind": "x"}, headers=alice).get_json()["error"]
     assert kind["details"][0]["loc"] == "kind" and "'train' or 'infer'" in kind["message"]
+
+
+def test_a_body_nested_near_the_parsers_limit_is_a_400_not_a_500(
+    client: FlaskClient, alice: dict[str, str]
+) -> None:
+    for depth in (65, 500, 978, 979):
+        deep = '{"kind": "infer", "inputs": ' + "[" * depth + "1" + "]" * depth + "}"
+        resp = client.post(
+            "/api/v1/jobs", data=deep, headers={**alice, "Idempotency-Key": f"k{depth}"}
+        )
+        assert resp.status_code == 400, depth
+        error = resp.get_json()["error"]
+        assert error["details"][0]["loc"] == "body", depth
+        # Near the limit of Python's parser it is already refused as not JSON at all.
+        assert depth > 500 or "nested more than 64 levels" in error["message"]
+
+
+def test_wait_seconds_is_a_number_not_a_bool_a_string_or_null(
+    client: FlaskClient, alice: dict[str, str]
+) -> None:
+    path = "/api/v1/models/00000000-0000-0000-0000-000000000000/predict"
+    for wait in (True, "1", None, -1, 601):
+        body = {"inputs": [[0.0] * 10], "wait_seconds": wait}
+        error = client.post(path, json=body, headers=alice).get_json()["error"]
+        assert error["details"][0]["loc"] == "wait_seconds", wait
+
+
+def test_parameters_given_twice_or_unknown_anywhere_are_named(
+    client: FlaskClient, alice: dict[str, str]
+) -> None:
+    twice = client.get("/api/v1/jobs?limit=5&limit=6", headers=alice).get_json()["error"]
+    assert twice["message"] == "'limit' is given more than once"
+    job = "/api/v1/jobs/00000000-0000-0000-0000-000000000000"
+    typo = client.get(f"{job}?verbose=1", headers=alice).get_json()["error"]
+    assert typo["message"] == "unknown parameter 'verbose'"
+    unnamed = client.get("/api/v1/jobs?=5", headers=alice).get_json()["error"]
+    assert unnamed["message"] == "unknown parameter ''"
+    one = client.get(f"/api/v1/compare?ids={uuid.uuid4()},", headers=alice).get_json()["error"]
+    assert "must list 2 to 10 job ids" in one["message"]
+    long_layer = "a" * 255  # as long as layer_traces.layer holds
+    assert client.get(f"{job}/traces?layer={long_layer}", headers=alice).status_code == 404
+
+
+def test_a_non_admin_is_refused_before_its_parameters_are_read(
+    client: FlaskClient, alice: dict[str, str]
+) -> None:
+    resp = client.get("/api/v1/tokens?bogus=1&owner=" + "x" * 300, headers=alice)
+    assert resp.status_code == 403
