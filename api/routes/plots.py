@@ -99,14 +99,19 @@ def _plot_data(session: Session, job: Job, name: str) -> charts.PlotData:
     metrics: list[Metric] = []
     chart = charts.PLOTS[name]
     for split, metric in chart.metrics:
+        # Thinned in the database: a million-step series is drawn whole, end included.
         rows = repository.list_metrics(
-            session=session, job_id=job.id, split=split, name=metric, limit=limit
-        )
+            session=session, job_id=job.id, split=split, name=metric, limit=limit,
+            max_points=charts.LINE_BUCKETS,
+        )  # fmt: skip
         truncated |= len(rows) >= limit
         metrics += rows
     traces: list[LayerTrace] = []
     for kind in chart.trace_kinds:
-        traces = repository.list_traces(session=session, job_id=job.id, kind=kind, limit=limit)
+        traces = repository.list_traces(
+            session=session, job_id=job.id, kind=kind, limit=limit,
+            max_points=charts.LINE_BUCKETS,
+        )  # fmt: skip
         if traces:
             truncated |= len(traces) >= limit
             break

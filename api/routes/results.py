@@ -10,7 +10,6 @@ from flask import Blueprint, Response, jsonify
 
 from api.context import db, services
 from api.contract import answers, contract, query_model, within
-from api.downsample import downsample
 from api.ownership import owned_job
 from api.serialize import trace_json
 from shared import repository
@@ -40,14 +39,14 @@ def _limit(asked: int | None) -> int:
 def metrics(job_id: str) -> Response:
     """Metric series grouped by (name, split): points of (step, epoch, value).
 
-    `max_points` thins each series server-side, keeping every bucket's first, lowest and
-    highest point, so a loss spike stays visible in a plot of a million steps.
+    `max_points` thins each series in the database (before `limit`), keeping every
+    bucket's first, lowest and highest point, so a loss spike stays visible in a plot of
+    a million steps and the end of a long series is never cut.
     """
     asked: MetricsQuery = query_model(MetricsQuery)
     session = db()
     job = owned_job(job_id)
     limit = _limit(asked.limit)
-    max_points = asked.max_points
     rows = repository.list_metrics(
         session=session,
         job_id=job.id,
@@ -56,16 +55,9 @@ def metrics(job_id: str) -> Response:
         from_step=asked.from_step,
         to_step=asked.to_step,
         limit=limit,
+        max_points=asked.max_points,
     )
     truncated = len(rows) == limit
-    if max_points is not None:
-        rows = downsample(
-            rows,
-            max_points=max_points,
-            step=lambda r: r.step,
-            series=lambda r: (r.name, r.split),
-            value=lambda r: r.value,
-        )
     series: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         point = {"step": row.step, "epoch": row.epoch, "value": json_float(row.value)}
@@ -92,7 +84,10 @@ def traces(job_id: str) -> Response:
     session = db()
     job = owned_job(job_id)
     limit = _limit(asked.limit)
-    at_step, stat, max_points, rank = asked.at_step, asked.stat, asked.max_points, asked.rank
+    at_step, stat, rank = asked.at_step, asked.stat, asked.rank
+    thin_on = stat or "norm"
+    if rank is not None and not hasattr(RankTrace, thin_on):  # a rank has no update ratio
+        thin_on = "norm"
     query: dict[str, Any] = {
         "session": session,
         "job_id": job.id,
@@ -101,6 +96,8 @@ def traces(job_id: str) -> Response:
         "from_step": at_step if at_step is not None else asked.from_step,
         "to_step": at_step if at_step is not None else asked.to_step,
         "limit": limit,
+        "max_points": asked.max_points,
+        "stat": thin_on,
     }
     rows: Sequence[LayerTrace | RankTrace] = (
         repository.list_traces(**query)
@@ -108,14 +105,5 @@ def traces(job_id: str) -> Response:
         else repository.list_rank_traces(**query, rank=rank)
     )
     truncated = len(rows) == limit
-    if max_points is not None:
-        column = stat or "norm"
-        rows = downsample(
-            rows,
-            max_points=max_points,
-            step=lambda r: r.step,
-            series=lambda r: (r.layer, r.kind),
-            value=lambda r: getattr(r, column, None),  # a rank row has no update_ratio
-        )
     body = [trace_json(r, only=stat) for r in rows]
     return jsonify({"job_id": str(job.id), "traces": body, "truncated": truncated})

@@ -6,12 +6,13 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, Table, delete, func, select
+from sqlalchemy import Table, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from shared.models import LayerTrace, Metric, RankTrace
+from shared.repository.thinning import thinned_rows
 
 T = TypeVar("T")  # the row type of a select()
 
@@ -63,13 +64,14 @@ def delete_rows_after(*, session: Session, job_id: uuid.UUID, step: int) -> None
         session.execute(delete(model).where(model.job_id == job_id, model.step > step))
 
 
-def _step_range(query: Select[T], column: Any, low: int | None, high: int | None) -> Select[T]:
-    """Restrict `query` to low <= column <= high (either bound may be open)."""
+def _step_bounds(column: Any, low: int | None, high: int | None) -> list[Any]:
+    """low <= column <= high (either bound may be open), as WHERE terms."""
+    terms = []
     if low is not None:
-        query = query.where(column >= low)
+        terms.append(column >= low)
     if high is not None:
-        query = query.where(column <= high)
-    return query
+        terms.append(column <= high)
+    return terms
 
 
 def list_metrics(
@@ -81,14 +83,23 @@ def list_metrics(
     from_step: int | None = None,
     to_step: int | None = None,
     limit: int | None = None,
+    max_points: int | None = None,
 ) -> list[Metric]:
-    """A job's metric points ordered by name, split, step; step bounds are inclusive."""
-    query = select(Metric).where(Metric.job_id == job_id)
+    """A job's metric points ordered by name, split, step; step bounds are inclusive.
+    With `max_points`, each series is thinned in the database first (thinning.py)."""
+    where = [Metric.job_id == job_id, *_step_bounds(Metric.step, from_step, to_step)]
     if name:
-        query = query.where(Metric.name == name)
+        where.append(Metric.name == name)
     if split:
-        query = query.where(Metric.split == split)
-    query = _step_range(query, Metric.step, from_step, to_step)
+        where.append(Metric.split == split)
+    if max_points is not None:
+        rows = thinned_rows(
+            session, model=Metric, where=where, keys=[Metric.name, Metric.split],
+            value=Metric.value, max_points=max_points,
+        )  # fmt: skip
+        rows.sort(key=lambda r: (r.name, r.split, r.step))
+        return rows[:limit]
+    query = select(Metric).where(*where)
     query = query.order_by(Metric.name, Metric.split, Metric.step).limit(limit)
     return list(session.scalars(query))
 
@@ -102,9 +113,14 @@ def list_traces(
     from_step: int | None = None,
     to_step: int | None = None,
     limit: int,
+    max_points: int | None = None,
+    stat: str = "norm",
 ) -> list[LayerTrace]:
-    """Trace rows ordered by step then layer; step bounds are inclusive."""
-    return _traces(LayerTrace, job_id, layer, kind, from_step, to_step, limit)(session)
+    """Trace rows ordered by step then layer; step bounds are inclusive. With
+    `max_points`, each (layer, kind) series is thinned in the database on `stat`."""
+    read = _traces(LayerTrace, job_id, layer, kind, from_step, to_step, limit,
+                   thin=(max_points, stat))  # fmt: skip
+    return read(session)
 
 
 def list_rank_traces(
@@ -117,9 +133,12 @@ def list_rank_traces(
     from_step: int | None = None,
     to_step: int | None = None,
     limit: int,
+    max_points: int | None = None,
+    stat: str = "norm",
 ) -> list[RankTrace]:
     """One rank's rank-local trace rows (hooks.per_rank), ordered as list_traces'."""
-    read = _traces(RankTrace, job_id, layer, kind, from_step, to_step, limit, rank=rank)
+    read = _traces(RankTrace, job_id, layer, kind, from_step, to_step, limit, rank=rank,
+                   thin=(max_points, stat))  # fmt: skip
     return read(session)
 
 
@@ -132,17 +151,27 @@ def _traces(
     to_step: int | None,
     limit: int,
     rank: int | None = None,
+    thin: tuple[int | None, str] = (None, "norm"),
 ) -> Callable[[Session], list[Any]]:
-    query = select(model).where(model.job_id == job_id)
+    where = [model.job_id == job_id, *_step_bounds(model.step, from_step, to_step)]
     if rank is not None:
-        query = query.where(model.rank == rank)
+        where.append(model.rank == rank)
     if layer and any(c in layer for c in "*?"):
-        query = query.where(model.layer.like(glob_to_like(layer), escape="\\"))
+        where.append(model.layer.like(glob_to_like(layer), escape="\\"))
     elif layer:  # no wildcard: an exact (case-sensitive everywhere) match
-        query = query.where(model.layer == layer)
+        where.append(model.layer == layer)
     if kind:
-        query = query.where(model.kind == kind)
-    query = _step_range(query, model.step, from_step, to_step)
+        where.append(model.kind == kind)
+    max_points, stat = thin
+    if max_points is not None:
+        return lambda session: sorted(
+            thinned_rows(
+                session, model=model, where=where, keys=[model.layer, model.kind],
+                value=getattr(model, stat), max_points=max_points,
+            ),
+            key=lambda r: (r.step, r.kind, r.layer),
+        )[:limit]  # fmt: skip
+    query = select(model).where(*where)
     query = query.order_by(model.step, model.kind, model.layer).limit(limit)
     return lambda session: list(session.scalars(query))
 
