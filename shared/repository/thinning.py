@@ -9,10 +9,10 @@ at most 3 x `max_points` + 1 rows per series leave the database. A NaN counts as
 highest value (PostgreSQL orders it above every number; SQLite stores it as text, which
 it orders above numbers too), so a divergence shows.
 
-Per series: its first and last step (an index lookup), one GROUP BY pass over its rows
-that finds each bucket's first, lowest and highest step at once (on PostgreSQL by the
-least and greatest ARRAY[value, step]; SQLite returns the row of a lone min() / max(), so
-there it is three passes), then the kept rows by key.
+Per series: its first and last step (an index lookup); one GROUP BY pass over its rows
+for each bucket's first step and extremes, and one for the earliest step holding each
+extreme (SQLite returns the row of a lone min() / max(), so there it is one pass per
+extreme); then the kept rows by key.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, Float, cast, func, select
-from sqlalchemy.dialects.postgresql import ARRAY, array
+from sqlalchemy import BigInteger, ColumnElement, cast, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 
@@ -49,20 +48,32 @@ def thinned_rows(
     return rows
 
 
+def _key(value: float) -> float | str:
+    # NaN equals nothing, itself included: key it by name.
+    return "NaN" if value != value else value
+
+
 def _bucket_steps(
     session: Session, where: list[Any], step: Any, value: Any, bucket: Any
 ) -> set[int]:
     """Every bucket's first step and the steps of its lowest and highest value."""
     if session.get_bind().dialect.name == "postgresql":
-        pair = ARRAY(Float)
-        lowest = func.min(array([value, cast(step, Float)]), type_=pair)[2]
-        highest = func.max(array([value, -cast(step, Float)]), type_=pair)[2]
-        query = select(func.min(step), lowest, highest).where(*where).group_by(bucket)
+        # Two plain passes beat one that builds an ARRAY per row (measured): each bucket's
+        # first step and extremes, then the earliest step holding each extreme.
+        per_bucket = select(bucket, func.min(step), func.min(value), func.max(value))
         found: set[int] = set()
-        for first, low, high in session.execute(query):
+        extremes: set[tuple[int, float | str]] = set()
+        wanted: dict[float | str, float] = {}
+        for number, first, low, high in session.execute(per_bucket.where(*where).group_by(bucket)):
             found.add(first)
-            if low is not None:  # a bucket whose values are all NULL has no extremes
-                found.update((int(low), -int(high)))
+            for extreme in (low, high) if low is not None else ():  # all NULL: none
+                extremes.add((number, _key(extreme)))
+                wanted[_key(extreme)] = extreme
+        if wanted:
+            holders = select(bucket, value, func.min(step)).where(*where, value.in_(list(wanted)))
+            for number, held, at in session.execute(holders.group_by(bucket, value)):
+                if (number, _key(held)) in extremes:
+                    found.add(at)
         return found
     # SQLite: the bare `step` is that of the row holding the lone min() / max().
     found = set(session.scalars(select(func.min(step)).where(*where).group_by(bucket)))
