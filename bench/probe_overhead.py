@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +35,9 @@ from worker.sinks import DatabaseSink
 from worker.training.callbacks import Callback
 from worker.training.data import make_datasets, make_loader
 from worker.training.loop import fit
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peers  # a sibling module: the benches run as `python bench/<name>.py`
 
 SERVER = os.environ.get("TRAINYARD_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 MODELS = {"mlp": ("neural_network", [1, 28, 28]), "lenet": ("lenet", [1, 32, 32])}
@@ -86,11 +90,14 @@ class Stamps(Callback):
         self.times.append(time.perf_counter())
 
 
-def plain_loop(spec: JobSpec, device: str, *, reference: bool = False) -> float:
+def plain_loop(
+    spec: JobSpec, device: str, *, reference: bool = False, peer: str | None = None
+) -> float:
     """The seed's loop written out: zero_grad / forward / loss / backward / step.
 
     `reference` adds the issue's lean in-process reference: one torch._foreach_norm over
     every gradient and one host transfer per step, no I/O (norms only, nothing stored).
+    `peer` attaches one of the peers' gradient logging (bench/peers.py) instead.
     """
     torch.manual_seed(spec.train.seed)
     model = build_model(spec.model).to(device)
@@ -98,8 +105,9 @@ def plain_loop(spec: JobSpec, device: str, *, reference: bool = False) -> float:
     loader = make_loader(train.train, batch_size=64, shuffle=True, seed=spec.train.seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=spec.train.optimizer.lr)
     criterion = nn.CrossEntropyLoss()
+    logger = peers.PEERS[peer](model) if peer else None
     stamps = []
-    for x, y in loader:
+    for step, (x, y) in enumerate(loader, start=1):
         x, y = x.to(device), y.to(device)
         optimizer.zero_grad()
         loss = criterion(model(x), y)
@@ -107,9 +115,13 @@ def plain_loop(spec: JobSpec, device: str, *, reference: bool = False) -> float:
         if reference:
             grads = [p.grad for p in model.parameters() if p.grad is not None]
             torch.stack(torch._foreach_norm(grads)).cpu()
+        if logger is not None:
+            logger.after_backward(model, step, loss.item())
         optimizer.step()
         loss.item()
         stamps.append(time.perf_counter())
+    if logger is not None:
+        logger.close()
     return rate(stamps)
 
 
@@ -178,6 +190,13 @@ def main() -> None:
                     plain, args.device, reference=True
                 ),
             }
+            if peers.available():  # the bench extra: pip install -e '.[bench]'
+                for label in peers.PEERS:
+                    runs[label] = lambda plain=plain, label=label: plain_loop(  # type: ignore[misc]
+                        plain, args.device, peer=label
+                    )
+            else:
+                print("wandb / tensorboard not installed: peer rows left out")
             for name, hooks in VARIANTS.items():
                 spec = job(preset, shape, args.steps, args.device, hooks)
                 runs[name] = lambda spec=spec: service_fit(spec, db)  # type: ignore[misc]
@@ -194,7 +213,7 @@ def main() -> None:
             )
             for name, values in results.items():
                 med = statistics.median(values)
-                print(f"  {name:<34} {med:8.1f} steps/s   {med / base:5.2f}x plain")
+                print(f"  {name:<44} {med:8.1f} steps/s   {med / base:5.2f}x plain")
         print(f"\ntrace rows written to PostgreSQL: {trace_rows(db):,}")
     finally:
         db.drop()
