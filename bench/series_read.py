@@ -12,6 +12,8 @@ points (train/loss), loaded with COPY into a scratch PostgreSQL database
                that reads the rows themselves must do (the baseline of the ratio)
   old path     the previous read: the first TRAINYARD_MAX_RESULT_ROWS rows (50,000), which
                lose the series' end, thinned in Python afterwards
+  plots        what GET .../plots/loss.png and grad_flow.png do: the thinned read at the
+               plots' resolution (api.charts.LINE_BUCKETS per series), then the PNG
 The target of the issue (< 100 ms on PostgreSQL) needs pre-aggregated rollups; the
 printed ratio says how far plain SQL over the rows is from one scan of them.
 """
@@ -36,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchkit import create_database, drop_database
 
+from api import charts
 from api.downsample import downsample
 from shared import repository
 from shared.db import make_engine, make_session_factory, session_scope
@@ -122,6 +125,20 @@ def main() -> None:
                     series=lambda r: 0, value=lambda r: r.norm,
                 )  # fmt: skip
                 times.setdefault("old path", []).append(time.perf_counter() - t0)
+                for plot, read_rows in (
+                    ("loss.png", lambda s: {"metrics": repository.list_metrics(
+                        session=s, job_id=job_id, split="train", name="loss",
+                        limit=OLD_LIMIT, max_points=charts.LINE_BUCKETS)}),
+                    ("grad_flow.png", lambda s: {"traces": repository.list_traces(
+                        session=s, job_id=job_id, kind="param_grad",
+                        limit=OLD_LIMIT, max_points=charts.LINE_BUCKETS)}),
+                ):  # fmt: skip
+                    t0 = time.perf_counter()
+                    data = charts.PlotData(job=str(job_id), last_step=args.points,
+                                           **read_rows(session))  # fmt: skip
+                    png = charts.render(plot.removesuffix(".png"), data)
+                    times.setdefault(f"plot {plot}", []).append(time.perf_counter() - t0)
+                    found[f"plot {plot}"] = f"{len(png):,} bytes of PNG"
                 found["old path"] = (
                     f"{len(thin):,} rows; last step read {max(r.step for r in old):,} "
                     f"of {args.points:,}"
