@@ -40,9 +40,14 @@ def checked(model: type[M], data: Any, what: str = "request") -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        loc = ".".join(str(part) for part in err["loc"]) or what
-        raise click.ClickException(f"invalid {what}: {loc}: {err['msg']}") from None
+        raise click.ClickException(f"invalid {what}: {_first_error(exc, what)}") from None
+
+
+def _first_error(exc: ValidationError, whole: str) -> str:
+    """`loc: msg` of the first error; `whole` names the value when the error is of all of it."""
+    err = exc.errors(include_url=False)[0]
+    loc = ".".join(str(part) for part in err["loc"]) or whole
+    return f"{loc}: {err['msg']}"
 
 
 def _body(request: BaseModel) -> dict[str, Any]:
@@ -56,11 +61,10 @@ def _answer(model: type[M], resp: requests.Response) -> M:
     try:
         return model.model_validate_json(resp.content)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        loc = ".".join(str(part) for part in err["loc"]) or "answer"
         raise click.ClickException(
             f"the API at {resp.url} answered outside the contract this client knows "
-            f"({model.__name__}: {loc}: {err['msg']}); is it another Trainyard version?"
+            f"({model.__name__}: {_first_error(exc, 'answer')}); "
+            "is it another Trainyard version?"
         ) from None
 
 

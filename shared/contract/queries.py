@@ -98,7 +98,7 @@ class CompareQuery(Query):
     @field_validator("ids")
     @classmethod
     def _job_ids(cls, value: str) -> str:
-        parts = [part.strip() for part in value.split(",") if part.strip()]
+        parts = _listed(value)
         if not 2 <= len(parts) <= MAX_COMPARE:
             raise ValueError(f"must list 2 to {MAX_COMPARE} job ids, comma-separated")
         for part in parts:
@@ -109,7 +109,12 @@ class CompareQuery(Query):
         return value
 
     def job_ids(self) -> list[uuid.UUID]:
-        return [uuid.UUID(part.strip()) for part in self.ids.split(",") if part.strip()]
+        return [uuid.UUID(part) for part in _listed(self.ids)]
+
+
+def _listed(value: str) -> list[str]:
+    """The comma-separated items of `value`, blanks left out (`a,b,` is two)."""
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 class TokenListQuery(Query):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import Table, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -13,8 +13,6 @@ from sqlalchemy.orm import Session
 
 from shared.models import LayerTrace, Metric, RankTrace
 from shared.repository.thinning import thinned_rows
-
-T = TypeVar("T")  # the row type of a select()
 
 # Rows per INSERT statement: large enough to amortise round trips, small enough for
 # SQLite's bound-parameter limit (13 columns x 2000 < 32766).
