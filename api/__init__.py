@@ -12,10 +12,13 @@ from api.body import ApiRequest
 from api.context import Services, close_session
 from api.quotas import install_rate_limit
 from api.routes import checkpoints, docs, health, jobs, models, plots, reports, results, tokens
+from api.serving import ServingLine
+from api.token_cache import TokenCache
 from shared.config import Settings, get_settings
 from shared.db import make_engine, make_session_factory
 from shared.notify import JobEndSignal
 from shared.queues import make_celery
+from shared.revocations import Revocations
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -27,6 +30,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["TRAINYARD_CHECK_RESPONSES"] = settings.check_responses
     app.json.sort_keys = False  # type: ignore[attr-defined]
     engine = make_engine(settings.resolved_database_url())
+    revocations = Revocations(settings.resolved_broker_url())
     app.extensions["trainyard"] = Services(
         settings=settings,
         engine=engine,
@@ -34,6 +38,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         celery=make_celery(settings),
         job_ended=JobEndSignal(settings.resolved_broker_url()),
         predict_waiters=threading.BoundedSemaphore(max(0, settings.predict_max_waiting)),
+        tokens=TokenCache(revocations, settings.token_cache_seconds),
+        revocations=revocations,
+        serving=ServingLine.for_broker(
+            settings.resolved_broker_url(), enabled=settings.predict_serving
+        ),
     )
     app.teardown_appcontext(close_session)
 

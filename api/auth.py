@@ -8,13 +8,15 @@ import time
 from collections.abc import Callable
 
 from flask import Blueprint, g, request
+from sqlalchemy import update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from api.context import db, services
 from shared.audit import audit
 from shared.errors import Forbidden, Unauthorized
 from shared.models import ApiToken, utcnow
-from shared.tokens import check_token
+from shared.tokens import check_token, hash_token, is_expired
 
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
 # POSTs that only compute an answer from the body and store nothing: `read` is enough.
@@ -36,10 +38,7 @@ def protected_blueprint() -> Blueprint:
         scheme, _, plaintext = header.partition(" ")
         if scheme.lower() != "bearer" or not plaintext.strip():
             _refuse("missing bearer token (Authorization: Bearer <token>)", None)
-        token, why_not = check_token(session=db(), plaintext=plaintext.strip())
-        if why_not is not None:
-            _refuse(why_not, plaintext.strip())
-        assert token is not None
+        token = _live_token(plaintext.strip())
         reads = request.method in READ_METHODS or request.endpoint in READ_ONLY_POSTS
         scope = "read" if reads else "submit"
         if scope not in token.scopes.split(","):
@@ -51,11 +50,30 @@ def protected_blueprint() -> Blueprint:
         now = utcnow()
         # A write per request would serialise the API on SQLite; a minute's precision will do.
         if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
-            token.last_used_at = now
+            db().execute(update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=now))
             db().commit()
+            set_committed_value(token, "last_used_at", now)
         g.owner, g.token = token.owner, token
 
     return bp
+
+
+def _live_token(plaintext: str) -> ApiToken:
+    """The live token with this plaintext (from the process's cache when it may be
+    trusted), or a 401 naming why not."""
+    cache = services().tokens
+    hashed = hash_token(plaintext)
+    token, generation = cache.lookup(hashed)
+    if token is not None and not is_expired(token):
+        return token
+    if token is not None:
+        cache.forget(hashed)
+    token, why_not = check_token(session=db(), plaintext=plaintext)
+    if why_not is not None:
+        _refuse(why_not, plaintext)
+    assert token is not None
+    cache.keep(hashed, token, generation)
+    return token
 
 
 class FailureBudget:

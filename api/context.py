@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from celery import Celery
 from flask import current_app, g
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.inference import PinnedModels
+from api.serving import ServingLine
+from api.token_cache import TokenCache
 from shared.config import Settings
 from shared.notify import JobEndSignal
+from shared.revocations import Revocations
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,13 @@ class Services:
     job_ended: JobEndSignal
     # Bounds the request threads a flood of predictions can hold while they wait.
     predict_waiters: threading.BoundedSemaphore
+    # Checked tokens, trusted while no token has been revoked (shared.revocations).
+    tokens: TokenCache
+    revocations: Revocations
+    # Synchronous predictions to warm inference workers over Redis (None: job path only).
+    serving: ServingLine | None = None
+    # The serving line's model lookups, trusted for a short while.
+    pins: PinnedModels = field(default_factory=PinnedModels)
 
 
 def services() -> Services:
@@ -39,6 +50,14 @@ def db() -> Session:
         g.db_session = services().sessions()
     session: Session = g.db_session
     return session
+
+
+def release_db() -> None:
+    """End this request's transaction and return its connection, if it has one (before a
+    long wait); a later db() opens a new one."""
+    session: Session | None = g.get("db_session")
+    if session is not None:
+        session.close()
 
 
 def close_session(exc: BaseException | None) -> None:

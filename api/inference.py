@@ -7,7 +7,10 @@ cache key is known before the job runs and a later checkpoint cannot change the 
 
 from __future__ import annotations
 
+import threading
 import time
+import uuid
+from collections import OrderedDict
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,16 +23,28 @@ from shared import repository
 from shared.config import Settings
 from shared.errors import NotFound, SpecError
 from shared.infer_inputs import InputLimits, inputs_tensor
-from shared.models import FINAL_STATUSES, Job
+from shared.models import FINAL_STATUSES, Job, JobStatus, utcnow
 from shared.notify import JobEndSignal
-from shared.spec import InferSpec
+from shared.serving import PredictCall
+from shared.spec import DataSpec, InferSpec
 from shared.spec_check import load_stored_spec
+
+# How long the serving line trusts a model lookup (see PinnedModels).
+PIN_SECONDS = 2.0
+_PinKey = tuple[str, uuid.UUID, str]
 
 
 def validate_infer(
-    fields: dict[str, Any], *, session: Session, owner: str, settings: Settings
+    fields: dict[str, Any],
+    *,
+    session: Session,
+    owner: str,
+    settings: Settings,
+    pins: PinnedModels | None = None,
 ) -> InferSpec:
-    """The request, its checkpoint pinned; 400 / 404 / 413 naming the field otherwise."""
+    """The request, its checkpoint pinned; 400 / 404 / 413 naming the field otherwise.
+
+    With `pins`, a model looked up in the last PIN_SECONDS is not looked up again."""
     try:
         request = InferSpec.model_validate(
             {k: v for k, v in fields.items() if k != "checkpoint_id"}
@@ -40,6 +55,19 @@ def validate_infer(
             d["loc"] = d["loc"].lstrip(".")
         first = details[0]
         raise SpecError(f"{first['loc']}: {first['msg']}", details=details) from None
+    key = (owner, request.model_job_id, request.checkpoint)
+    pinned = pins.get(key) if pins is not None else None
+    if pinned is None:
+        pinned = _pin(session, owner, request)
+        if pins is not None:
+            pins.put(key, pinned)
+    request.checkpoint_id, data = pinned
+    inputs_tensor(request.inputs, data, InputLimits.of(settings))
+    return request
+
+
+def _pin(session: Session, owner: str, request: InferSpec) -> tuple[uuid.UUID, DataSpec]:
+    """The checkpoint the request's reference points at, and the training data's spec."""
     source = repository.get_job(session=session, job_id=request.model_job_id, owner=owner)
     if source.kind != "train":
         raise SpecError(
@@ -57,9 +85,61 @@ def validate_infer(
             details=[{"loc": "checkpoint", "msg": "not found"}],
         ) from None
     train_spec = load_stored_spec(source.spec, job_id=source.id, loc="model_job_id")
-    inputs_tensor(request.inputs, train_spec.data, InputLimits.of(settings))
-    request.checkpoint_id = ckpt_id
-    return request
+    return ckpt_id, train_spec.data
+
+
+class PinnedModels:
+    """(owner, model job, checkpoint reference) -> (checkpoint id, data spec), each kept
+    PIN_SECONDS: the serving line's requests for a warm model read nothing from the
+    database. The price: a model job deleted, or a "best" / "latest" checkpoint moved,
+    is seen by this process up to PIN_SECONDS later."""
+
+    def __init__(self, ttl_seconds: float = PIN_SECONDS, max_entries: int = 1024) -> None:
+        self._ttl = ttl_seconds
+        self._max = max_entries
+        self._entries: OrderedDict[_PinKey, tuple[float, tuple[uuid.UUID, DataSpec]]]
+        self._entries = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: _PinKey) -> tuple[uuid.UUID, DataSpec] | None:
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is None or time.monotonic() - hit[0] > self._ttl:
+                return None
+            return hit[1]
+
+    def put(self, key: _PinKey, pinned: tuple[uuid.UUID, DataSpec]) -> None:
+        with self._lock:
+            self._entries[key] = (time.monotonic(), pinned)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+
+
+def served_call(request: InferSpec, *, owner: str, queue: str) -> PredictCall:
+    """A checked request (its checkpoint pinned) as the serving line carries it."""
+    assert request.checkpoint_id is not None, "validate_infer pins the checkpoint"
+    return PredictCall(
+        id=uuid.uuid4(),
+        owner=owner,
+        queue=queue,
+        model_job_id=request.model_job_id,
+        checkpoint=request.checkpoint,
+        checkpoint_id=request.checkpoint_id,
+        inputs=request.inputs,
+        sent_at=utcnow(),
+    )
+
+
+def pending_job(call: PredictCall) -> Job:
+    """The job a served request will be recorded as, as it stands while not yet answered
+    (not stored: the worker writes the record once it has answered)."""
+    return Job(
+        id=call.id, owner=call.owner, kind="infer", status=JobStatus.QUEUED, spec=call.spec(),
+        queue=call.queue, priority=5, attempt=0, cancel_requested=False,
+        preempt_requested=False, progress_step=0, progress_epoch=0,
+        source_job_id=call.model_job_id, created_at=call.sent_at, enqueued_at=call.sent_at,
+    )  # fmt: skip
 
 
 def wait_final(session: Session, job: Job, timeout: float, ended: JobEndSignal) -> bool:

@@ -122,9 +122,7 @@ def _replay_safe(method: str, url: str) -> bool:
 
 def _never_sent(exc: requests.ConnectionError) -> bool:
     """The connection was refused or never made: the server saw nothing."""
-    return isinstance(exc, requests.exceptions.ConnectTimeout) or "NewConnectionError" in repr(
-        exc
-    )
+    return isinstance(exc, requests.exceptions.ConnectTimeout) or "NewConnectionError" in repr(exc)
 
 
 def _lasting(resp: requests.Response) -> bool:

@@ -107,6 +107,36 @@ class Settings(BaseSettings):
     model_cache_mb: int = Field(
         default=1024, description="Memory an inference worker keeps loaded models in (LRU)"
     )
+    token_cache_seconds: float = Field(
+        default=30.0,
+        ge=0.0,
+        le=3600.0,
+        description="How long an API process trusts a checked token while no token is "
+        "revoked (a Redis broker only; 0: look every token up)",
+    )
+    predict_serving: bool = Field(
+        default=True,
+        description="Predictions without an Idempotency-Key go down the Redis serving line "
+        "to a warm inference worker (a Redis broker only); off: each is an infer job",
+    )
+    predict_max_batch: int = Field(
+        default=32,
+        ge=1,
+        le=4096,
+        description="Most samples the serving line puts in one forward pass (1: no batching)",
+    )
+    predict_batch_wait_ms: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1000.0,
+        description="How long the serving line waits for more requests to batch with one",
+    )
+    predict_record_flush_ms: float = Field(
+        default=200.0,
+        ge=1.0,
+        le=60_000.0,
+        description="How often a serving worker writes the records of its predictions",
+    )
 
     # A dead worker's job is re-sent once its lease runs out and the sweeper next looks:
     # lease + sweep period stays under 30 s. The heartbeat runs on a thread of its own, so

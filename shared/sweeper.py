@@ -79,9 +79,7 @@ def sweep_once(
     return {"resent": resent, "requeued": requeued, **ended}
 
 
-def _missing_turns(
-    due: list[Job], live: dict[str, list[str]], queued: dict[str, int]
-) -> list[Job]:
+def _missing_turns(due: list[Job], live: dict[str, list[str]], queued: dict[str, int]) -> list[Job]:
     """Of the queued jobs due a re-send, those whose turn the broker lacks.
 
     A worker runs whichever queued job comes first in its queue, so any message is a

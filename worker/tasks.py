@@ -52,11 +52,11 @@ def _sessions() -> sessionmaker[Session]:
 def train(job_id: str) -> str:
     """Train one job; the return value is the final status (results are in the database)."""
     return execute_train(
-        uuid.UUID(job_id), worker=_worker_name(), sessions=_sessions(), settings=get_settings()
+        uuid.UUID(job_id), worker=worker_name(), sessions=_sessions(), settings=get_settings()
     )
 
 
-def _worker_name() -> str:
+def worker_name() -> str:
     """host:pid, the name a claim is held under."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -78,7 +78,7 @@ def _job_end_signal() -> JobEndSignal:
 
 
 @cache
-def _model_cache() -> ModelCache:
+def model_cache() -> ModelCache:
     return ModelCache(get_settings().model_cache_mb * 2**20)
 
 
@@ -87,10 +87,10 @@ def infer(job_id: str) -> str:
     """Predict with a trained job's checkpoint; the outputs land in the job's summary."""
     return execute_infer(
         uuid.UUID(job_id),
-        worker=_worker_name(),
+        worker=worker_name(),
         sessions=_transient_sessions(),
         settings=get_settings(),
-        cache=_model_cache(),
+        cache=model_cache(),
         ended=_job_end_signal(),
     )
 
@@ -430,7 +430,7 @@ def _infer_claimed(
         loaded = cache.get(request.checkpoint_id)
         warm = loaded is not None
         if loaded is None:
-            loaded = _load(sessions, request)
+            loaded = load_inference_model(sessions, request)
             cache.put(request.checkpoint_id, loaded)
         inputs = inputs_tensor(request.inputs, loaded.spec.data, InputLimits.of(settings))
         summary = {
@@ -450,7 +450,17 @@ def _infer_claimed(
     return str(status)
 
 
-def _load(sessions: sessionmaker[Session], request: InferSpec) -> LoadedModel:
+def load_for_inference(request: InferSpec) -> LoadedModel:
+    """The serving line's loader: load_inference_model on this process's sessions."""
+    return load_inference_model(_sessions(), request)
+
+
+def record_sessions() -> sessionmaker[Session]:
+    """Sessions for the serving line's records: durable commits (they are batched)."""
+    return _sessions()
+
+
+def load_inference_model(sessions: sessionmaker[Session], request: InferSpec) -> LoadedModel:
     """The training job's model with the pinned checkpoint's weights, on this worker's device."""
     with sessions() as session:
         source = repository.get_job(session=session, job_id=request.model_job_id)

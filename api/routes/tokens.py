@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from api.auth import current_token
-from api.context import db
+from api.context import db, services
 from api.contract import answers, contract, query_model
 from shared.contract.queries import NoQuery, TokenListQuery
 from shared.contract.responses import Token, Tokens
@@ -71,4 +71,5 @@ def revoke(token_id: int) -> Response:
     row = get_token(session=session, ref=str(token_id))
     revoke_token(session=session, token=row, by=by)
     session.commit()
+    services().revocations.announce()  # every API process drops its cached tokens
     return jsonify(token_json(row))

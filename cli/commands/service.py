@@ -158,6 +158,7 @@ def token_revoke(ref: str) -> None:
     with _token_session() as session:
         row = get_token(session=session, ref=ref)
         done = revoke_token(session=session, token=row, by="cli")
+    _announce_revocation()
     click.echo(f"token {ref} {'revoked' if done else 'was already revoked'}", err=True)
 
 
@@ -170,7 +171,16 @@ def token_rotate(ref: str) -> None:
     with _token_session() as session:
         plaintext, _ = rotate_token(session=session, token=get_token(session=session, ref=ref),
                                     by="cli")  # fmt: skip
+    _announce_revocation()
     click.echo(plaintext)
+
+
+def _announce_revocation() -> None:
+    """Tell the API processes (after the commit) that a token was revoked."""
+    from shared.config import get_settings
+    from shared.revocations import Revocations
+
+    Revocations(get_settings().resolved_broker_url()).announce()
 
 
 @contextmanager

@@ -5,6 +5,7 @@
     gangs        a job over several nodes: open, join, release and close its gang
     results      metric and trace rows: idempotent batch writes, bounded reads
     checkpoints  store (pruning old resume states), list, find by id or tag, resume
+    served       the records of predictions answered on the serving line, in batches
 
 Call sites use the package (`repository.claim_job(session=..., ...)`); the modules keep
 each level of the data model apart.
@@ -65,10 +66,12 @@ from shared.repository.results import (
     record_rank_traces,
     record_traces,
 )
+from shared.repository.served import ServedPrediction, record_served
 
 __all__ = [
     "Requests",
     "Seat",
+    "ServedPrediction",
     "add_event",
     "assert_held",
     "checkpoint_id",
@@ -103,6 +106,7 @@ __all__ = [
     "queued_counts",
     "record_metrics",
     "record_rank_traces",
+    "record_served",
     "record_traces",
     "relax_durability",
     "release_gang",

@@ -19,7 +19,7 @@ from shared.repository.thinning import thinned_rows
 _CHUNK = 2000
 
 
-def _insert_ignoring_duplicates(
+def insert_ignoring_duplicates(
     session: Session, table: Table, rows: Sequence[dict[str, Any]]
 ) -> None:
     """Multi-row INSERT ... ON CONFLICT DO NOTHING, so a retried write is a no-op."""
@@ -36,14 +36,14 @@ def record_metrics(*, session: Session, job_id: uuid.UUID, rows: Iterable[dict[s
     """Write metric points {split, name, step, epoch, value} in one batch."""
     batch = [{**row, "job_id": job_id} for row in rows]
     if batch:
-        _insert_ignoring_duplicates(session, Metric.__table__, batch)  # type: ignore[arg-type]
+        insert_ignoring_duplicates(session, Metric.__table__, batch)  # type: ignore[arg-type]
 
 
 def record_traces(*, session: Session, job_id: uuid.UUID, rows: Iterable[dict[str, Any]]) -> None:
     """Write layer trace rows in one batch."""
     batch = [{**row, "job_id": job_id} for row in rows]
     if batch:
-        _insert_ignoring_duplicates(session, LayerTrace.__table__, batch)  # type: ignore[arg-type]
+        insert_ignoring_duplicates(session, LayerTrace.__table__, batch)  # type: ignore[arg-type]
 
 
 def record_rank_traces(
@@ -52,7 +52,7 @@ def record_rank_traces(
     """Write rank-local trace rows (hooks.per_rank) in one batch."""
     batch = [{**row, "job_id": job_id} for row in rows]
     if batch:
-        _insert_ignoring_duplicates(session, RankTrace.__table__, batch)  # type: ignore[arg-type]
+        insert_ignoring_duplicates(session, RankTrace.__table__, batch)  # type: ignore[arg-type]
 
 
 def delete_rows_after(*, session: Session, job_id: uuid.UUID, step: int) -> None:

@@ -155,7 +155,9 @@ def test_auth_required_and_owner_scoped(
 
 def test_revoked_token_is_refused(client: FlaskClient, sessions: sessionmaker[Session]) -> None:
     from shared.db import session_scope
+    from shared.revocations import Revocations
     from shared.tokens import create_token, get_token, revoke_token
+    from tests.support.servers import REDIS_URL
 
     with session_scope(sessions) as session:
         plaintext, row = create_token(session=session, name="t", owner="carol")
@@ -164,6 +166,10 @@ def test_revoked_token_is_refused(client: FlaskClient, sessions: sessionmaker[Se
     with session_scope(sessions) as session:
         assert revoke_token(session=session, token=get_token(session=session, ref=str(row.id)),
                             by="test")  # fmt: skip
+    # The API process still trusts its cached check until a revocation is announced, as
+    # the API's and the CLI's revoke do after their commit.
+    assert client.get("/api/v1/jobs", headers=headers).status_code == 200
+    Revocations(REDIS_URL).announce()
     assert client.get("/api/v1/jobs", headers=headers).status_code == 401
 
 

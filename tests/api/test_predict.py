@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -28,43 +29,25 @@ from api import create_app
 from shared import repository
 from shared.config import Settings
 from shared.db import session_scope
+from shared.infer_inputs import InputLimits
 from shared.models import Job
 from shared.net.build import build_model
 from shared.notify import JobEndSignal
+from shared.serving import PredictCall, alive_key, requests_key
 from shared.spec import JobSpec
-from shared.tensors import sha256_hex, state_dict_to_bytes
+from shared.tensors import state_dict_to_bytes
 from tests.support.servers import REDIS_URL, make_token
+from tests.support.trained import DIGITS_LINEAR, built_model, trained_job
 from worker.inference import ModelCache
-from worker.tasks import execute_infer
+from worker.prediction_log import PredictionRecorder
+from worker.serving import PredictionServer
+from worker.tasks import execute_infer, load_inference_model
 
-SPEC = {
-    "model": {
-        "layers": [
-            {"type": "Flatten"},
-            {"type": "Linear", "name": "fc", "in_features": 64, "out_features": 10},
-        ]
-    },
-    "data": {"dataset": "digits"},
-    "train": {"epochs": 1},
-}
+SPEC = DIGITS_LINEAR
 
 
 def _trained_job(sessions: sessionmaker[Session], owner: str = "alice") -> uuid.UUID:
-    """A succeeded training job with a 'final' checkpoint (weights as built)."""
-    spec = JobSpec.model_validate(SPEC)
-    torch.manual_seed(0)
-    blob = state_dict_to_bytes(build_model(spec.model).state_dict())
-    with session_scope(sessions) as session:
-        job = repository.create_job(
-            session=session, owner=owner, kind="train",
-            spec=spec.model_dump(mode="json"), queue="train",
-        )  # fmt: skip
-        job.status = "succeeded"
-        repository.save_checkpoint(
-            session=session, job_id=job.id, step=1, epoch=1, tag="final",
-            model_state=blob, optimizer_state=None, sha256=sha256_hex(blob),
-        )  # fmt: skip
-        return job.id
+    return trained_job(sessions, owner)
 
 
 @pytest.fixture()
@@ -315,3 +298,120 @@ def test_a_retried_prediction_with_its_idempotency_key_is_the_same_job(
     with sessions() as session:
         infer_jobs = session.scalars(select(Job).where(Job.kind == "infer")).all()
     assert len(infer_jobs) == 1
+
+
+@pytest.fixture()
+def serving_worker(
+    redis_client: redis.Redis, sessions: sessionmaker[Session]
+) -> Iterator[PredictionServer]:
+    """The serving line's worker side as an inference worker runs it; its records are
+    written only when a test flushes them, so a test sees what was stored when."""
+    recorder = PredictionRecorder(sessions, flush_seconds=3600, outage_seconds=5).start()
+    server = PredictionServer(
+        redis_client, queue="infer", worker="w1", cache=ModelCache(2**24),
+        load=lambda spec: load_inference_model(sessions, spec), recorder=recorder,
+        limits=InputLimits(), max_batch=32, batch_wait_seconds=0.002,
+    ).start()  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not redis_client.exists(alive_key("infer")):  # the line opens on its first loop
+        assert time.monotonic() < deadline, "the serving thread never set its alive key"
+        time.sleep(0.01)
+    yield server
+    server.stop()
+    recorder.close(timeout=30)
+
+
+def _infer_jobs(sessions: sessionmaker[Session]) -> list[Job]:
+    with sessions() as session:
+        return list(session.scalars(select(Job).where(Job.kind == "infer")))
+
+
+def test_predict_on_the_serving_line_writes_nothing_before_the_answer(
+    client: FlaskClient,
+    alice: dict[str, str],
+    sessions: sessionmaker[Session],
+    serving_worker: PredictionServer,
+) -> None:
+    model_job = _trained_job(sessions)
+    images = [_digit_png(0), _digit_png(255)]
+    url = f"/api/v1/models/{model_job}/predict"
+    resp = client.post(url, json={"inputs": images}, headers=alice)
+    assert resp.status_code == 200, resp.get_json()
+    body = resp.get_json()
+    with torch.no_grad():
+        logits = built_model()(torch.stack([torch.zeros(1, 8, 8), torch.ones(1, 8, 8)]))
+    torch.testing.assert_close(torch.tensor([o["logits"] for o in body["outputs"]]), logits)
+    assert body["cached_model"] is False and body["batch_samples"] == 2
+    assert _infer_jobs(sessions) == []  # answered before any row was written
+    assert client.get(resp.headers["Location"], headers=alice).status_code == 404
+    assert serving_worker.recorder.flush(timeout=30)
+    job = client.get(resp.headers["Location"], headers=alice).get_json()
+    assert job["status"] == "succeeded" and job["id"] == body["job_id"]
+    assert job["summary"] == {k: v for k, v in body.items() if k != "job_id"}
+    assert job["spec"]["checkpoint_id"] == body["checkpoint_id"]
+    events = client.get(f"{resp.headers['Location']}/events", headers=alice).get_json()
+    assert [e["kind"] for e in events["events"]] == ["served"]
+    again = client.post(url, json={"inputs": images[:1]}, headers=alice).get_json()
+    assert again["cached_model"] is True and serving_worker.stats.requests == 2
+
+
+def test_a_failed_prediction_on_the_serving_line_is_422_and_recorded_failed(
+    client: FlaskClient,
+    alice: dict[str, str],
+    sessions: sessionmaker[Session],
+    serving_worker: PredictionServer,
+) -> None:
+    model_job = _trained_job(sessions)
+    with session_scope(sessions) as session:  # weights that no longer fit the model
+        ckpt = repository.get_checkpoint(session=session, job_id=model_job, ref="final")
+        ckpt.model_state = state_dict_to_bytes({"fc.weight": torch.zeros(3, 3)})
+    resp = client.post(
+        f"/api/v1/models/{model_job}/predict", json={"inputs": [[[0.5] * 8] * 8]}, headers=alice
+    )
+    assert resp.status_code == 422
+    err = resp.get_json()["error"]
+    assert err["code"] == "inference_failed" and "failed: RuntimeError" in err["message"]
+    assert serving_worker.recorder.flush(timeout=30)
+    (job,) = _infer_jobs(sessions)
+    assert job.status == "failed" and job.error is not None and "RuntimeError" in job.error
+
+
+def test_an_open_line_nobody_answers_in_time_gives_202_with_the_job_to_poll(
+    client: FlaskClient,
+    alice: dict[str, str],
+    sessions: sessionmaker[Session],
+    redis_client: redis.Redis,
+) -> None:
+    model_job = _trained_job(sessions)
+    redis_client.set(alive_key("infer"), "gone", px=60_000)  # a worker that stopped taking
+    resp = client.post(
+        f"/api/v1/models/{model_job}/predict",
+        json={"inputs": [[[0.5] * 8] * 8], "wait_seconds": 0.05},
+        headers=alice,
+    )
+    assert resp.status_code == 202, resp.get_json()
+    job = resp.get_json()
+    assert job["status"] == "queued" and job["kind"] == "infer"
+    assert resp.headers["Location"].endswith(job["id"])
+    (waiting,) = redis_client.lrange(requests_key("infer"), 0, -1)  # still there to serve
+    assert PredictCall.decode(waiting).id == uuid.UUID(job["id"])
+    assert _infer_jobs(sessions) == []
+
+
+def test_an_idempotency_key_or_a_closed_line_takes_the_job_path(
+    app: Flask,
+    client: FlaskClient,
+    alice: dict[str, str],
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    infer_worker: ModelCache,
+    serving_worker: PredictionServer,
+) -> None:
+    model_job = _trained_job(sessions)
+    url = f"/api/v1/models/{model_job}/predict"
+    keyed = {**alice, "Idempotency-Key": "predict-2"}
+    assert client.post(url, json={"inputs": [_digit_png(0)]}, headers=keyed).status_code == 200
+    off = create_app(Settings(**{**settings.model_dump(), "predict_serving": False}))
+    resp = off.test_client().post(url, json={"inputs": [_digit_png(0)]}, headers=alice)
+    assert resp.status_code == 200
+    assert len(_infer_jobs(sessions)) == 2 and serving_worker.stats.requests == 0

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from click.testing import CliRunner
+from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from api import auth, create_app
+from cli.main import main
+from shared.config import Settings, get_settings
 from shared.db import session_scope
 from shared.models import AuditEvent, Job
 from shared.tokens import create_token
@@ -127,3 +133,59 @@ def test_huge_token_ids_and_revoked_rotations_are_clear_errors(
         with _pytest.raises(SpecError, match="is revoked"):
             rotate_token(session=session, token=get_token(session=session, ref=str(row.id)),
                          by="test")  # fmt: skip
+
+
+def test_a_token_revoked_anywhere_is_refused_at_once_by_every_api_process(
+    app: Flask,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    alice: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two API processes on the same Redis and database, each with its token cache.
+    first, second = app.test_client(), create_app(settings).test_client()
+    looked_up: list[str] = []
+    real = auth.check_token
+
+    def counting(**kwargs: Any) -> Any:
+        looked_up.append(kwargs["plaintext"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(auth, "check_token", counting)
+    for client in (first, second, first, second, first):
+        assert client.get("/api/v1/jobs", headers=alice).status_code == 200
+    assert len(looked_up) == 2  # once per process; then from its cache
+    admin = _token(sessions, "root", is_admin=True)
+    alices = [
+        t
+        for t in first.get("/api/v1/tokens", headers=admin).get_json()["tokens"]
+        if t["owner"] == "alice"
+    ]
+    assert first.delete(f"/api/v1/tokens/{alices[0]['id']}", headers=admin).status_code == 200
+    assert second.get("/api/v1/jobs", headers=alice).status_code == 401  # the other process
+    # Revoked from the CLI (another process again): refused at once too.
+    bob = _token(sessions, "bob")
+    assert second.get("/api/v1/jobs", headers=bob).status_code == 200
+    monkeypatch.setenv("TRAINYARD_DATABASE_URL", settings.database_url or "")
+    monkeypatch.setenv("TRAINYARD_BROKER_URL", settings.broker_url or "")
+    get_settings.cache_clear()
+    prefix = bob["Authorization"].split()[1][:10]
+    result = CliRunner().invoke(main, ["token", "revoke", prefix])
+    get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert second.get("/api/v1/jobs", headers=bob).status_code == 401
+
+
+def test_without_redis_every_request_looks_its_token_up(
+    settings: Settings, sessions: sessionmaker[Session], clean_db: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    alone = create_app(settings.model_copy(update={"broker_url": "filesystem://"}))
+    headers = _token(sessions, "frank")
+    looked_up: list[str] = []
+    real = auth.check_token
+    monkeypatch.setattr(auth, "check_token", lambda **kw: looked_up.append("x") or real(**kw))
+    client = alone.test_client()
+    for _ in range(3):
+        assert client.get("/api/v1/jobs", headers=headers).status_code == 200
+    assert len(looked_up) == 3

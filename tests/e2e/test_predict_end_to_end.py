@@ -1,10 +1,13 @@
-"""Train over HTTP, then predict over HTTP: the answer comes from a real Celery worker on
-the `infer` queue and equals the seed's own inference with the downloaded weights."""
+"""Train over HTTP, then predict over HTTP: the answer comes from a real Celery worker of
+the `infer` queue (its serving line) and equals the seed's own inference with the
+downloaded weights."""
 
 from __future__ import annotations
 
 import base64
 import io
+import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -35,6 +38,21 @@ def _png(image: torch.Tensor) -> str:
     return base64.b64encode(out.getvalue()).decode()
 
 
+def _recorded(live: LiveService, job_id: str, timeout: float = 60.0) -> dict[str, Any]:
+    """A served prediction's record, once the worker has written it (a batch per 200 ms)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        resp = requests.get(
+            f"{live.base_url}/api/v1/jobs/{job_id}", headers=live.headers, timeout=30
+        )
+        if resp.status_code == 200:
+            body: dict[str, Any] = resp.json()
+            return body
+        assert resp.status_code == 404, resp.text
+        time.sleep(0.1)
+    raise AssertionError(f"the record of prediction {job_id} was not written in {timeout} s")
+
+
 def test_predict_over_http_equals_the_seeds_inference(live: LiveService) -> None:
     job = live.wait(live.post_job(SPEC)["id"])
     assert job["status"] == "succeeded", job["error"]
@@ -55,6 +73,10 @@ def test_predict_over_http_equals_the_seeds_inference(live: LiveService) -> None
     assert [o["predicted_class"] for o in body["outputs"]] == probabilities.argmax(1).tolist()
     got = torch.tensor([o["probabilities"] for o in body["outputs"]])
     torch.testing.assert_close(got, probabilities, rtol=1e-4, atol=1e-5)
+    # Answered on the serving line (the worker's thread, not a job row), recorded after.
+    assert body["batch_samples"] == 4
+    recorded = _recorded(live, body["job_id"])
+    assert recorded["status"] == "succeeded" and recorded["summary"]["outputs"] == body["outputs"]
 
     # The same images as PNGs (8-bit, so rounded): same classes, and the model is warm.
     images = (x * 255).round() / 255

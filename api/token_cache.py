@@ -1,0 +1,68 @@
+"""Checked tokens kept in memory for a while, so a request need not look its token up.
+
+An entry is used only while the revocation counter (shared.revocations) reads what it
+read when the token was checked, and for at most TRAINYARD_TOKEN_CACHE_SECONDS: a token
+revoked through the API or the CLI is refused on its next request, in every process. An
+expired token is refused from the entry itself. One Redis GET replaces a database
+round trip set (connection check, BEGIN, SELECT, ROLLBACK) on every authenticated request.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from shared.models import ApiToken
+from shared.revocations import Revocations
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    token: ApiToken  # detached: read only
+    generation: int
+    at: float
+
+
+class TokenCache:
+    """token hash -> checked ApiToken, bounded (least recently used goes first)."""
+
+    def __init__(self, revocations: Revocations, ttl_seconds: float, max_entries: int = 4096):
+        self._revocations = revocations
+        self._ttl = ttl_seconds
+        self._max = max_entries
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def lookup(self, token_hash: str) -> tuple[ApiToken | None, int | None]:
+        """(the cached token or None, the counter now: pass it to `keep`)."""
+        if self._ttl <= 0:
+            return None, None
+        generation = self._revocations.generation()
+        if generation is None:
+            return None, None
+        now = time.monotonic()
+        with self._lock:
+            entry = self._entries.get(token_hash)
+            if entry is None:
+                return None, generation
+            if entry.generation != generation or now - entry.at > self._ttl:
+                del self._entries[token_hash]
+                return None, generation
+            self._entries.move_to_end(token_hash)
+            return entry.token, generation
+
+    def keep(self, token_hash: str, token: ApiToken, generation: int | None) -> None:
+        """Remember a live token checked while the counter read `generation`."""
+        if self._ttl <= 0 or generation is None:
+            return
+        with self._lock:
+            self._entries[token_hash] = _Entry(token, generation, time.monotonic())
+            self._entries.move_to_end(token_hash)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+
+    def forget(self, token_hash: str) -> None:
+        with self._lock:
+            self._entries.pop(token_hash, None)

@@ -1,0 +1,51 @@
+"""A counter in Redis that moves whenever a token is revoked, so API processes may keep
+checked tokens in memory and still refuse a revoked one on its next request.
+
+Every revocation (API or CLI) increments it after its commit; an API process serves a
+token from its cache only while the counter reads what it read when the token was
+checked. Without Redis (the embedded filesystem broker), or when Redis does not answer,
+`generation` is None and every request checks its token in the database.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+
+log = logging.getLogger(__name__)
+
+GENERATION_KEY = "trainyard:tokens:generation"
+
+
+class Revocations:
+    """Read and move the revocation counter on the broker's Redis."""
+
+    def __init__(self, broker_url: str) -> None:
+        is_redis = broker_url.startswith(("redis://", "rediss://", "unix://"))
+        self._redis = (
+            redis.Redis.from_url(broker_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+            if is_redis
+            else None
+        )
+
+    def generation(self) -> int | None:
+        """The counter now, or None when it cannot be read (nothing may be cached)."""
+        if self._redis is None:
+            return None
+        try:
+            value = self._redis.get(GENERATION_KEY)
+        except redis.RedisError:
+            log.warning("cannot read the token revocation counter", exc_info=True)
+            return None
+        return int(value) if isinstance(value, bytes | str | int) else 0
+
+    def announce(self) -> None:
+        """Say a token was revoked (after the commit). A failure is logged: API processes
+        then keep the revoked token at most TRAINYARD_TOKEN_CACHE_SECONDS."""
+        if self._redis is None:
+            return
+        try:
+            self._redis.incr(GENERATION_KEY)
+        except redis.RedisError:
+            log.warning("could not announce a token revocation", exc_info=True)

@@ -1,0 +1,200 @@
+"""The serving line's worker side on the real Redis and PostgreSQL: requests popped from
+the list, batched into one forward pass per checkpoint, answered over Redis, recorded
+afterwards as `infer` jobs."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import torch
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import repository
+from shared.infer_inputs import InputLimits
+from shared.models import Job, JobEvent, utcnow
+from shared.serving import PredictCall, alive_key, decode_reply, reply_key, requests_key
+from tests.support.trained import built_model, trained_job
+from worker.inference import ModelCache
+from worker.prediction_log import PredictionRecorder
+from worker.serving import PredictionServer
+from worker.tasks import load_inference_model
+
+
+def _call(model_job: uuid.UUID, checkpoint_id: uuid.UUID, inputs: Any) -> PredictCall:
+    return PredictCall(
+        id=uuid.uuid4(), owner="alice", queue="infer", model_job_id=model_job,
+        checkpoint="final", checkpoint_id=checkpoint_id, inputs=inputs, sent_at=utcnow(),
+    )  # fmt: skip
+
+
+def _checkpoint(sessions: sessionmaker[Session], job_id: uuid.UUID) -> uuid.UUID:
+    with sessions() as session:
+        return repository.checkpoint_id(session=session, job_id=job_id, ref="final")
+
+
+def _server(
+    client: redis.Redis,
+    sessions: sessionmaker[Session],
+    *,
+    max_batch: int = 32,
+    wait_ms: float = 2.0,
+    flush_seconds: float = 0.05,
+) -> PredictionServer:
+    recorder = PredictionRecorder(sessions, flush_seconds=flush_seconds, outage_seconds=5).start()
+    return PredictionServer(
+        client, queue="infer", worker="w1", cache=ModelCache(2**24),
+        load=lambda spec: load_inference_model(sessions, spec), recorder=recorder,
+        limits=InputLimits(), max_batch=max_batch, batch_wait_seconds=wait_ms / 1000,
+    )  # fmt: skip
+
+
+@pytest.fixture()
+def model_job(sessions: sessionmaker[Session], clean_db: None) -> uuid.UUID:
+    return trained_job(sessions)
+
+
+def _answers(client: redis.Redis, calls: list[PredictCall]) -> list[tuple[Any, Any]]:
+    out = []
+    for call in calls:
+        got = client.blpop([reply_key(call.id)], timeout=30)
+        assert got is not None, f"no answer to {call.id}"
+        out.append(decode_reply(got[1]))
+    return out
+
+
+def test_requests_waiting_together_run_as_one_forward_pass_and_equal_the_model(
+    redis_client: redis.Redis, sessions: sessionmaker[Session], model_job: uuid.UUID
+) -> None:
+    checkpoint = _checkpoint(sessions, model_job)
+    torch.manual_seed(1)
+    samples = [torch.rand(n, 1, 8, 8) for n in (1, 3, 2, 1)]
+    calls = [_call(model_job, checkpoint, x.tolist()) for x in samples]
+    bad = _call(model_job, checkpoint, [[0.5] * 7] * 8)  # one row short: this one alone fails
+    for call in [*calls[:2], bad, *calls[2:]]:
+        redis_client.rpush(requests_key("infer"), call.encode())
+    server = _server(redis_client, sessions).start()
+    try:
+        answers = _answers(redis_client, calls)
+        (bad_answer, bad_error), = _answers(redis_client, [bad])  # fmt: skip
+        assert server.stats.forward_passes == 1 and server.stats.largest_batch == 7
+        assert bad_answer is None and bad_error is not None and "inputs" in bad_error
+        with torch.no_grad():
+            expected = [built_model()(x) for x in samples]
+        for (answer, error), x, logits in zip(answers, samples, expected, strict=True):
+            assert error is None and answer["samples"] == x.shape[0]
+            assert answer["batch_samples"] == 7 and answer["cached_model"] is False
+            got = torch.tensor([o["logits"] for o in answer["outputs"]])
+            torch.testing.assert_close(got, logits)  # a batch of 7 rounds like one of n
+            assert [o["predicted_class"] for o in answer["outputs"]] == logits.argmax(1).tolist()
+        assert redis_client.exists(alive_key("infer"))
+        server.recorder.flush(timeout=30)
+    finally:
+        server.stop()
+        server.recorder.close(timeout=30)
+    with sessions() as session:
+        jobs = {j.id: j for j in session.scalars(select(Job).where(Job.kind == "infer"))}
+        events = session.scalars(select(JobEvent).where(JobEvent.kind == "served")).all()
+    assert set(jobs) == {c.id for c in [*calls, bad]} and len(events) == 5
+    for call, (answer, _) in zip(calls, answers, strict=True):
+        job = jobs[call.id]
+        assert job.status == "succeeded" and job.summary == answer and job.owner == "alice"
+        assert job.spec["checkpoint_id"] == str(checkpoint) and job.source_job_id == model_job
+        assert job.created_at <= job.started_at <= job.finished_at
+    assert jobs[bad.id].status == "failed" and jobs[bad.id].error == bad_error
+
+
+def test_without_batching_every_request_is_its_own_forward_pass(
+    redis_client: redis.Redis, sessions: sessionmaker[Session], model_job: uuid.UUID
+) -> None:
+    checkpoint = _checkpoint(sessions, model_job)
+    calls = [_call(model_job, checkpoint, [[[0.25] * 8] * 8]) for _ in range(4)]
+    for call in calls:
+        redis_client.rpush(requests_key("infer"), call.encode())
+    server = _server(redis_client, sessions, max_batch=1).start()
+    try:
+        answers = _answers(redis_client, calls)
+    finally:
+        server.stop()
+        server.recorder.close(timeout=30)
+    assert server.stats.forward_passes == 4 and server.stats.largest_batch == 1
+    assert [a["cached_model"] for a, _ in answers] == [False, True, True, True]
+
+
+def test_concurrent_callers_are_batched_and_each_gets_its_own_answer(
+    redis_client: redis.Redis, sessions: sessionmaker[Session], model_job: uuid.UUID
+) -> None:
+    checkpoint = _checkpoint(sessions, model_job)
+    server = _server(redis_client, sessions, wait_ms=50).start()
+    results: dict[int, Any] = {}
+
+    def caller(i: int) -> None:
+        call = _call(model_job, checkpoint, [[[i / 16] * 8] * 8])
+        redis_client.rpush(requests_key("infer"), call.encode())  # the pool is thread-safe
+        results[i] = _answers(redis_client, [call])[0]
+
+    try:
+        _answers(redis_client, [_warm(redis_client, model_job, checkpoint)])
+        threads = [threading.Thread(target=caller, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        server.stop()
+        server.recorder.close(timeout=30)
+    assert server.stats.forward_passes < 1 + 8  # some of the 8 shared a pass
+    with torch.no_grad():
+        for i, (answer, error) in results.items():
+            logits = built_model()(torch.full((1, 1, 8, 8), i / 16))
+            assert error is None
+            torch.testing.assert_close(torch.tensor(answer["outputs"][0]["logits"]), logits[0])
+
+
+def _warm(client: redis.Redis, model_job: uuid.UUID, checkpoint: uuid.UUID) -> PredictCall:
+    call = _call(model_job, checkpoint, [[[0.0] * 8] * 8])
+    client.rpush(requests_key("infer"), call.encode())
+    return call
+
+
+def test_a_batch_the_database_refuses_is_written_again(
+    sessions: sessionmaker[Session], model_job: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint = _checkpoint(sessions, model_job)
+    real = repository.record_served
+    fails = [RuntimeError("refused once")]
+
+    def flaky(**kwargs: Any) -> None:
+        if fails:
+            raise fails.pop()
+        real(**kwargs)
+
+    monkeypatch.setattr(repository, "record_served", flaky)
+    monkeypatch.setattr("worker.prediction_log._RETRY_PAUSE_SECONDS", 0.01)
+    recorder = PredictionRecorder(sessions, flush_seconds=0.01, outage_seconds=5).start()
+    call = _call(model_job, checkpoint, [[[0.0] * 8] * 8])
+    now = utcnow()
+    recorder.add(
+        repository.ServedPrediction(
+            call=call, answer={"samples": 1}, error=None, worker="w", started_at=now,
+            finished_at=now, batch_samples=1,
+        )
+    )  # fmt: skip
+    assert recorder.flush(timeout=30)
+    recorder.close(timeout=5)
+    assert recorder.failed_batches == 1 and recorder.written == 1
+    with sessions() as session:
+        assert session.get(Job, call.id) is not None
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_threads() -> Iterator[None]:
+    before = {t.name for t in threading.enumerate()}
+    yield
+    left = {t.name for t in threading.enumerate()} - before
+    assert not {n for n in left if n.startswith("serve-")}, left

@@ -1,0 +1,280 @@
+"""The inference worker's side of the serving line: pop requests, batch them, answer.
+
+A thread of the inference worker blocks on its queue's request list. When a request
+comes it keeps popping for up to TRAINYARD_PREDICT_BATCH_WAIT_MS more (while fewer than
+TRAINYARD_PREDICT_MAX_BATCH samples are in hand), groups what it has by checkpoint, and
+runs one forward pass per group, as TorchServe's and Ray Serve's dynamic batching do.
+In `eval()` mode a sample's output does not depend on the others in its batch (no
+batch statistics; rounding aside). Every answer goes back in one Redis pipeline; the
+records follow through the PredictionRecorder, never before the answers.
+
+A request that cannot be answered (inputs that do not fit the model, a checkpoint that
+no longer loads) gets its error line, and only that request: the rest of the batch is
+answered. The models come from the worker's ModelCache, shared with the `infer` task.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import redis
+import torch
+from pydantic import ValidationError
+
+from shared.infer_inputs import InputLimits, inputs_tensor
+from shared.repository import ServedPrediction
+from shared.serving import (
+    ALIVE_REFRESH_SECONDS,
+    ALIVE_SECONDS,
+    REPLY_EXPIRE_SECONDS,
+    PredictCall,
+    alive_key,
+    encode_reply,
+    reply_key,
+    requests_key,
+)
+from shared.spec import InferSpec
+from worker.inference import LoadedModel, ModelCache, predict
+from worker.messages import user_message
+from worker.prediction_log import PredictionRecorder
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[InferSpec], LoadedModel]
+
+# How often the batch wait looks for more requests (one LPOP, about 0.2 ms here).
+_POLL_SECONDS = 0.0005
+
+
+@dataclass(slots=True)
+class _Pending:
+    call: PredictCall
+    started_at: datetime
+    inputs: torch.Tensor | None = None
+    answer: dict[str, Any] | None = None
+    error: str | None = None
+    batch_samples: int = 0
+
+
+@dataclass
+class ServingStats:
+    """What the line has done (tests and logs)."""
+
+    requests: int = 0
+    forward_passes: int = 0
+    largest_batch: int = 0
+    errors: int = 0
+
+
+class PredictionServer:
+    """One serving thread over `queue`'s request list."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        queue: str,
+        worker: str,
+        cache: ModelCache,
+        load: Loader,
+        recorder: PredictionRecorder,
+        limits: InputLimits,
+        max_batch: int,
+        batch_wait_seconds: float,
+    ) -> None:
+        self._redis = client
+        self.queue = queue
+        self.worker = worker
+        self._cache = cache
+        self._load = load
+        self.recorder = recorder
+        self._limits = limits
+        self._max_batch = max_batch
+        self._batch_wait = batch_wait_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"serve-{queue}", daemon=True)
+        self.stats = ServingStats()
+
+    def start(self) -> PredictionServer:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop taking requests (the one in hand is answered) and drop the alive key's
+        refresh: the API stops sending here within ALIVE_SECONDS."""
+        self._stop.set()
+        self._thread.join(timeout)
+
+    # --- the loop ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        key = requests_key(self.queue)
+        next_alive = 0.0
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() >= next_alive:
+                    alive_ms = int(ALIVE_SECONDS * 1000)
+                    self._redis.set(alive_key(self.queue), self.worker, px=alive_ms)
+                    next_alive = time.monotonic() + ALIVE_REFRESH_SECONDS
+                first = self._pop(key, ALIVE_REFRESH_SECONDS)
+                if first is None:
+                    continue
+                raw = [first, *self._gather(key)]
+            except redis.RedisError:
+                log.warning("the serving line cannot reach Redis; retrying", exc_info=True)
+                self._stop.wait(1.0)
+                continue
+            try:
+                self.serve(raw)
+            except Exception:  # a bug must not end the line: log it and serve on
+                log.exception("serving %d requests failed", len(raw))
+
+    def _pop(self, key: str, timeout: float) -> bytes | None:
+        """BLPOP one request (redis-py's sync client answers a list, typed loosely)."""
+        got = cast("list[bytes] | None", self._redis.blpop([key], timeout=timeout))
+        return None if got is None else got[1]
+
+    def _gather(self, key: str) -> list[bytes]:
+        """Whatever else is waiting, and what arrives within the batch wait, while fewer
+        than max_batch requests are in hand (a request's samples are counted later).
+
+        Polled with LPOP, not a blocking pop: Redis wakes blocked clients' timeouts on
+        its cron tick (100 ms at the default hz), far coarser than a batch wait."""
+        more: list[bytes] = []
+        deadline = time.monotonic() + self._batch_wait
+        while len(more) + 1 < self._max_batch:
+            want = self._max_batch - 1 - len(more)
+            got = cast("list[bytes] | None", self._redis.lpop(key, want))
+            if got:
+                more.extend(got)
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(left, _POLL_SECONDS))
+        return more
+
+    # --- one batch -----------------------------------------------------------------------
+
+    def serve(self, raw: Sequence[bytes]) -> None:
+        """Answer every request in `raw`, then hand their records to the recorder."""
+        now = datetime.now(UTC)
+        pending: list[_Pending] = []
+        for item in raw:
+            try:
+                pending.append(_Pending(PredictCall.decode(item), now))
+            except (ValidationError, ValueError):
+                # Without an id there is nobody to answer: only a foreign writer sends this.
+                log.error("dropped a request the serving line cannot read: %.200r", item)
+        by_checkpoint: dict[Any, list[_Pending]] = {}
+        for p in pending:
+            by_checkpoint.setdefault(p.call.checkpoint_id, []).append(p)
+        for group in by_checkpoint.values():
+            self._answer_group(group)
+        self._reply(pending)
+        finished = datetime.now(UTC)
+        for p in pending:
+            self.recorder.add(
+                ServedPrediction(
+                    call=p.call, answer=p.answer, error=p.error, worker=self.worker,
+                    started_at=p.started_at, finished_at=finished, batch_samples=p.batch_samples,
+                )
+            )  # fmt: skip
+        self.stats.requests += len(pending)
+        self.stats.errors += sum(p.error is not None for p in pending)
+
+    def _answer_group(self, group: list[_Pending]) -> None:
+        call = group[0].call
+        loaded = self._cache.get(call.checkpoint_id)
+        warm = loaded is not None
+        if loaded is None:
+            try:
+                loaded = self._load(_as_spec(call))
+            except Exception as exc:
+                log.exception("could not load checkpoint %s", call.checkpoint_id)
+                for p in group:
+                    p.error = user_message(exc)
+                return
+            self._cache.put(call.checkpoint_id, loaded)
+        for p in group:
+            try:
+                p.inputs = inputs_tensor(p.call.inputs, loaded.spec.data, self._limits)
+            except Exception as exc:
+                p.error = user_message(exc)
+        ready = [p for p in group if p.inputs is not None]
+        for batch in _batches(ready, self._max_batch):
+            self._forward(loaded, batch, warm)
+
+    def _forward(self, loaded: LoadedModel, batch: list[_Pending], warm: bool) -> None:
+        tensors = [p.inputs for p in batch if p.inputs is not None]
+        try:
+            result = predict(loaded, torch.cat(tensors) if len(tensors) > 1 else tensors[0])
+        except Exception as exc:
+            log.exception("a forward pass of %d requests failed", len(batch))
+            for p in batch:
+                p.error = user_message(exc)
+            return
+        samples = int(result["samples"])
+        self.stats.forward_passes += 1
+        self.stats.largest_batch = max(self.stats.largest_batch, samples)
+        outputs = result["outputs"]
+        start = 0
+        for p, x in zip(batch, tensors, strict=True):
+            n = x.shape[0]
+            p.answer = {
+                "model_job_id": str(p.call.model_job_id),
+                "checkpoint_id": str(p.call.checkpoint_id),
+                "cached_model": warm,
+                "task": result["task"],
+                "samples": n,
+                "outputs": outputs[start : start + n],
+                "batch_samples": samples,
+            }
+            p.batch_samples = samples
+            start += n
+
+    def _reply(self, pending: list[_Pending]) -> None:
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for p in pending:
+                    key = reply_key(p.call.id)
+                    pipe.rpush(key, encode_reply(answer=p.answer, error=p.error))
+                    pipe.expire(key, REPLY_EXPIRE_SECONDS)
+                pipe.execute()
+        except redis.RedisError:
+            # The callers answer 202 with the job to poll; the records still follow.
+            log.warning("could not send %d answers", len(pending), exc_info=True)
+
+
+def _batches(ready: list[_Pending], max_samples: int) -> list[list[_Pending]]:
+    """Consecutive requests in forward passes of at most `max_samples` samples (a larger
+    request runs alone)."""
+    out: list[list[_Pending]] = []
+    current: list[_Pending] = []
+    count = 0
+    for p in ready:
+        assert p.inputs is not None
+        n = p.inputs.shape[0]
+        if current and count + n > max_samples:
+            out.append(current)
+            current, count = [], 0
+        current.append(p)
+        count += n
+    if current:
+        out.append(current)
+    return out
+
+
+def _as_spec(call: PredictCall) -> InferSpec:
+    return InferSpec(
+        model_job_id=call.model_job_id,
+        checkpoint=call.checkpoint,
+        checkpoint_id=call.checkpoint_id,
+        inputs=None,
+    )

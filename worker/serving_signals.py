@@ -1,0 +1,76 @@
+"""Starts the serving line in an inference worker, and stops it with the worker.
+
+A worker that consumes the `infer` queue, on a Redis broker, with TRAINYARD_PREDICT_SERVING
+on, runs one PredictionServer thread next to Celery's own consumer: Celery keeps running
+`infer` jobs (batch inference, requests with an Idempotency-Key), the thread answers
+synchronous predictions. Both share the worker's model cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from celery.signals import worker_ready, worker_shutdown
+
+from shared.config import get_settings
+from shared.infer_inputs import InputLimits
+from shared.queues import QUEUE_INFER
+from worker.prediction_log import PredictionRecorder
+from worker.serving import PredictionServer
+
+log = logging.getLogger(__name__)
+
+_running: list[tuple[PredictionServer, PredictionRecorder]] = []
+
+
+def _consumed_queues(consumer: Any) -> set[str]:
+    try:
+        return set(consumer.app.amqp.queues.consume_from)
+    except AttributeError:
+        return set()
+
+
+def _start(sender: Any = None, **_: Any) -> None:
+    settings = get_settings()
+    url = settings.resolved_broker_url()
+    if not settings.predict_serving or not url.startswith(("redis://", "rediss://", "unix://")):
+        return
+    if QUEUE_INFER not in _consumed_queues(sender):
+        return
+    from worker import tasks  # the task module's sessions, model cache and loader
+
+    recorder = PredictionRecorder(
+        tasks.record_sessions(),
+        flush_seconds=settings.predict_record_flush_ms / 1000,
+        outage_seconds=settings.db_outage_seconds,
+    ).start()
+    server = PredictionServer(
+        # Every call is bounded: the longest BLPOP is ALIVE_REFRESH_SECONDS.
+        redis.Redis.from_url(url, socket_timeout=10.0, socket_connect_timeout=5.0),
+        queue=QUEUE_INFER,
+        worker=tasks.worker_name(),
+        cache=tasks.model_cache(),
+        load=tasks.load_for_inference,
+        recorder=recorder,
+        limits=InputLimits.of(settings),
+        max_batch=settings.predict_max_batch,
+        batch_wait_seconds=settings.predict_batch_wait_ms / 1000,
+    ).start()
+    _running.append((server, recorder))
+    log.info(
+        "serving predictions from %s (batches of up to %d samples, %.1f ms wait)",
+        QUEUE_INFER, settings.predict_max_batch, settings.predict_batch_wait_ms,
+    )  # fmt: skip
+
+
+def _stop(**_: Any) -> None:
+    while _running:
+        server, recorder = _running.pop()
+        server.stop()
+        recorder.close(timeout=get_settings().db_outage_seconds)
+
+
+worker_ready.connect(_start, weak=False)
+worker_shutdown.connect(_stop, weak=False)
