@@ -44,7 +44,11 @@ MODELS = {"mlp": ("neural_network", [1, 28, 28]), "lenet": ("lenet", [1, 32, 32]
 ALL_KINDS = ["forward_pre", "forward", "backward", "param_grad", "weights"]
 VARIANTS: dict[str, dict[str, Any]] = {
     "fit, no probes": {"kinds": []},
-    "backward+param_grad every step": {"kinds": ["backward", "param_grad"]},
+    "backward+param_grad every step (defaults)": {"kinds": ["backward", "param_grad"]},
+    "  same, full_every 1 (every stat every step)": {
+        "kinds": ["backward", "param_grad"],
+        "full_every": 1,
+    },
     "  same, no update_ratio": {
         "kinds": ["backward", "param_grad"],
         "stats": ["norm", "mean", "std", "max"],

@@ -79,7 +79,11 @@ def test_readme_layer_examples_build() -> None:
 
 # --- real jobs -------------------------------------------------------------------------
 
-HOOKS_EVERY_STEP = {"every_n_steps": 1, "kinds": ["forward", "backward", "param_grad"]}
+HOOKS_EVERY_STEP = {
+    "every_n_steps": 1,
+    "full_every": 1,  # every statistic on every step: the queries read them all
+    "kinds": ["forward", "backward", "param_grad"],
+}
 
 # Classification with test metrics and a learning rate that halves after epoch 1.
 DIGITS_MLP: dict[str, Any] = {

@@ -162,10 +162,13 @@ def _traces(
         where.append(model.kind == kind)
     max_points, stat = thin
     if max_points is not None:
+        value = getattr(model, stat)
+        # Steps that recorded norms only (hooks.full_every) have no value of other stats.
+        having = where if stat == "norm" else [*where, value.is_not(None)]
         return lambda session: sorted(
             thinned_rows(
-                session, model=model, where=where, keys=[model.layer, model.kind],
-                value=getattr(model, stat), max_points=max_points,
+                session, model=model, where=having, keys=[model.layer, model.kind],
+                value=value, max_points=max_points,
             ),
             key=lambda r: (r.step, r.kind, r.layer),
         )[:limit]  # fmt: skip

@@ -61,9 +61,20 @@ class HookSpec(Strict):
     parameters (forward hook + `tensor.register_hook`, so in-place layers work).
     `param_grad`: each trainable parameter's gradient after backward, plus the update
     ratio ||dw|| / ||w|| of the optimizer step. `weights`: each parameter (frozen too).
+
+    Statistics are tiered: a logged step records each tensor's L2 norm (a NaN or inf
+    anywhere shows in it); step 1 and every `full_every`-th logged step (steps that are
+    multiples of every_n_steps * full_every) record every selected statistic.
     """
 
     every_n_steps: int = Field(default=1, ge=1, le=1_000_000)
+    full_every: int = Field(
+        default=10,
+        ge=1,
+        le=1_000_000,
+        description="every n-th logged step records every selected statistic (and the "
+        "update ratio and histograms); the logged steps between record norms only",
+    )
     kinds: list[HookKind] = Field(default_factory=_default_kinds)
     layers: list[Glob] = Field(
         default_factory=list, max_length=64, description="module / parameter name globs; all"

@@ -177,7 +177,11 @@ def test_probe_kinds_and_alerts_through_the_service(live: LiveService) -> None:
     }
     job = live.wait(live.post_job(spec)["id"])
     assert job["status"] == "succeeded", job["error"]
-    rows = live.get(f"/api/v1/jobs/{job['id']}/traces", at_step=3).json()["traces"]
+    # Step 1 records every statistic; the logged steps up to full_every (10) norms only.
+    between = live.get(f"/api/v1/jobs/{job['id']}/traces", at_step=3).json()["traces"]
+    assert len(between) == 17 and all(t["norm"] is not None for t in between)
+    assert all(t["update_ratio"] is None and t.get("histogram") is None for t in between)
+    rows = live.get(f"/api/v1/jobs/{job['id']}/traces", at_step=1).json()["traces"]
     kinds = {t["kind"] for t in rows}
     assert kinds == {"forward_pre", "forward", "backward", "param_grad", "weights"}
     # 3 leaf modules x 2 forward kinds + 2 parameter owners' outputs and fc2's input

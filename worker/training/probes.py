@@ -33,6 +33,7 @@ from worker.training.stats import (
 )
 
 KINDS = HOOK_KINDS
+NORM_ONLY = frozenset({"norm"})
 # The order a non-finite value propagates in: inputs, outputs, then gradients.
 KIND_ORDER = {kind: i for i, kind in enumerate(KINDS)}
 
@@ -98,6 +99,7 @@ class HookRecorder:
         self.per_rank = spec.per_rank
         self.kinds = frozenset(spec.kinds)
         self.every_n_steps = spec.every_n_steps
+        self.full_period = spec.every_n_steps * spec.full_every
         self.stats = {kind: stats_for(kind, spec.stats) for kind in KINDS}
         self.bins = spec.histogram_bins
         self.hist_kinds = frozenset(spec.histogram_kinds)
@@ -121,6 +123,7 @@ class HookRecorder:
         self._before_buffer: list[torch.Tensor] = []
         self._before_sq: torch.Tensor | None = None
         self._armed = False
+        self._full = False  # this logged step records every selected statistic
         self._grads_taken = False
         self._step = 0
         self._seq = 0
@@ -178,6 +181,10 @@ class HookRecorder:
         self._step = step
         self._seq = 0
         self._armed = force or step == 1 or step % self.every_n_steps == 0
+        # Norms on every logged step; the rest (update ratio, histograms) on step 1 and
+        # every full_period-th: a norm is one dot per tensor, the update ratio a copy of
+        # every weight.
+        self._full = self._armed and (force or step == 1 or step % self.full_period == 0)
         if self._armed:
             self._register()
 
@@ -205,7 +212,7 @@ class HookRecorder:
             for name, p in named:
                 assert p.grad is not None
                 self._capture("param_grad", name, p.grad)
-            if snapshot and named and "update_ratio" in self.stats["param_grad"]:
+            if snapshot and named and "update_ratio" in self._stats("param_grad"):
                 # A copy of the weights (one pass) to measure the step's update against.
                 weights = [p.detach().reshape(-1) for _, p in named]
                 if [b.shape for b in self._before_buffer] != [w.shape for w in weights]:
@@ -248,6 +255,10 @@ class HookRecorder:
         flat = torch.cat(parts).cpu()  # the one device-to-host copy of the step
         return self._rows(pending, flat, with_ratios=ratios is not None, scale=scale,
                           scaled=scaled)  # fmt: skip
+
+    def _stats(self, kind: str) -> frozenset[str]:
+        """The statistics this step records of `kind` (see begin_step)."""
+        return self.stats[kind] if self._full else NORM_ONLY
 
     def _row_order(self, row: TraceRow) -> tuple[int, int, int]:
         return KIND_ORDER[row.kind], *self._order.key(row.layer)
@@ -324,7 +335,7 @@ class HookRecorder:
         if scale != 1.0:
             norm, mean, var, low, high, *counts = raw
             raw = [norm / scale, mean / scale, var / scale**2, low / scale, high / scale, *counts]
-        stats = self.stats[p.kind]
+        stats = self._stats(p.kind)
         return TraceRow(
             step=self._step,
             layer=p.layer,
@@ -358,9 +369,9 @@ class HookRecorder:
 
     def _reduce(self, items: list[_Pending]) -> None:
         kind = items[0].kind
-        histogram = bool(self.bins) and kind in self.hist_kinds
+        histogram = bool(self.bins) and kind in self.hist_kinds and self._full
         tensors = [p.tensor for p in items if p.tensor is not None]
-        raw = reduce(tensors, self.stats[kind], bounds=histogram, shifted=kind == "weights")
+        raw = reduce(tensors, self._stats(kind), bounds=histogram, shifted=kind == "weights")
         hists = histograms(tensors, raw, self.bins) if histogram else None
         self._blocks.append((items, raw, hists))
         for item in items:

@@ -54,6 +54,7 @@ def lenet(*, batch_size: int, world_size: int | None = None, per_rank: bool = Fa
             "hooks": {
                 "kinds": ["forward", "backward", "param_grad", "weights"],
                 "per_rank": per_rank,
+                "full_every": 1,  # every statistic at every step, to compare them all
             },
         }
     )

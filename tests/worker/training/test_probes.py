@@ -110,6 +110,38 @@ def test_only_every_nth_step_and_the_first_are_recorded(tiny_model: TinyModel) -
     assert logged == [1, 3, 6]
 
 
+def test_logged_steps_between_full_ones_record_norms_only(tiny_model: TinyModel) -> None:
+    model = tiny_model(inplace=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    spec = HookSpec(kinds=["backward", "param_grad"], every_n_steps=2, full_every=3,
+                    histogram_bins=4)  # fmt: skip
+    full, norms_only = [], []
+    with HookRecorder(model, spec) as recorder:
+        for step in range(1, 13):
+            optimizer.zero_grad()
+            recorder.begin_step(step)
+            model(torch.randn(2, 4)).sum().backward()
+            grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+            recorder.after_backward()
+            optimizer.step()
+            rows = recorder.collect()
+            if not rows:
+                continue
+            params = [r for r in rows if r.kind == "param_grad"]
+            for row in params:  # the norm is exact on every logged step
+                assert row.norm == pytest.approx(float(grads[row.layer].norm()), rel=1e-6)
+            if all(r.std is not None and r.histogram is not None for r in rows):
+                assert all(r.update_ratio is not None for r in params)
+                full.append(step)
+            else:
+                assert all(
+                    (r.mean, r.std, r.max, r.update_ratio, r.histogram) == (None,) * 5 for r in rows
+                )
+                norms_only.append(step)
+    # Step 1, then the multiples of every_n_steps * full_every.
+    assert full == [1, 6, 12] and norms_only == [2, 4, 8, 10]
+
+
 def test_unarmed_hooks_capture_nothing(tiny_model: TinyModel) -> None:
     model = tiny_model(inplace=False)
     recorder = HookRecorder(model, HookSpec(kinds=["backward"], every_n_steps=2)).attach()
