@@ -270,6 +270,9 @@ class Chart:
     metrics: tuple[tuple[str | None, str], ...] = ()
     # Trace kinds it can draw, in preference order: the first kind with rows wins.
     trace_kinds: tuple[str, ...] = ()
+    # The statistic its trace rows are thinned by (rows without it are left out: steps
+    # that recorded norms only, see hooks.full_every).
+    trace_stat: str = "norm"
 
 
 PLOTS: dict[str, Chart] = {
@@ -277,7 +280,7 @@ PLOTS: dict[str, Chart] = {
     "accuracy": Chart(accuracy_png, metrics=((None, "accuracy"),)),
     "lr": Chart(lr_png, metrics=(("train", "lr"),)),
     "grad_flow": Chart(grad_flow_png, trace_kinds=("param_grad", "backward")),
-    "zero_frac": Chart(zero_frac_png, trace_kinds=("forward",)),
+    "zero_frac": Chart(zero_frac_png, trace_kinds=("forward",), trace_stat="zero_frac"),
 }
 
 

@@ -20,7 +20,7 @@ from shared.revocations import Revocations
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
-    token: ApiToken  # detached: read only
+    token: ApiToken  # a transient copy, in no session: a rollback cannot expire it
     generation: int
     at: float
 
@@ -57,8 +57,9 @@ class TokenCache:
         """Remember a live token checked while the counter read `generation`."""
         if self._ttl <= 0 or generation is None:
             return
+        entry = _Entry(_copy(token), generation, time.monotonic())
         with self._lock:
-            self._entries[token_hash] = _Entry(token, generation, time.monotonic())
+            self._entries[token_hash] = entry
             self._entries.move_to_end(token_hash)
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)
@@ -66,3 +67,10 @@ class TokenCache:
     def forget(self, token_hash: str) -> None:
         with self._lock:
             self._entries.pop(token_hash, None)
+
+
+def _copy(token: ApiToken) -> ApiToken:
+    """The row's column values in a new object that belongs to no session (the checked row
+    stays in its request's session, where a rollback would expire it)."""
+    columns = ApiToken.__table__.columns.keys()
+    return ApiToken(**{name: getattr(token, name) for name in columns})

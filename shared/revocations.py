@@ -10,6 +10,7 @@ checked. Without Redis (the embedded filesystem broker), or when Redis does not 
 from __future__ import annotations
 
 import logging
+import time
 
 import redis
 
@@ -28,24 +29,31 @@ class Revocations:
             if is_redis
             else None
         )
+        self._quiet_until = 0.0
 
     def generation(self) -> int | None:
         """The counter now, or None when it cannot be read (nothing may be cached)."""
-        if self._redis is None:
+        if self._redis is None or time.monotonic() < self._quiet_until:
             return None
         try:
             value = self._redis.get(GENERATION_KEY)
-        except redis.RedisError:
+            return int(value) if isinstance(value, bytes | str | int) else 0
+        except (redis.RedisError, ValueError):
+            # Not again for a second: an unreachable Redis must not cost every request
+            # its connect timeout.
+            self._quiet_until = time.monotonic() + 1.0
             log.warning("cannot read the token revocation counter", exc_info=True)
             return None
-        return int(value) if isinstance(value, bytes | str | int) else 0
 
-    def announce(self) -> None:
-        """Say a token was revoked (after the commit). A failure is logged: API processes
-        then keep the revoked token at most TRAINYARD_TOKEN_CACHE_SECONDS."""
+    def announce(self) -> bool:
+        """Say a token was revoked (after the commit); False when it could not be said:
+        API processes then keep the revoked token at most TRAINYARD_TOKEN_CACHE_SECONDS.
+        Without Redis no process caches tokens: nothing to say."""
         if self._redis is None:
-            return
+            return True
         try:
             self._redis.incr(GENERATION_KEY)
+            return True
         except redis.RedisError:
             log.warning("could not announce a token revocation", exc_info=True)
+            return False

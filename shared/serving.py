@@ -48,7 +48,8 @@ class PredictCall(BaseModel):
     """One checked request, as the API sends it: the checkpoint is already pinned and the
     caller's ownership of the model checked."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Ignore what a newer API adds during a rolling deploy rather than drop its request.
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     id: uuid.UUID
     owner: str
@@ -82,6 +83,14 @@ def encode_reply(*, answer: dict[str, Any] | None, error: str | None) -> bytes:
 
 
 def decode_reply(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
-    """(answer, error) from encode_reply."""
-    body = json.loads(raw)
-    return body["answer"], body["error"]
+    """(answer, error) from encode_reply; a reply of another shape is an error line."""
+    try:
+        body = json.loads(raw)
+        answer, error = body["answer"], body["error"]
+    except (ValueError, KeyError, TypeError):
+        return None, "the inference worker sent an answer this API cannot read"
+    if not (answer is None or isinstance(answer, dict)) or not (
+        error is None or isinstance(error, str)
+    ):
+        return None, "the inference worker sent an answer this API cannot read"
+    return answer, error

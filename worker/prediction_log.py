@@ -6,7 +6,8 @@ on serving; a daemon thread writes what piled up every `flush_seconds`, in one
 transaction (`repository.record_served`). A batch that fails is kept and written again:
 while the database is unreachable it is retried with backoff for
 TRAINYARD_DB_OUTAGE_SECONDS, and past that (or after another error) the thread waits and
-tries again, so a record is not dropped while the process lives. The buffer is bounded:
+tries again, a few times; then record by record, and only a record the database itself
+refuses every time is left out (logged). The buffer is bounded:
 when it is full, `add` waits, which pauses serving instead of growing without limit.
 """
 
@@ -21,13 +22,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import repository
 from shared.db import session_scope
-from shared.db_retry import retry_database
+from shared.db_retry import DatabaseGone, retry_database
 from shared.repository import ServedPrediction
 
 log = logging.getLogger(__name__)
 
-# A batch that failed for another reason than an outage is tried again after this long.
+# A batch that failed for another reason than an outage is tried again after this long,
+# _ATTEMPTS times in all.
 _RETRY_PAUSE_SECONDS = 1.0
+_ATTEMPTS = 5
 
 
 class PredictionRecorder:
@@ -54,6 +57,7 @@ class PredictionRecorder:
         self._flush_asked = False
         self.written = 0
         self.failed_batches = 0
+        self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
 
     def start(self) -> PredictionRecorder:
@@ -66,7 +70,8 @@ class PredictionRecorder:
             while len(self._buffer) >= self._max_buffered and not self._closing:
                 self._cond.wait(0.5)
             self._buffer.append(served)
-            if len(self._buffer) >= self._max_batch:
+            # The first record starts the flush period; a full batch ends it.
+            if len(self._buffer) == 1 or len(self._buffer) >= self._max_batch:
                 self._cond.notify_all()
 
     def flush(self, timeout: float) -> bool:
@@ -117,7 +122,7 @@ class PredictionRecorder:
         while not (self._closing or self._flush_asked):
             if not self._buffer:
                 due = None
-                self._cond.wait(self._flush_seconds)
+                self._cond.wait()  # add, flush and close notify
                 continue
             now = time.monotonic()
             due = now + self._flush_seconds if due is None else due
@@ -126,7 +131,11 @@ class PredictionRecorder:
             self._cond.wait(due - now)
 
     def _write(self, batch: list[ServedPrediction]) -> None:
-        while True:
+        """Commit `batch`, retrying; a batch refused _ATTEMPTS times for another reason
+        than an outage is written one record at a time, and a record still refused is
+        logged and left out, so one bad record cannot hold up every later one."""
+        attempt = 0
+        while attempt < _ATTEMPTS:
             try:
                 retry_database(
                     lambda: self._commit(batch),
@@ -135,12 +144,25 @@ class PredictionRecorder:
                 )
                 self.written += len(batch)
                 return
-            except Exception:
+            except DatabaseGone:  # a long outage is no reason to drop anything: wait on
                 self.failed_batches += 1
-                log.exception("could not record %d predictions; trying again", len(batch))
+                log.error("the database is still unreachable; %d records wait", len(batch))
                 if self._closing:
                     return
                 time.sleep(_RETRY_PAUSE_SECONDS)
+            except Exception:
+                attempt += 1
+                self.failed_batches += 1
+                log.exception("could not record %d predictions (try %d)", len(batch), attempt)
+                if self._closing:
+                    return
+                time.sleep(_RETRY_PAUSE_SECONDS)
+        if len(batch) > 1:
+            for one in batch:
+                self._write([one])
+            return
+        self.dropped += 1
+        log.error("left out the record of prediction %s: the database refuses it", batch[0].call.id)
 
     def _commit(self, batch: list[ServedPrediction]) -> None:
         with session_scope(self._sessions) as session:

@@ -105,11 +105,19 @@ class PredictionServer:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop taking requests (the one in hand is answered) and drop the alive key's
-        refresh: the API stops sending here within ALIVE_SECONDS."""
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop taking requests (the batch in hand is answered) and close the line when
+        this worker was the last to keep it open; False if the thread did not end within
+        `timeout` (a long model load)."""
         self._stop.set()
         self._thread.join(timeout)
+        try:
+            # Only if the key is still ours: another worker may keep the line open.
+            if self._redis.get(alive_key(self.queue)) == self.worker.encode():
+                self._redis.delete(alive_key(self.queue))
+        except redis.RedisError:
+            log.warning("could not close the serving line; it lapses by itself", exc_info=True)
+        return not self._thread.is_alive()
 
     # --- the loop ----------------------------------------------------------------------
 
@@ -125,7 +133,7 @@ class PredictionServer:
                 first = self._pop(key, ALIVE_REFRESH_SECONDS)
                 if first is None:
                     continue
-                raw = [first, *self._gather(key)]
+                raw = [first, *self._gather(key)]  # never raises: `first` is served
             except redis.RedisError:
                 log.warning("the serving line cannot reach Redis; retrying", exc_info=True)
                 self._stop.wait(1.0)
@@ -150,7 +158,11 @@ class PredictionServer:
         deadline = time.monotonic() + self._batch_wait
         while len(more) + 1 < self._max_batch:
             want = self._max_batch - 1 - len(more)
-            got = cast("list[bytes] | None", self._redis.lpop(key, want))
+            try:
+                got = cast("list[bytes] | None", self._redis.lpop(key, want))
+            except redis.RedisError:  # what is in hand is served; the rest waits in Redis
+                log.warning("the serving line lost Redis while batching", exc_info=True)
+                break
             if got:
                 more.extend(got)
                 continue
@@ -163,7 +175,8 @@ class PredictionServer:
     # --- one batch -----------------------------------------------------------------------
 
     def serve(self, raw: Sequence[bytes]) -> None:
-        """Answer every request in `raw`, then hand their records to the recorder."""
+        """Answer every request in `raw`, then hand their records to the recorder; a
+        failure in one group is that group's error, never a request left unanswered."""
         now = datetime.now(UTC)
         pending: list[_Pending] = []
         for item in raw:
@@ -175,9 +188,25 @@ class PredictionServer:
         by_checkpoint: dict[Any, list[_Pending]] = {}
         for p in pending:
             by_checkpoint.setdefault(p.call.checkpoint_id, []).append(p)
-        for group in by_checkpoint.values():
-            self._answer_group(group)
-        self._reply(pending)
+        try:
+            for group in by_checkpoint.values():
+                try:
+                    self._answer_group(group)
+                except Exception as exc:
+                    log.exception("serving %d requests failed", len(group))
+                    for p in group:
+                        if p.answer is None and p.error is None:
+                            p.error = user_message(exc)
+        finally:
+            for p in pending:
+                if p.answer is None and p.error is None:
+                    p.error = "the serving line failed before answering"
+            self.stats.requests += len(pending)
+            self.stats.errors += sum(p.error is not None for p in pending)
+            self._reply(pending)
+            self._record(pending)
+
+    def _record(self, pending: list[_Pending]) -> None:
         finished = datetime.now(UTC)
         for p in pending:
             self.recorder.add(
@@ -186,8 +215,6 @@ class PredictionServer:
                     started_at=p.started_at, finished_at=finished, batch_samples=p.batch_samples,
                 )
             )  # fmt: skip
-        self.stats.requests += len(pending)
-        self.stats.errors += sum(p.error is not None for p in pending)
 
     def _answer_group(self, group: list[_Pending]) -> None:
         call = group[0].call
@@ -216,9 +243,13 @@ class PredictionServer:
         try:
             result = predict(loaded, torch.cat(tensors) if len(tensors) > 1 else tensors[0])
         except Exception as exc:
-            log.exception("a forward pass of %d requests failed", len(batch))
-            for p in batch:
-                p.error = user_message(exc)
+            if len(batch) > 1:  # the pass together (out of memory?): each on its own
+                log.warning("a forward pass of %d requests failed; one by one", len(batch))
+                for p in batch:
+                    self._forward(loaded, [p], warm)
+                return
+            log.exception("a forward pass failed")
+            batch[0].error = user_message(exc)
             return
         samples = int(result["samples"])
         self.stats.forward_passes += 1

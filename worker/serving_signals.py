@@ -68,7 +68,9 @@ def _start(sender: Any = None, **_: Any) -> None:
 def _stop(**_: Any) -> None:
     while _running:
         server, recorder = _running.pop()
-        server.stop()
+        # A model load in hand may take a while: its answers and records come first.
+        if not server.stop(timeout=60.0):
+            log.error("the serving thread did not stop; its batch in hand is not recorded")
         recorder.close(timeout=get_settings().db_outage_seconds)
 
 

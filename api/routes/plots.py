@@ -110,7 +110,7 @@ def _plot_data(session: Session, job: Job, name: str) -> charts.PlotData:
     for kind in chart.trace_kinds:
         traces = repository.list_traces(
             session=session, job_id=job.id, kind=kind, limit=limit,
-            max_points=charts.LINE_BUCKETS,
+            max_points=charts.LINE_BUCKETS, stat=chart.trace_stat,
         )  # fmt: skip
         if traces:
             truncated |= len(traces) >= limit

@@ -180,7 +180,12 @@ def _announce_revocation() -> None:
     from shared.config import get_settings
     from shared.revocations import Revocations
 
-    Revocations(get_settings().resolved_broker_url()).announce()
+    if not Revocations(get_settings().resolved_broker_url()).announce():
+        click.echo(
+            "warning: could not tell the API processes over Redis; one that checked this "
+            "token may accept it for up to TRAINYARD_TOKEN_CACHE_SECONDS more",
+            err=True,
+        )
 
 
 @contextmanager

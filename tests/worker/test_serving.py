@@ -5,6 +5,7 @@ afterwards as `infer` jobs."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -190,6 +191,52 @@ def test_a_batch_the_database_refuses_is_written_again(
     assert recorder.failed_batches == 1 and recorder.written == 1
     with sessions() as session:
         assert session.get(Job, call.id) is not None
+
+
+def test_a_record_the_database_always_refuses_is_left_out_and_the_rest_written(
+    sessions: sessionmaker[Session], model_job: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint = _checkpoint(sessions, model_job)
+    calls = [_call(model_job, checkpoint, [[[0.0] * 8] * 8]) for _ in range(3)]
+    poison = calls[1].id
+    real = repository.record_served
+
+    def refusing(**kwargs: Any) -> None:
+        if any(s.call.id == poison for s in kwargs["served"]):
+            raise RuntimeError("refused")
+        real(**kwargs)
+
+    monkeypatch.setattr(repository, "record_served", refusing)
+    monkeypatch.setattr("worker.prediction_log._RETRY_PAUSE_SECONDS", 0.0)
+    recorder = PredictionRecorder(sessions, flush_seconds=0.01, outage_seconds=5)
+    now = utcnow()
+    for call in calls:  # buffered before the thread starts: one batch of three
+        recorder.add(
+            repository.ServedPrediction(
+                call=call, answer={"samples": 1}, error=None, worker="w", started_at=now,
+                finished_at=now, batch_samples=1,
+            )
+        )  # fmt: skip
+    recorder.start()
+    assert recorder.flush(timeout=30)
+    recorder.close(timeout=5)
+    assert recorder.written == 2 and recorder.dropped == 1
+    with sessions() as session:
+        stored = set(session.scalars(select(Job.id).where(Job.kind == "infer")))
+    assert stored == {calls[0].id, calls[2].id}
+
+
+def test_a_stopped_server_closes_its_line(
+    redis_client: redis.Redis, sessions: sessionmaker[Session], model_job: uuid.UUID
+) -> None:
+    server = _server(redis_client, sessions).start()
+    deadline = time.monotonic() + 30
+    while not redis_client.exists(alive_key("infer")):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert server.stop() is True
+    server.recorder.close(timeout=5)
+    assert not redis_client.exists(alive_key("infer"))  # the API takes the job path at once
 
 
 @pytest.fixture(autouse=True)
