@@ -228,12 +228,16 @@ def test_predict_refuses_bad_bodies(
     assert resp.status_code == 404
 
 
-def test_a_failed_prediction_is_422_with_the_reason(
+@pytest.mark.parametrize("answering", ["infer_worker", "serving_worker"])
+def test_a_failed_prediction_is_422_with_the_reason_and_recorded_failed(
     client: FlaskClient,
     alice: dict[str, str],
     sessions: sessionmaker[Session],
-    infer_worker: ModelCache,
+    answering: str,
+    request: pytest.FixtureRequest,
 ) -> None:
+    """On the job path (the infer task) and on the serving line alike."""
+    worker = request.getfixturevalue(answering)
     model_job = _trained_job(sessions)
     with session_scope(sessions) as session:  # weights that no longer fit the model
         ckpt = repository.get_checkpoint(session=session, job_id=model_job, ref="final")
@@ -244,6 +248,10 @@ def test_a_failed_prediction_is_422_with_the_reason(
     assert resp.status_code == 422
     err = resp.get_json()["error"]
     assert err["code"] == "inference_failed" and "failed: RuntimeError" in err["message"]
+    if isinstance(worker, PredictionServer):
+        assert worker.recorder.flush(timeout=30)
+    (job,) = _infer_jobs(sessions)
+    assert job.status == "failed" and job.error is not None and "RuntimeError" in job.error
 
 
 def test_past_the_waiting_limit_predict_answers_202_at_once(
@@ -353,27 +361,6 @@ def test_predict_on_the_serving_line_writes_nothing_before_the_answer(
     assert [e["kind"] for e in events["events"]] == ["served"]
     again = client.post(url, json={"inputs": images[:1]}, headers=alice).get_json()
     assert again["cached_model"] is True and serving_worker.stats.requests == 2
-
-
-def test_a_failed_prediction_on_the_serving_line_is_422_and_recorded_failed(
-    client: FlaskClient,
-    alice: dict[str, str],
-    sessions: sessionmaker[Session],
-    serving_worker: PredictionServer,
-) -> None:
-    model_job = _trained_job(sessions)
-    with session_scope(sessions) as session:  # weights that no longer fit the model
-        ckpt = repository.get_checkpoint(session=session, job_id=model_job, ref="final")
-        ckpt.model_state = state_dict_to_bytes({"fc.weight": torch.zeros(3, 3)})
-    resp = client.post(
-        f"/api/v1/models/{model_job}/predict", json={"inputs": [[[0.5] * 8] * 8]}, headers=alice
-    )
-    assert resp.status_code == 422
-    err = resp.get_json()["error"]
-    assert err["code"] == "inference_failed" and "failed: RuntimeError" in err["message"]
-    assert serving_worker.recorder.flush(timeout=30)
-    (job,) = _infer_jobs(sessions)
-    assert job.status == "failed" and job.error is not None and "RuntimeError" in job.error
 
 
 def test_an_open_line_nobody_answers_in_time_gives_202_with_the_job_to_poll(
