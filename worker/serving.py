@@ -6,7 +6,7 @@ TRAINYARD_PREDICT_MAX_BATCH samples are in hand), groups what it has by checkpoi
 runs one forward pass per group, as TorchServe's and Ray Serve's dynamic batching do.
 In `eval()` mode a sample's output does not depend on the others in its batch (no
 batch statistics; rounding aside). Every answer goes back in one Redis pipeline; the
-records follow through the PredictionRecorder, never before the answers.
+records are handed to the PredictionRecorder's buffer and written to the database after.
 
 A request that cannot be answered (inputs that do not fit the model, a checkpoint that
 no longer loads) gets its error line, and only that request: the rest of the batch is
@@ -203,8 +203,9 @@ class PredictionServer:
                     p.error = "the serving line failed before answering"
             self.stats.requests += len(pending)
             self.stats.errors += sum(p.error is not None for p in pending)
-            self._reply(pending)
+            # Buffered first (memory only), so whoever has an answer can flush its record.
             self._record(pending)
+            self._reply(pending)
 
     def _record(self, pending: list[_Pending]) -> None:
         finished = datetime.now(UTC)
