@@ -153,6 +153,12 @@ class Settings(BaseSettings):
         description="How long a worker retries database writes before the job fails",
     )
     flush_seconds: float = Field(default=1.0, description="Metric and trace batch write period")
+    rollup_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A running job rolls up its series (and applies hooks.keep_raw_steps) "
+        "this often, and at its end",
+    )
     max_attempts: int = Field(default=3, description="Claims before a lost job is failed")
     checkpoint_seconds: float = Field(
         default=120.0, description="A running job takes a resumable checkpoint at least this often"

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Text,
     TypeDecorator,
@@ -248,6 +249,68 @@ class RankTrace(TraceStats, Base):
     layer: Mapped[str] = mapped_column(String(255), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)
     rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+class Rollup:
+    """One statistic of one series over a bucket of steps, for reading long series fast.
+
+    Level 0 buckets hold BUCKET_STEPS (100) steps: bucket b covers steps [100 b, 100 b + 100);
+    each level up doubles the width (level k: 100 * 2^k steps). A bucket is written once
+    every step in it is committed, and only then. `first_step` is the bucket's first step
+    holding a value of `stat`; `low` / `high` its lowest and highest value (NaN counts as
+    highest) and `low_step` / `high_step` the earliest steps holding them. Raw rows that a
+    level-0 rollup names are never removed by retention (hooks.keep_raw_steps).
+    """
+
+    stat: Mapped[str] = mapped_column(String(16))
+    level: Mapped[int] = mapped_column(Integer)
+    bucket: Mapped[int] = mapped_column(BigInteger)
+    count: Mapped[int] = mapped_column(BigInteger)  # steps with a value (after retention: kept)
+    first_step: Mapped[int] = mapped_column(Integer)
+    low: Mapped[float] = mapped_column(Float)
+    low_step: Mapped[int] = mapped_column(Integer)
+    high: Mapped[float] = mapped_column(Float)
+    high_step: Mapped[int] = mapped_column(Integer)
+
+
+class TraceRollup(Rollup, Base):
+    """Rollups of layer_traces: one row per (layer, kind, stat, level, bucket)."""
+
+    __tablename__ = "trace_rollups"
+    __table_args__ = (
+        PrimaryKeyConstraint("job_id", "layer", "kind", "stat", "level", "bucket"),
+    )
+
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("jobs.id", ondelete="CASCADE"))
+    layer: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(16))
+
+
+class MetricRollup(Rollup, Base):
+    """Rollups of metrics: one row per (split, name, level, bucket); `stat` is 'value'."""
+
+    __tablename__ = "metric_rollups"
+    __table_args__ = (
+        PrimaryKeyConstraint("job_id", "split", "name", "stat", "level", "bucket"),
+    )
+
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("jobs.id", ondelete="CASCADE"))
+    split: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(64))
+
+
+class RollupMark(Base):
+    """How far a job's series are rolled up and its raw trace rows thinned by retention:
+    every step below `rolled_below` is in the rollups; below `pruned_below` only the raw
+    trace rows that level-0 rollups name are kept."""
+
+    __tablename__ = "rollup_marks"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    rolled_below: Mapped[int] = mapped_column(Integer, default=0)
+    pruned_below: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Checkpoint(Base):

@@ -175,6 +175,7 @@ def _train(rank: int, launch: RankLaunch, channel: RankChannel, job_store: Any) 
                 settings=settings,
                 lease=ChannelLease(channel, launch.job_id),
                 shutting_down=ShutdownFlag(channel),
+                keep_raw_steps=spec.hooks.keep_raw_steps,
             )
         ]
     else:

@@ -57,6 +57,7 @@ class DatabaseSink(Callback):
         writer: RowWriter | None = None,
         lease: Lease | None = None,
         shutting_down: Flag = SHUTTING_DOWN,
+        keep_raw_steps: int | None = None,
     ) -> None:
         self._sessions = sessions
         self._job_id = job_id
@@ -64,7 +65,11 @@ class DatabaseSink(Callback):
         self._settings = settings
         self._clock = clock
         self._writer = writer or RowWriter(
-            sessions=sessions, job_id=job_id, outage_seconds=settings.db_outage_seconds
+            sessions=sessions,
+            job_id=job_id,
+            outage_seconds=settings.db_outage_seconds,
+            rollup_seconds=settings.rollup_seconds,
+            keep_raw_steps=keep_raw_steps,
         )
         # The task runs the job's heartbeat thread from the claim until the outcome is
         # stored (setup and the final writes are covered too); a sink on its own (tests,

@@ -161,8 +161,9 @@ def _train_claimed(
             result, preempted = ended, lease.requests.preempt
         else:
             sink = DatabaseSink(
-                sessions=sessions, job_id=job_id, worker=worker, settings=settings, lease=lease
-            )
+                sessions=sessions, job_id=job_id, worker=worker, settings=settings, lease=lease,
+                keep_raw_steps=spec.hooks.keep_raw_steps,
+            )  # fmt: skip
             result = fit(
                 spec,
                 callbacks=[sink] if limit is None else [sink, limit],

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -89,6 +90,9 @@ class RowWriter:
         max_rows: int = 200_000,
         batch_rows: int = 20_000,
         outage_seconds: float = 60.0,
+        rollup_seconds: float = 30.0,
+        keep_raw_steps: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_rows < 1 or batch_rows < 1:
             raise ValueError("max_rows and batch_rows must be positive")
@@ -105,7 +109,16 @@ class RowWriter:
         self._error: RowWriteError | None = None
         self._conflicts_seen = False  # written only by the writer thread
         self._closing = False
+        self._aborted = False
         self._thread: threading.Thread | None = None
+        # Rollups (shared/repository/rollups.py), written by this thread: every
+        # rollup_seconds and at close, up to the last step committed.
+        self.rollup_seconds = rollup_seconds
+        self.keep_raw_steps = keep_raw_steps
+        self._clock = clock
+        self._committed_through = 0
+        self._rolled_through = 0
+        self._last_roll = clock()
 
     @property
     def pending(self) -> int:
@@ -149,6 +162,7 @@ class RowWriter:
         """Drop the buffered rows and stop (the batch being written, if any, completes)."""
         with self._cond:
             self._closing = True
+            self._aborted = True
             self._drop_queue()
             self._cond.notify_all()
         if self._thread is not None:
@@ -212,7 +226,8 @@ class RowWriter:
             with self._cond:
                 self._cond.wait_for(lambda: bool(self._queue) or self._closing)
                 if not self._queue:
-                    return  # closing and drained
+                    aborted = self._aborted
+                    break  # closing and drained
                 batch = self._take_batch()
             count = sum(len(rows) for _, rows in batch)
             try:
@@ -231,10 +246,37 @@ class RowWriter:
                     self._closing = True
                     self._cond.notify_all()
                 return
+            self._committed_through = max(self._committed_through, _last_step(batch))
             with self._cond:
                 self._done += count
                 self._pending -= count
                 self._cond.notify_all()
+            if self._clock() - self._last_roll >= self.rollup_seconds:
+                self._roll_up()
+        if not aborted:
+            self._roll_up()
+
+    def _roll_up(self) -> None:
+        """Roll up what is committed. Never fails the job: rollups only speed up reads
+        (a read falls back to the raw rows) and retention can wait for the next pass."""
+        self._last_roll = self._clock()
+        if self._committed_through <= self._rolled_through:
+            return
+        through, keep = self._committed_through, self.keep_raw_steps
+
+        def roll() -> None:
+            with session_scope(self._sessions) as session:
+                repository.roll_up(
+                    session=session, job_id=self._job_id, through_step=through,
+                    keep_raw_steps=keep,
+                )  # fmt: skip
+
+        try:
+            retry_database(roll, what="rolling up series", window_seconds=self.outage_seconds)
+        except Exception:
+            log.warning("job %s: could not roll up its series", self._job_id, exc_info=True)
+            return
+        self._rolled_through = through
 
     def _take_batch(self) -> list[tuple[str, Sequence[Row]]]:
         """Everything queued, up to about batch_rows rows (always at least one put)."""
@@ -265,6 +307,14 @@ class RowWriter:
                     self._conflicts_seen = self._conflicts_seen or conflicted
                 else:
                     insert(session=session, job_id=self._job_id, rows=rows)
+
+
+def _last_step(batch: list[tuple[str, Sequence[Row]]]) -> int:
+    """The last step a batch commits. Rows are put in step order, so once it is committed
+    every earlier step of the rolled-up tables is too (rank_traces are not rolled up)."""
+    return max(
+        (rows[-1]["step"] for table, rows in batch if rows and table != "rank_traces"), default=0
+    )
 
 
 def _write_error(exc: BaseException, batch: list[tuple[str, Sequence[Row]]]) -> RowWriteError:

@@ -66,10 +66,12 @@ from shared.repository.results import (
     record_rank_traces,
     record_traces,
 )
+from shared.repository.rollups import RollResult, roll_up
 from shared.repository.served import ServedPrediction, record_served
 
 __all__ = [
     "Requests",
+    "RollResult",
     "Seat",
     "ServedPrediction",
     "add_event",
@@ -115,5 +117,6 @@ __all__ = [
     "requeue_after_crash",
     "requeue_job",
     "requeue_lost_jobs",
+    "roll_up",
     "save_checkpoint",
 ]

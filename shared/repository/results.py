@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from sqlalchemy import Table, delete, func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from shared.models import LayerTrace, Metric, RankTrace
+from shared.repository.inserts import insert_ignoring_duplicates
+from shared.repository.rollups import forget_after
 from shared.repository.thinning import thinned_rows
-
-# Rows per INSERT statement: large enough to amortise round trips, small enough for
-# SQLite's bound-parameter limit (13 columns x 2000 < 32766).
-_CHUNK = 2000
-
-
-def insert_ignoring_duplicates(
-    session: Session, table: Table, rows: Sequence[dict[str, Any]]
-) -> None:
-    """Multi-row INSERT ... ON CONFLICT DO NOTHING, so a retried write is a no-op."""
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    # A multi-row VALUES takes its columns from the first row: give every row all keys.
-    keys = {key for row in rows for key in row}
-    for start in range(0, len(rows), _CHUNK):
-        chunk = [{key: row.get(key) for key in keys} for row in rows[start : start + _CHUNK]]
-        session.execute(insert(table).values(chunk).on_conflict_do_nothing())
 
 
 def record_metrics(*, session: Session, job_id: uuid.UUID, rows: Iterable[dict[str, Any]]) -> None:
@@ -57,9 +40,10 @@ def record_rank_traces(
 
 def delete_rows_after(*, session: Session, job_id: uuid.UUID, step: int) -> None:
     """Metric and trace rows past `step`: a resumed attempt writes those steps again, so
-    each step keeps exactly one row of each kind."""
+    each step keeps exactly one row of each kind; so are the rollups of those steps."""
     for model in (Metric, LayerTrace, RankTrace):
         session.execute(delete(model).where(model.job_id == job_id, model.step > step))
+    forget_after(session=session, job_id=job_id, step=step)
 
 
 def _step_bounds(column: Any, low: int | None, high: int | None) -> list[Any]:
@@ -92,8 +76,9 @@ def list_metrics(
         where.append(Metric.split == split)
     if max_points is not None:
         rows = thinned_rows(
-            session, model=Metric, where=where, keys=[Metric.name, Metric.split],
-            value=Metric.value, max_points=max_points,
+            session, model=Metric, job_id=job_id, where=where,
+            keys=[Metric.split, Metric.name], value=Metric.value, max_points=max_points,
+            only=(split, name) if split and name else None,
         )  # fmt: skip
         rows.sort(key=lambda r: (r.name, r.split, r.step))
         return rows[:limit]
@@ -154,7 +139,8 @@ def _traces(
     where = [model.job_id == job_id, *_step_bounds(model.step, from_step, to_step)]
     if rank is not None:
         where.append(model.rank == rank)
-    if layer and any(c in layer for c in "*?"):
+    glob = layer is not None and any(c in layer for c in "*?")
+    if layer and glob:
         where.append(model.layer.like(glob_to_like(layer), escape="\\"))
     elif layer:  # no wildcard: an exact (case-sensitive everywhere) match
         where.append(model.layer == layer)
@@ -167,8 +153,9 @@ def _traces(
         having = where if stat == "norm" else [*where, value.is_not(None)]
         return lambda session: sorted(
             thinned_rows(
-                session, model=model, where=having, keys=[model.layer, model.kind],
-                value=value, max_points=max_points,
+                session, model=model, job_id=job_id, where=having,
+                keys=[model.layer, model.kind], value=value, max_points=max_points,
+                only=(layer, kind) if layer and not glob and kind else None,
             ),
             key=lambda r: (r.step, r.kind, r.layer),
         )[:limit]  # fmt: skip

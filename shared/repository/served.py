@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.models import Job, JobEvent, JobStatus
-from shared.repository.results import insert_ignoring_duplicates
+from shared.repository.inserts import insert_ignoring_duplicates
 from shared.serving import PredictCall
 
 

@@ -89,6 +89,14 @@ class HookSpec(Strict):
         description="distributed jobs: also each rank's own statistics of layer inputs, "
         "outputs and output gradients (rank_traces)",
     )
+    keep_raw_steps: int | None = Field(
+        default=None,
+        ge=0,
+        le=2_147_483_647,
+        description="retention: raw trace rows older than this many steps are thinned to "
+        "the first, lowest and highest point of every statistic per 100 steps (what "
+        "thinned reads and plots show stays the same); null keeps every row",
+    )
     on_nonfinite: Literal["fail", "skip_step"] = "fail"
     alerts: AlertSpec | None = None
 

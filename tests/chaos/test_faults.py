@@ -52,10 +52,12 @@ def test_a_message_delivered_twice_trains_once(cluster: Cluster) -> None:
     assert_held(scenarios.duplicate_message(cluster), cluster)
 
 
+@pytest.mark.slow  # CI keeps the other fault scenarios
 def test_the_api_killed_mid_burst_makes_one_job_per_idempotency_key(cluster: Cluster) -> None:
     assert_held(scenarios.api_kill(cluster, jobs=200, threads=10, kill_after=60), cluster)
 
 
+@pytest.mark.slow  # CI keeps the other fault scenarios
 def test_a_postgres_outage_mid_training_is_ridden_through(cluster: Cluster) -> None:
     assert_held(scenarios.postgres_outage(cluster, outage_s=20), cluster)
 
@@ -64,6 +66,7 @@ def test_another_owner_s_first_job_waits_for_at_most_one_of_a_backlog(cluster: C
     assert_held(scenarios.fair_share(cluster), cluster)
 
 
+@pytest.mark.slow  # CI keeps the other fault scenarios
 def test_a_full_disk_fails_the_job_at_once_and_the_api_says_so() -> None:
     try:
         outcome = scenarios.disk_full(home_mb=48)
@@ -72,6 +75,7 @@ def test_a_full_disk_fails_the_job_at_once_and_the_api_says_so() -> None:
     assert_held(outcome, None)
 
 
+@pytest.mark.slow  # CI keeps the other fault scenarios
 def test_a_killed_node_of_a_two_node_job_waits_then_resumes_exactly(
     cluster: Cluster, rng: random.Random
 ) -> None:

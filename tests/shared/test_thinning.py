@@ -6,32 +6,14 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from cli.migrate import upgrade
 from shared import repository
-from shared.db import make_engine, make_session_factory, session_scope
+from shared.db import session_scope
 
 POINTS = 5000
 MAX_POINTS = 20
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def db(
-    request: pytest.FixtureRequest, sessions: sessionmaker[Session], clean_db: None, tmp_path: Path
-) -> Iterator[sessionmaker[Session]]:
-    if request.param == "postgresql":
-        yield sessions
-        return
-    url = f"sqlite:///{tmp_path / 'trainyard.db'}"
-    upgrade(url, "head")
-    engine = make_engine(url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def _values() -> dict[int, float]:

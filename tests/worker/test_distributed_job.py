@@ -239,6 +239,7 @@ def test_a_spec_needing_more_processes_than_allowed_is_refused_at_submit(
         check_spec(spec, limits=SpecLimits.of(settings))
 
 
+@pytest.mark.slow  # CI: test_preempt covers one process
 def test_a_warm_shutdown_suspends_every_rank_and_the_job_resumes_exactly(
     sessions: sessionmaker[Session], settings: Settings, new_job: NewJob
 ) -> None:

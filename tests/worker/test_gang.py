@@ -139,6 +139,7 @@ def test_a_gang_that_cannot_fill_gives_its_worker_back(
         assert _job(session, gang_job).status == "queued"
 
 
+@pytest.mark.slow  # CI: test_a_killed_rank_... covers the kill
 def test_killing_a_node_fails_the_gang_and_the_job_resumes(
     sessions: sessionmaker[Session], gang_settings: Settings, new_job: NewJob
 ) -> None:

@@ -19,7 +19,7 @@ from shared import repository
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.errors import LeaseLost
-from shared.models import Job, LayerTrace, Metric
+from shared.models import Job, LayerTrace, Metric, RollupMark, TraceRollup
 from shared.net.build import build_model
 from shared.spec import JobSpec
 from tests.support.fixture_types import ClaimedSink, CountRows, NewJob
@@ -323,9 +323,9 @@ def test_a_job_whose_rows_cannot_be_saved_fails_with_a_clear_message(
 ) -> None:
     class WrongJob(RowWriter):  # writes under a job id that does not exist: the FK refuses
         def __init__(
-            self, *, sessions: sessionmaker[Session], job_id: uuid.UUID, outage_seconds: float
+            self, *, sessions: sessionmaker[Session], job_id: uuid.UUID, **kw: Any
         ) -> None:
-            super().__init__(sessions=sessions, job_id=uuid.uuid4(), outage_seconds=outage_seconds)
+            super().__init__(sessions=sessions, job_id=uuid.uuid4(), **kw)
 
     monkeypatch.setattr("worker.sinks.RowWriter", WrongJob)
     job_id = new_job(TINY).id
@@ -358,3 +358,63 @@ def test_an_interrupted_fit_leaves_no_writer_thread(
     assert not _writer_threads(job_id)  # the sink's on_fit_error aborted the writer
     with pytest.raises(RuntimeError, match="closed"):
         writer.put("metrics", [{"split": "train", "name": "loss", "step": 9, "value": 1.0}])
+
+
+def test_the_writer_rolls_up_what_it_committed_at_close_but_not_after_an_abort(
+    sessions: sessionmaker[Session], clean_db: None, new_job: NewJob
+) -> None:
+    closed, aborted = new_job(TINY).id, new_job(TINY).id
+    for job_id in (closed, aborted):
+        writer = RowWriter(sessions=sessions, job_id=job_id, batch_rows=500)
+        writer.put("layer_traces", _trace_rows(range(1, 451)))
+        writer.flush()
+        writer.close() if job_id == closed else writer.abort()
+    with sessions() as session:
+        mark = session.get(RollupMark, closed)
+        assert mark is not None and mark.rolled_below == 400  # step 450's bucket is open
+        buckets = session.scalars(
+            select(TraceRollup.bucket).where(
+                TraceRollup.job_id == closed,
+                TraceRollup.level == 0,
+                TraceRollup.layer == "head",
+                TraceRollup.kind == "backward",
+                TraceRollup.stat == "norm",
+            )
+        ).all()
+        assert sorted(buckets) == [0, 1, 2, 3]
+        assert session.get(RollupMark, aborted) is None
+
+
+def test_a_job_keeping_few_raw_steps_thins_its_old_rows_and_reads_the_same(
+    sessions: sessionmaker[Session], clean_db: None, settings: Settings, new_job: NewJob
+) -> None:
+    hooks = {"kinds": ["param_grad"], "full_every": 1}
+    spec = {**TINY, "train": {**TINY["train"], "epochs": 40}, "hooks": hooks}
+    kept = {**spec, "hooks": {**hooks, "keep_raw_steps": 50}}
+    everything, thinned = new_job(spec).id, new_job(kept).id
+    for job_id in (everything, thinned):
+        assert (
+            execute_train(job_id, worker="w", sessions=sessions, settings=settings) == "succeeded"
+        )
+    with sessions() as session:
+        reads = {}
+        for job_id in (everything, thinned):
+            mark = session.get(RollupMark, job_id)
+            assert mark is not None and mark.rolled_below == 200  # 280 steps
+            reads[job_id] = [
+                (r.layer, r.step, r.norm, r.mean)
+                for r in repository.list_traces(
+                    session=session, job_id=job_id, kind="param_grad", limit=10_000, max_points=2
+                )
+            ]
+            recent = (LayerTrace.step >= 200).label("recent")
+            rows = session.execute(
+                select(recent, func.count()).where(LayerTrace.job_id == job_id).group_by(recent)
+            ).all()
+            reads[f"{job_id} rows"] = dict(rows)
+    params = 4  # fc1/fc2 weight and bias
+    assert reads[f"{everything} rows"] == {False: 199 * params, True: 81 * params}
+    old = reads[f"{thinned} rows"]
+    assert old[True] == 81 * params and old[False] < 199 * params / 4
+    # The same training (seeded): a thinned read finds the same rows in both.
+    assert reads[thinned] == reads[everything] and len(reads[thinned]) > params
