@@ -135,6 +135,18 @@ class HookRecorder:
         self._attached = True
         return self
 
+    @property
+    def _permanent(self) -> bool:
+        # Every step logged: the hooks stay registered between steps (they do nothing
+        # while not armed), instead of one registration per module per step. Otherwise
+        # unlogged steps run without hooks, at the loop's own speed.
+        return self.every_n_steps == 1
+
+    def _idle(self) -> None:
+        """Between logged steps: unregister the hooks unless they stay (see _permanent)."""
+        if not self._permanent:
+            self._unregister()
+
     def _register(self) -> None:
         if self._handles or not self._attached:
             return
@@ -161,6 +173,7 @@ class HookRecorder:
         """Remove every hook this recorder registered and drop anything captured."""
         self._attached = False
         self.pause()
+        self._unregister()
 
     def __enter__(self) -> HookRecorder:
         return self.attach()
@@ -190,7 +203,7 @@ class HookRecorder:
 
     def pause(self) -> None:
         """Record nothing until the next begin_step (micro-batches before the last one)."""
-        self._unregister()
+        self._idle()
         self._pending.clear()
         self._blocks.clear()
         self._before = None
@@ -234,7 +247,7 @@ class HookRecorder:
             return []
         self._take_grads(snapshot=False)  # no optimizer step was taken: no update ratio
         self._armed = False
-        self._unregister()  # the backward pass is over: every tensor hook has fired
+        self._idle()  # the backward pass is over: every tensor hook has fired
         if "weights" in self.kinds:
             for name, p in self._params:
                 self._capture("weights", name, p)

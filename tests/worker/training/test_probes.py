@@ -194,6 +194,25 @@ def test_hooks_exist_only_while_a_logged_step_runs(tiny_model: TinyModel) -> Non
     assert all(not m._backward_hooks for m in model.modules())
 
 
+def test_hooks_stay_between_steps_when_every_step_is_logged(tiny_model: TinyModel) -> None:
+    model = tiny_model(inplace=True)
+    recorder = HookRecorder(model, HookSpec(kinds=["backward", "param_grad"], every_n_steps=1))
+    recorder.attach()
+    recorder.begin_step(1)
+    model(torch.randn(2, 4)).sum().backward()
+    first = [(r.layer, r.kind) for r in recorder.collect()]
+    assert first and _hook_count(model) == 4  # kept: no registration per module per step
+    recorder.begin_step(2)
+    recorder.pause()  # a micro-batch before the last one: the hooks fire and record nothing
+    model(torch.randn(2, 4)).sum().backward()
+    recorder.begin_step(2)
+    model.zero_grad()
+    model(torch.randn(2, 4)).sum().backward()
+    assert [(r.layer, r.kind) for r in recorder.collect()] == first  # one pass's rows, once
+    recorder.detach()
+    assert _hook_count(model) == 0
+
+
 def test_context_manager_detaches_on_error(tiny_model: TinyModel) -> None:
     model = tiny_model(inplace=False)
     with (
