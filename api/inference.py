@@ -10,9 +10,9 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from typing import Any
 
+from cachetools import TTLCache
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -95,25 +95,18 @@ class PinnedModels:
     is seen by this process up to PIN_SECONDS later."""
 
     def __init__(self, ttl_seconds: float = PIN_SECONDS, max_entries: int = 1024) -> None:
-        self._ttl = ttl_seconds
-        self._max = max_entries
-        self._entries: OrderedDict[_PinKey, tuple[float, tuple[uuid.UUID, DataSpec]]]
-        self._entries = OrderedDict()
-        self._lock = threading.Lock()
+        self._entries: TTLCache[_PinKey, tuple[uuid.UUID, DataSpec]] = TTLCache(
+            maxsize=max_entries, ttl=ttl_seconds, timer=time.monotonic
+        )
+        self._lock = threading.Lock()  # cachetools' caches are not thread-safe
 
     def get(self, key: _PinKey) -> tuple[uuid.UUID, DataSpec] | None:
         with self._lock:
-            hit = self._entries.get(key)
-            if hit is None or time.monotonic() - hit[0] > self._ttl:
-                return None
-            return hit[1]
+            return self._entries.get(key)
 
     def put(self, key: _PinKey, pinned: tuple[uuid.UUID, DataSpec]) -> None:
         with self._lock:
-            self._entries[key] = (time.monotonic(), pinned)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max:
-                self._entries.popitem(last=False)
+            self._entries[key] = pinned
 
 
 def served_call(request: InferSpec, *, owner: str, queue: str) -> PredictCall:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
+
+from cachetools import TTLCache
 
 from shared.models import ApiToken
 from shared.revocations import Revocations
@@ -22,17 +23,18 @@ from shared.revocations import Revocations
 class _Entry:
     token: ApiToken  # a transient copy, in no session: a rollback cannot expire it
     generation: int
-    at: float
 
 
 class TokenCache:
-    """token hash -> checked ApiToken, bounded (least recently used goes first)."""
+    """token hash -> checked ApiToken, each kept `ttl_seconds` at most, bounded (least
+    recently used goes first: cachetools' TTLCache, behind a lock)."""
 
     def __init__(self, revocations: Revocations, ttl_seconds: float, max_entries: int = 4096):
         self._revocations = revocations
         self._ttl = ttl_seconds
-        self._max = max_entries
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._entries: TTLCache[str, _Entry] = TTLCache(
+            maxsize=max_entries, ttl=max(ttl_seconds, 1e-9), timer=time.monotonic
+        )
         self._lock = threading.Lock()
 
     def lookup(self, token_hash: str) -> tuple[ApiToken | None, int | None]:
@@ -42,27 +44,22 @@ class TokenCache:
         generation = self._revocations.generation()
         if generation is None:
             return None, None
-        now = time.monotonic()
         with self._lock:
             entry = self._entries.get(token_hash)
             if entry is None:
                 return None, generation
-            if entry.generation != generation or now - entry.at > self._ttl:
+            if entry.generation != generation:
                 del self._entries[token_hash]
                 return None, generation
-            self._entries.move_to_end(token_hash)
             return entry.token, generation
 
     def keep(self, token_hash: str, token: ApiToken, generation: int | None) -> None:
         """Remember a live token checked while the counter read `generation`."""
         if self._ttl <= 0 or generation is None:
             return
-        entry = _Entry(_copy(token), generation, time.monotonic())
+        entry = _Entry(_copy(token), generation)
         with self._lock:
             self._entries[token_hash] = entry
-            self._entries.move_to_end(token_hash)
-            while len(self._entries) > self._max:
-                self._entries.popitem(last=False)
 
     def forget(self, token_hash: str) -> None:
         with self._lock:

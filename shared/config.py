@@ -131,6 +131,13 @@ class Settings(BaseSettings):
         le=1000.0,
         description="How long the serving line waits for more requests to batch with one",
     )
+    predict_expire_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="A request older than this when the serving line takes it is not run: "
+        "it is recorded failed (its caller got a 202 long ago), so a backlog left by an "
+        "outage drains at once",
+    )
     predict_record_flush_ms: float = Field(
         default=200.0,
         ge=1.0,

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from cachetools import LRUCache
 from torch import nn
 
 from shared.jsonvalues import json_safe_object
@@ -49,11 +49,14 @@ def load_model(spec: JobSpec, state: bytes, device: torch.device) -> LoadedModel
 
 
 class ModelCache:
-    """Loaded models by checkpoint id, least recently used evicted past `max_bytes`."""
+    """Loaded models by checkpoint id, least recently used evicted past `max_bytes`
+    (cachetools' LRUCache sized by each model's bytes, behind a lock)."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._models: OrderedDict[uuid.UUID, LoadedModel] = OrderedDict()
+        self._models: LRUCache[uuid.UUID, LoadedModel] = LRUCache(
+            maxsize=max_bytes, getsizeof=_model_bytes
+        )
         self._lock = threading.Lock()  # a threads pool may predict concurrently
         self.hits = 0
         self.misses = 0
@@ -65,7 +68,6 @@ class ModelCache:
             if loaded is None:
                 self.misses += 1
                 return None
-            self._models.move_to_end(key)
             self.hits += 1
             return loaded
 
@@ -78,20 +80,21 @@ class ModelCache:
             return
         with self._lock:
             self._models[key] = loaded
-            self._models.move_to_end(key)
-            while self.used_bytes > self.max_bytes:
-                self._models.popitem(last=False)
 
     @property
     def used_bytes(self) -> int:
         """Bytes of the models held now."""
-        return sum(m.nbytes for m in self._models.values())
+        return int(self._models.currsize)
 
     def __contains__(self, key: uuid.UUID) -> bool:
         return key in self._models
 
     def __len__(self) -> int:
         return len(self._models)
+
+
+def _model_bytes(loaded: LoadedModel) -> int:
+    return loaded.nbytes
 
 
 def predict(loaded: LoadedModel, inputs: torch.Tensor) -> dict[str, Any]:

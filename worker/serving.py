@@ -10,7 +10,9 @@ records are handed to the PredictionRecorder's buffer and written to the databas
 
 A request that cannot be answered (inputs that do not fit the model, a checkpoint that
 no longer loads) gets its error line, and only that request: the rest of the batch is
-answered. The models come from the worker's ModelCache, shared with the `infer` task.
+answered. A request older than TRAINYARD_PREDICT_EXPIRE_SECONDS when it is taken (its
+caller was answered 202 long before: a backlog after an outage) is recorded failed
+without running. The models come from the worker's ModelCache, shared with the `infer` task.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class ServingStats:
     forward_passes: int = 0
     largest_batch: int = 0
     errors: int = 0
+    expired: int = 0
 
 
 class PredictionServer:
@@ -87,6 +90,7 @@ class PredictionServer:
         limits: InputLimits,
         max_batch: int,
         batch_wait_seconds: float,
+        expire_seconds: float = 300.0,
     ) -> None:
         self._redis = client
         self.queue = queue
@@ -97,6 +101,7 @@ class PredictionServer:
         self._limits = limits
         self._max_batch = max_batch
         self._batch_wait = batch_wait_seconds
+        self._expire = expire_seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"serve-{queue}", daemon=True)
         self.stats = ServingStats()
@@ -185,9 +190,7 @@ class PredictionServer:
             except (ValidationError, ValueError):
                 # Without an id there is nobody to answer: only a foreign writer sends this.
                 log.error("dropped a request the serving line cannot read: %.200r", item)
-        by_checkpoint: dict[Any, list[_Pending]] = {}
-        for p in pending:
-            by_checkpoint.setdefault(p.call.checkpoint_id, []).append(p)
+        by_checkpoint = self._by_checkpoint(pending, now)
         try:
             for group in by_checkpoint.values():
                 try:
@@ -206,6 +209,21 @@ class PredictionServer:
             # Buffered first (memory only), so whoever has an answer can flush its record.
             self._record(pending)
             self._reply(pending)
+
+    def _by_checkpoint(self, pending: list[_Pending], now: datetime) -> dict[Any, list[_Pending]]:
+        """The requests to run, grouped by checkpoint; expired ones get their error."""
+        groups: dict[Any, list[_Pending]] = {}
+        for p in pending:
+            age = (now - p.call.sent_at).total_seconds()
+            if age <= self._expire:
+                groups.setdefault(p.call.checkpoint_id, []).append(p)
+                continue
+            p.error = (
+                f"the request waited {age:.0f} s for a serving worker, longer than "
+                f"TRAINYARD_PREDICT_EXPIRE_SECONDS ({self._expire:g}); it was not run"
+            )
+            self.stats.expired += 1
+        return groups
 
     def _record(self, pending: list[_Pending]) -> None:
         finished = datetime.now(UTC)

@@ -57,6 +57,7 @@ def _start(sender: Any = None, **_: Any) -> None:
         limits=InputLimits.of(settings),
         max_batch=settings.predict_max_batch,
         batch_wait_seconds=settings.predict_batch_wait_ms / 1000,
+        expire_seconds=settings.predict_expire_seconds,
     ).start()
     _running.append((server, recorder))
     log.info(

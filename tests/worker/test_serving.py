@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -46,12 +47,14 @@ def _server(
     max_batch: int = 32,
     wait_ms: float = 2.0,
     flush_seconds: float = 0.05,
+    expire_seconds: float = 300.0,
 ) -> PredictionServer:
     recorder = PredictionRecorder(sessions, flush_seconds=flush_seconds, outage_seconds=5).start()
     return PredictionServer(
         client, queue="infer", worker="w1", cache=ModelCache(2**24),
         load=lambda spec: load_inference_model(sessions, spec), recorder=recorder,
         limits=InputLimits(), max_batch=max_batch, batch_wait_seconds=wait_ms / 1000,
+        expire_seconds=expire_seconds,
     )  # fmt: skip
 
 
@@ -108,6 +111,33 @@ def test_requests_waiting_together_run_as_one_forward_pass_and_equal_the_model(
         assert job.spec["checkpoint_id"] == str(checkpoint) and job.source_job_id == model_job
         assert job.created_at <= job.started_at <= job.finished_at
     assert jobs[bad.id].status == "failed" and jobs[bad.id].error == bad_error
+
+
+def test_a_request_older_than_the_expiry_is_recorded_failed_without_running(
+    redis_client: redis.Redis, sessions: sessionmaker[Session], model_job: uuid.UUID
+) -> None:
+    checkpoint = _checkpoint(sessions, model_job)
+    stale = _call(model_job, checkpoint, [[[0.0] * 8] * 8])
+    stale = stale.model_copy(update={"sent_at": stale.sent_at - timedelta(minutes=10)})
+    fresh = _call(model_job, checkpoint, [[[[0.5] * 8] * 8]] * 2)
+    for call in (stale, fresh):
+        redis_client.rpush(requests_key("infer"), call.encode())
+    server = _server(redis_client, sessions, expire_seconds=60).start()
+    try:
+        (stale_answer, stale_error), (fresh_answer, fresh_error) = _answers(
+            redis_client, [stale, fresh]
+        )
+        assert stale_answer is None and stale_error is not None
+        assert "TRAINYARD_PREDICT_EXPIRE_SECONDS (60)" in stale_error
+        assert fresh_error is None and fresh_answer["samples"] == 2
+        assert server.stats.expired == 1 and server.stats.largest_batch == 2  # not run
+        server.recorder.flush(timeout=30)
+    finally:
+        server.stop()
+        server.recorder.close(timeout=30)
+    with sessions() as session:
+        record = session.get(Job, stale.id)
+    assert record is not None and record.status == "failed" and record.error == stale_error
 
 
 def test_without_batching_every_request_is_its_own_forward_pass(
