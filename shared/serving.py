@@ -39,6 +39,21 @@ def alive_key(queue: str) -> str:
     return f"trainyard:serve:{queue}:alive"
 
 
+def worker_key(worker: str) -> str:
+    """Set (with an expiry of ALIVE_SECONDS) while `worker` serves: its journal is its own."""
+    return f"trainyard:serve:worker:{worker}"
+
+
+def journal_key(worker: str) -> str:
+    """A hash of call id -> the record (JSON) of a request `worker` answered and has not
+    yet written to the database (worker/serving_journal.py)."""
+    return f"trainyard:serve:journal:{worker}"
+
+
+# The workers that have kept a journal (a set): where orphaned journals are looked for.
+JOURNALS_KEY = "trainyard:serve:journals"
+
+
 def reply_key(call_id: uuid.UUID) -> str:
     """The list one request's answer is pushed to."""
     return f"trainyard:serve:reply:{call_id}"

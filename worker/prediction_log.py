@@ -9,6 +9,9 @@ TRAINYARD_DB_OUTAGE_SECONDS, and past that (or after another error) the thread w
 tries again, a few times; then record by record, and only a record the database itself
 refuses every time is left out (logged). The buffer is bounded:
 when it is full, `add` waits, which pauses serving instead of growing without limit.
+`on_done` hears of every record written (or left out): the serving journal in Redis
+(worker/serving_journal.py) keeps each record until then, so a killed worker's records
+are written by its next start or by another worker.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -44,12 +48,16 @@ class PredictionRecorder:
         outage_seconds: float,
         max_buffered: int = 20_000,
         max_batch: int = 1_000,
+        on_done: Callable[[list[ServedPrediction]], None] | None = None,
     ) -> None:
         self._sessions = sessions
         self._flush_seconds = flush_seconds
         self._outage_seconds = outage_seconds
         self._max_buffered = max_buffered
         self._max_batch = max_batch
+        # Told of the records the database has (or refuses for good): the serving journal
+        # forgets them.
+        self._on_done = on_done or (lambda _records: None)
         self._buffer: deque[ServedPrediction] = deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -143,6 +151,7 @@ class PredictionRecorder:
                     window_seconds=self._outage_seconds,
                 )
                 self.written += len(batch)
+                self._on_done(batch)
                 return
             except DatabaseGone:  # a long outage is no reason to drop anything: wait on
                 self.failed_batches += 1
@@ -163,6 +172,7 @@ class PredictionRecorder:
             return
         self.dropped += 1
         log.error("left out the record of prediction %s: the database refuses it", batch[0].call.id)
+        self._on_done(batch)
 
     def _commit(self, batch: list[ServedPrediction]) -> None:
         with session_scope(self._sessions) as session:

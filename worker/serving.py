@@ -40,11 +40,13 @@ from shared.serving import (
     encode_reply,
     reply_key,
     requests_key,
+    worker_key,
 )
 from shared.spec import InferSpec
 from worker.inference import LoadedModel, ModelCache, predict
 from worker.messages import user_message
 from worker.prediction_log import PredictionRecorder
+from worker.serving_journal import ADOPT_SECONDS, Journal
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,7 @@ class PredictionServer:
         max_batch: int,
         batch_wait_seconds: float,
         expire_seconds: float = 300.0,
+        journal: Journal | None = None,
     ) -> None:
         self._redis = client
         self.queue = queue
@@ -102,6 +105,7 @@ class PredictionServer:
         self._max_batch = max_batch
         self._batch_wait = batch_wait_seconds
         self._expire = expire_seconds
+        self._journal = journal
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"serve-{queue}", daemon=True)
         self.stats = ServingStats()
@@ -120,6 +124,7 @@ class PredictionServer:
             # Only if the key is still ours: another worker may keep the line open.
             if self._redis.get(alive_key(self.queue)) == self.worker.encode():
                 self._redis.delete(alive_key(self.queue))
+            self._redis.delete(worker_key(self.worker))
         except redis.RedisError:
             log.warning("could not close the serving line; it lapses by itself", exc_info=True)
         return not self._thread.is_alive()
@@ -129,12 +134,18 @@ class PredictionServer:
     def _run(self) -> None:
         key = requests_key(self.queue)
         next_alive = 0.0
+        next_adopt = time.monotonic() + ADOPT_SECONDS
         while not self._stop.is_set():
             try:
                 if time.monotonic() >= next_alive:
                     alive_ms = int(ALIVE_SECONDS * 1000)
                     self._redis.set(alive_key(self.queue), self.worker, px=alive_ms)
+                    self._redis.set(worker_key(self.worker), 1, px=alive_ms)
                     next_alive = time.monotonic() + ALIVE_REFRESH_SECONDS
+                if self._journal is not None and time.monotonic() >= next_adopt:
+                    for record in self._journal.adopt():  # a dead worker's records
+                        self.recorder.add(record)
+                    next_adopt = time.monotonic() + ADOPT_SECONDS
                 first = self._pop(key, ALIVE_REFRESH_SECONDS)
                 if first is None:
                     continue
@@ -206,9 +217,9 @@ class PredictionServer:
                     p.error = "the serving line failed before answering"
             self.stats.requests += len(pending)
             self.stats.errors += sum(p.error is not None for p in pending)
-            # Buffered first (memory only), so whoever has an answer can flush its record.
-            self._record(pending)
-            self._reply(pending)
+            # Buffered first (memory only), so whoever has an answer can flush its record;
+            # journaled with the answers, so a kill before the write loses none.
+            self._reply(pending, self._record(pending))
 
     def _by_checkpoint(self, pending: list[_Pending], now: datetime) -> dict[Any, list[_Pending]]:
         """The requests to run, grouped by checkpoint; expired ones get their error."""
@@ -225,15 +236,18 @@ class PredictionServer:
             self.stats.expired += 1
         return groups
 
-    def _record(self, pending: list[_Pending]) -> None:
+    def _record(self, pending: list[_Pending]) -> list[ServedPrediction]:
         finished = datetime.now(UTC)
-        for p in pending:
-            self.recorder.add(
-                ServedPrediction(
-                    call=p.call, answer=p.answer, error=p.error, worker=self.worker,
-                    started_at=p.started_at, finished_at=finished, batch_samples=p.batch_samples,
-                )
-            )  # fmt: skip
+        records = [
+            ServedPrediction(
+                call=p.call, answer=p.answer, error=p.error, worker=self.worker,
+                started_at=p.started_at, finished_at=finished, batch_samples=p.batch_samples,
+            )
+            for p in pending
+        ]  # fmt: skip
+        for record in records:
+            self.recorder.add(record)
+        return records
 
     def _answer_group(self, group: list[_Pending]) -> None:
         call = group[0].call
@@ -289,13 +303,16 @@ class PredictionServer:
             p.batch_samples = samples
             start += n
 
-    def _reply(self, pending: list[_Pending]) -> None:
+    def _reply(self, pending: list[_Pending], records: list[ServedPrediction]) -> None:
         try:
-            with self._redis.pipeline(transaction=False) as pipe:
+            # One MULTI: the answers and their journal entries land together or not at all.
+            with self._redis.pipeline(transaction=True) as pipe:
                 for p in pending:
                     key = reply_key(p.call.id)
                     pipe.rpush(key, encode_reply(answer=p.answer, error=p.error))
                     pipe.expire(key, REPLY_EXPIRE_SECONDS)
+                if self._journal is not None:
+                    self._journal.stage(pipe, records)
                 pipe.execute()
         except redis.RedisError:
             # The callers answer 202 with the job to poll; the records still follow.

@@ -19,6 +19,7 @@ from shared.infer_inputs import InputLimits
 from shared.queues import QUEUE_INFER
 from worker.prediction_log import PredictionRecorder
 from worker.serving import PredictionServer
+from worker.serving_journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,19 @@ def _start(sender: Any = None, **_: Any) -> None:
         return
     from worker import tasks  # the task module's sessions, model cache and loader
 
+    # Every call is bounded: the longest BLPOP is ALIVE_REFRESH_SECONDS.
+    client = redis.Redis.from_url(url, socket_timeout=10.0, socket_connect_timeout=5.0)
+    journal = Journal(client, tasks.worker_name())
     recorder = PredictionRecorder(
         tasks.record_sessions(),
         flush_seconds=settings.predict_record_flush_ms / 1000,
         outage_seconds=settings.db_outage_seconds,
+        on_done=journal.done,
     ).start()
+    for record in journal.recover():  # answered before a crash, never written
+        recorder.add(record)
     server = PredictionServer(
-        # Every call is bounded: the longest BLPOP is ALIVE_REFRESH_SECONDS.
-        redis.Redis.from_url(url, socket_timeout=10.0, socket_connect_timeout=5.0),
+        client,
         queue=QUEUE_INFER,
         worker=tasks.worker_name(),
         cache=tasks.model_cache(),
@@ -58,6 +64,7 @@ def _start(sender: Any = None, **_: Any) -> None:
         max_batch=settings.predict_max_batch,
         batch_wait_seconds=settings.predict_batch_wait_ms / 1000,
         expire_seconds=settings.predict_expire_seconds,
+        journal=journal,
     ).start()
     _running.append((server, recorder))
     log.info(

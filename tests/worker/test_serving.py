@@ -20,11 +20,20 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import repository
 from shared.infer_inputs import InputLimits
 from shared.models import Job, JobEvent, utcnow
-from shared.serving import PredictCall, alive_key, decode_reply, reply_key, requests_key
+from shared.serving import (
+    PredictCall,
+    alive_key,
+    decode_reply,
+    journal_key,
+    reply_key,
+    requests_key,
+    worker_key,
+)
 from tests.support.trained import built_model, trained_job
 from worker.inference import ModelCache
 from worker.prediction_log import PredictionRecorder
 from worker.serving import PredictionServer
+from worker.serving_journal import Journal
 from worker.tasks import load_inference_model
 
 
@@ -275,3 +284,82 @@ def _no_leftover_threads() -> Iterator[None]:
     yield
     left = {t.name for t in threading.enumerate()} - before
     assert not {n for n in left if n.startswith("serve-")}, left
+
+
+def _served(call: PredictCall, worker: str) -> repository.ServedPrediction:
+    now = utcnow()
+    return repository.ServedPrediction(
+        call=call, answer={"samples": 1, "outputs": [{"predicted_class": 3}]}, error=None,
+        worker=worker, started_at=now, finished_at=now, batch_samples=1,
+    )  # fmt: skip
+
+
+def test_records_of_answers_outlive_a_worker_killed_before_writing_them(
+    redis_client: redis.Redis, sessions: sessionmaker[Session], model_job: uuid.UUID
+) -> None:
+    checkpoint = _checkpoint(sessions, model_job)
+    calls = [_call(model_job, checkpoint, [[[0.25] * 8] * 8]) for _ in range(2)]
+    journal = Journal(redis_client, "w1")
+    # A recorder that would write only an hour later: the worker dies before it does.
+    recorder = PredictionRecorder(
+        sessions, flush_seconds=3600, outage_seconds=5, on_done=journal.done
+    ).start()
+    server = PredictionServer(
+        redis_client, queue="infer", worker="w1", cache=ModelCache(2**24),
+        load=lambda spec: load_inference_model(sessions, spec), recorder=recorder,
+        limits=InputLimits(), max_batch=32, batch_wait_seconds=0.002, journal=journal,
+    ).start()  # fmt: skip
+    for call in calls:
+        redis_client.rpush(requests_key("infer"), call.encode())
+    answers = _answers(redis_client, calls)
+    server.stop()  # as a kill: nothing more is written by this worker
+    assert all(error is None for _, error in answers)
+    assert redis_client.hlen(journal_key("w1")) == 2  # journaled with the answers
+    assert not [j for j in _infer_jobs(sessions)]
+    # The worker starts again: its journal is written, then emptied.
+    again = Journal(redis_client, "w1")
+    restarted = PredictionRecorder(
+        sessions, flush_seconds=0.01, outage_seconds=5, on_done=again.done
+    ).start()
+    for record in again.recover():
+        restarted.add(record)
+    assert restarted.flush(timeout=30)
+    restarted.close(timeout=5)
+    recorder.close(timeout=5)
+    jobs = {j.id: j for j in _infer_jobs(sessions)}
+    assert set(jobs) == {c.id for c in calls}
+    assert [jobs[c.id].summary for c in calls] == [answer for answer, _ in answers]
+    assert redis_client.hlen(journal_key("w1")) == 0
+
+
+def test_a_worker_adopts_the_journal_of_one_that_stopped_serving(
+    redis_client: redis.Redis, sessions: sessionmaker[Session], model_job: uuid.UUID
+) -> None:
+    checkpoint = _checkpoint(sessions, model_job)
+    gone, busy = _call(model_job, checkpoint, [0.0]), _call(model_job, checkpoint, [1.0])
+    for worker, call in (("gone", gone), ("busy", busy)):
+        with redis_client.pipeline(transaction=True) as pipe:
+            Journal(redis_client, worker).stage(pipe, [_served(call, worker)])
+            pipe.execute()
+    redis_client.set(worker_key("busy"), 1, px=60_000)  # still serving: not adopted
+    mine = Journal(redis_client, "w2")
+    adopted = mine.adopt()
+    assert [r.call.id for r in adopted] == [gone.id]
+    assert not redis_client.exists(journal_key("gone"))
+    assert redis_client.hlen(journal_key("busy")) == 1 and mine.adopt() == []
+    recorder = PredictionRecorder(
+        sessions, flush_seconds=0.01, outage_seconds=5, on_done=mine.done
+    ).start()
+    for record in adopted:
+        recorder.add(record)
+    assert recorder.flush(timeout=30)
+    recorder.close(timeout=5)
+    with sessions() as session:
+        record = session.get(Job, gone.id)
+    assert record is not None and record.status == "succeeded" and record.worker == "gone"
+    assert redis_client.hlen(journal_key("w2")) == 0
+
+
+def _infer_jobs(sessions: sessionmaker[Session]) -> list[Job]:
+    with sessions() as session:
+        return list(session.scalars(select(Job).where(Job.kind == "infer")))
