@@ -5,11 +5,16 @@ Every revocation (API or CLI) increments it after its commit; an API process ser
 token from its cache only while the counter reads what it read when the token was
 checked. Without Redis (the embedded filesystem broker), or when Redis does not answer,
 `generation` is None and every request checks its token in the database.
+
+The counter starts at a random 62-bit value, not at 0: a Redis restarted without its
+data starts a new count, and a token cached under the old count must never match it
+again (counting 1, 2, 3... afresh would reach the old value after as many revocations).
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 
 import redis
@@ -37,13 +42,20 @@ class Revocations:
             return None
         try:
             value = self._redis.get(GENERATION_KEY)
-            return int(value) if isinstance(value, bytes | str | int) else 0
+            if value is None:  # a new Redis (or a restarted one): a new random start
+                self._start_count()
+                value = self._redis.get(GENERATION_KEY)
+            return int(value) if isinstance(value, bytes | str | int) else None
         except (redis.RedisError, ValueError):
             # Not again for a second: an unreachable Redis must not cost every request
             # its connect timeout.
             self._quiet_until = time.monotonic() + 1.0
             log.warning("cannot read the token revocation counter", exc_info=True)
             return None
+
+    def _start_count(self) -> None:
+        assert self._redis is not None
+        self._redis.set(GENERATION_KEY, secrets.randbits(62), nx=True)
 
     def announce(self) -> bool:
         """Say a token was revoked (after the commit); False when it could not be said:
@@ -52,6 +64,7 @@ class Revocations:
         if self._redis is None:
             return True
         try:
+            self._start_count()
             self._redis.incr(GENERATION_KEY)
             return True
         except redis.RedisError:
