@@ -10,7 +10,9 @@ records are handed to the PredictionRecorder's buffer and written to the databas
 
 A request that cannot be answered (inputs that do not fit the model, a checkpoint that
 no longer loads) gets its error line, and only that request: the rest of the batch is
-answered. A request older than TRAINYARD_PREDICT_EXPIRE_SECONDS when it is taken (its
+answered. A checkpoint not in the cache loads on a thread of its own while the line
+serves warm models; its requests (and those that come while it loads) are answered when
+the load ends. A request older than TRAINYARD_PREDICT_EXPIRE_SECONDS when it is taken (its
 caller was answered 202 long before: a backlog after an outage) is recorded failed
 without running. The models come from the worker's ModelCache, shared with the `infer` task.
 """
@@ -21,8 +23,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, cast
 
 import redis
@@ -54,6 +58,8 @@ Loader = Callable[[InferSpec], LoadedModel]
 
 # How often the batch wait looks for more requests (one LPOP, about 0.2 ms here).
 _POLL_SECONDS = 0.0005
+# How long the line waits on a running load before it looks for requests again.
+_LOAD_POLL_SECONDS = 0.002
 
 
 @dataclass(slots=True)
@@ -64,6 +70,7 @@ class _Pending:
     answer: dict[str, Any] | None = None
     error: str | None = None
     batch_samples: int = 0
+    parked: bool = False  # waiting for its checkpoint's load (answered when it is done)
 
 
 @dataclass
@@ -106,6 +113,10 @@ class PredictionServer:
         self._batch_wait = batch_wait_seconds
         self._expire = expire_seconds
         self._journal = journal
+        # Cold checkpoints load on a thread of their own: the line serves warm models
+        # meanwhile, and requests for a checkpoint being loaded wait for that one load.
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"load-{queue}")
+        self._loads: dict[Any, tuple[Future[LoadedModel], list[_Pending]]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"serve-{queue}", daemon=True)
         self.stats = ServingStats()
@@ -146,7 +157,8 @@ class PredictionServer:
                     for record in self._journal.adopt():  # a dead worker's records
                         self.recorder.add(record)
                     next_adopt = time.monotonic() + ADOPT_SECONDS
-                first = self._pop(key, ALIVE_REFRESH_SECONDS)
+                self._finish_loads()
+                first = self._next(key)
                 if first is None:
                     continue
                 raw = [first, *self._gather(key)]  # never raises: `first` is served
@@ -158,6 +170,47 @@ class PredictionServer:
                 self.serve(raw)
             except Exception:  # a bug must not end the line: log it and serve on
                 log.exception("serving %d requests failed", len(raw))
+        self._finish_loads(wait=True)  # requests taken are answered before the line stops
+        self._loader.shutdown(wait=False)
+
+    def _answer_loaded(
+        self, checkpoint_id: Any, future: Future[LoadedModel], group: list[_Pending]
+    ) -> None:
+        try:
+            loaded = future.result()
+        except Exception as exc:
+            log.error("could not load checkpoint %s", checkpoint_id, exc_info=exc)
+            for p in group:
+                p.error = p.error or user_message(exc)
+            return
+        self._cache.put(checkpoint_id, loaded)
+        self._run_group(group, loaded, warm=False)
+
+    def _finish_loads(self, *, wait: bool = False) -> None:
+        """Answer the requests of every checkpoint whose load has ended (all, if `wait`)."""
+        for checkpoint_id, (future, group) in list(self._loads.items()):
+            if not (wait or future.done()):
+                continue
+            del self._loads[checkpoint_id]
+            for p in group:
+                p.parked = False
+
+            try:
+                self._settle(group, partial(self._answer_loaded, checkpoint_id, future, group))
+            except Exception:
+                log.exception("serving %d requests failed", len(group))
+
+    def _next(self, key: str) -> bytes | None:
+        """The next request, or None after a while. While a checkpoint loads: LPOP and a
+        short wait on the loads, so their requests are answered as soon as they end (a
+        blocking pop's timeout fires only on Redis' 100 ms cron tick)."""
+        if not self._loads:
+            return self._pop(key, ALIVE_REFRESH_SECONDS)
+        got = cast("bytes | None", self._redis.lpop(key))
+        if got is None:
+            futures = [future for future, _ in self._loads.values()]
+            wait(futures, timeout=_LOAD_POLL_SECONDS, return_when=FIRST_COMPLETED)
+        return got
 
     def _pop(self, key: str, timeout: float) -> bytes | None:
         """BLPOP one request (redis-py's sync client answers a list, typed loosely)."""
@@ -201,25 +254,49 @@ class PredictionServer:
             except (ValidationError, ValueError):
                 # Without an id there is nobody to answer: only a foreign writer sends this.
                 log.error("dropped a request the serving line cannot read: %.200r", item)
-        by_checkpoint = self._by_checkpoint(pending, now)
-        try:
-            for group in by_checkpoint.values():
+        groups = self._by_checkpoint(pending, now)
+
+        def work() -> None:
+            for checkpoint_id, group in groups.items():
+                loaded = None if checkpoint_id in self._loads else self._cache.get(checkpoint_id)
+                if loaded is None:
+                    self._park(checkpoint_id, group)
+                    continue
                 try:
-                    self._answer_group(group)
+                    self._run_group(group, loaded, warm=True)
                 except Exception as exc:
                     log.exception("serving %d requests failed", len(group))
                     for p in group:
                         if p.answer is None and p.error is None:
                             p.error = user_message(exc)
+
+        self._settle(pending, work)
+
+    def _settle(self, pending: list[_Pending], work: Callable[[], None]) -> None:
+        """Run `work`, then answer and record every request of `pending` it did not park;
+        one it left without an answer gets an error line, never silence."""
+        try:
+            work()
         finally:
-            for p in pending:
+            done = [p for p in pending if not p.parked]
+            for p in done:
                 if p.answer is None and p.error is None:
                     p.error = "the serving line failed before answering"
-            self.stats.requests += len(pending)
-            self.stats.errors += sum(p.error is not None for p in pending)
+            self.stats.requests += len(done)
+            self.stats.errors += sum(p.error is not None for p in done)
             # Buffered first (memory only), so whoever has an answer can flush its record;
             # journaled with the answers, so a kill before the write loses none.
-            self._reply(pending, self._record(pending))
+            self._reply(done, self._record(done))
+
+    def _park(self, checkpoint_id: Any, group: list[_Pending]) -> None:
+        """Wait for `checkpoint_id`'s load (started now unless it runs already)."""
+        for p in group:
+            p.parked = True
+        if checkpoint_id in self._loads:
+            self._loads[checkpoint_id][1].extend(group)
+            return
+        future = self._loader.submit(self._load, _as_spec(group[0].call))
+        self._loads[checkpoint_id] = (future, list(group))
 
     def _by_checkpoint(self, pending: list[_Pending], now: datetime) -> dict[Any, list[_Pending]]:
         """The requests to run, grouped by checkpoint; expired ones get their error."""
@@ -249,19 +326,8 @@ class PredictionServer:
             self.recorder.add(record)
         return records
 
-    def _answer_group(self, group: list[_Pending]) -> None:
-        call = group[0].call
-        loaded = self._cache.get(call.checkpoint_id)
-        warm = loaded is not None
-        if loaded is None:
-            try:
-                loaded = self._load(_as_spec(call))
-            except Exception as exc:
-                log.exception("could not load checkpoint %s", call.checkpoint_id)
-                for p in group:
-                    p.error = user_message(exc)
-                return
-            self._cache.put(call.checkpoint_id, loaded)
+    def _run_group(self, group: list[_Pending], loaded: LoadedModel, *, warm: bool) -> None:
+        """Forward passes of one checkpoint's requests (inputs that do not fit: an error)."""
         for p in group:
             try:
                 p.inputs = inputs_tensor(p.call.inputs, loaded.spec.data, self._limits)

@@ -163,7 +163,49 @@ def test_without_batching_every_request_is_its_own_forward_pass(
         server.stop()
         server.recorder.close(timeout=30)
     assert server.stats.forward_passes == 4 and server.stats.largest_batch == 1
-    assert [a["cached_model"] for a, _ in answers] == [False, True, True, True]
+    # The first loaded the model; those that came while it loaded waited for that load.
+    assert answers[0][0]["cached_model"] is False
+
+
+def test_a_cold_checkpoint_loads_aside_while_warm_models_are_served(
+    redis_client: redis.Redis, sessions: sessionmaker[Session], model_job: uuid.UUID
+) -> None:
+    warm_ckpt = _checkpoint(sessions, model_job)
+    cold_job = trained_job(sessions)
+    cold_ckpt = _checkpoint(sessions, cold_job)
+    gate = threading.Event()
+
+    def load(spec: Any) -> Any:
+        if spec.checkpoint_id == cold_ckpt:
+            assert gate.wait(30), "the test never let the cold load finish"
+        return load_inference_model(sessions, spec)
+
+    recorder = PredictionRecorder(sessions, flush_seconds=0.05, outage_seconds=5).start()
+    server = PredictionServer(
+        redis_client, queue="infer", worker="w1", cache=ModelCache(2**24), load=load,
+        recorder=recorder, limits=InputLimits(), max_batch=32, batch_wait_seconds=0.002,
+    ).start()  # fmt: skip
+    sample = [[[0.25] * 8] * 8]
+    try:
+        first = _call(model_job, warm_ckpt, sample)
+        redis_client.rpush(requests_key("infer"), first.encode())
+        _answers(redis_client, [first])  # the warm model is in the cache now
+        cold = [_call(cold_job, cold_ckpt, sample) for _ in range(2)]
+        redis_client.rpush(requests_key("infer"), cold[0].encode())
+        warm = _call(model_job, warm_ckpt, sample)
+        redis_client.rpush(requests_key("infer"), warm.encode(), cold[1].encode())
+        # Answered while the cold checkpoint's load is held up.
+        ((answer, error),) = _answers(redis_client, [warm])
+        assert error is None and answer["cached_model"] is True
+        assert not any(redis_client.exists(reply_key(c.id)) for c in cold)
+        gate.set()
+        for answer, error in _answers(redis_client, cold):  # both waited for the one load
+            assert error is None and answer["cached_model"] is False
+        assert server.stats.requests == 4 and server.stats.errors == 0
+    finally:
+        gate.set()
+        server.stop()
+        recorder.close(timeout=30)
 
 
 def test_concurrent_callers_are_batched_and_each_gets_its_own_answer(
