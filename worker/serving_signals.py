@@ -33,12 +33,24 @@ def _consumed_queues(consumer: Any) -> set[str]:
         return set()
 
 
+def _forks_children(consumer: Any) -> bool:
+    """A prefork pool forks new children as old ones exit: a fork while the serving
+    thread (and torch's own threads) run may copy a held lock into the child."""
+    return type(getattr(consumer, "pool", None)).__module__ == "celery.concurrency.prefork"
+
+
 def _start(sender: Any = None, **_: Any) -> None:
     settings = get_settings()
     url = settings.resolved_broker_url()
     if not settings.predict_serving or not url.startswith(("redis://", "rediss://", "unix://")):
         return
     if QUEUE_INFER not in _consumed_queues(sender):
+        return
+    if _forks_children(sender):
+        log.warning(
+            "no serving line in a prefork worker (it forks while the line's threads run); "
+            "predictions take the job path. Run the inference worker with -P solo or threads"
+        )
         return
     from worker import tasks  # the task module's sessions, model cache and loader
 
