@@ -169,12 +169,24 @@ class Client:
         self.http.headers["Authorization"] = f"Bearer {token}"
         self.url = f"{base}/api/v1/models/{model_job}/predict"
         self.sample = torch.rand(1, 32, 32).tolist()
+        self.timings: list[dict[str, float]] = []  # the answers' Server-Timing headers
 
     def predict(self) -> dict[str, Any]:
         resp = self.http.post(self.url, json={"inputs": self.sample}, timeout=30)
         assert resp.status_code == 200, resp.text
+        self.timings.append(server_timing(resp.headers.get("Server-Timing", "")))
         body: dict[str, Any] = resp.json()
         return body
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """{"check": 1.2, ...} from "check;dur=1.2, send;dur=0.3, ..." (milliseconds)."""
+    found = {}
+    for part in header.split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if dur:
+            found[name] = float(dur)
+    return found
 
 
 def round_trip() -> None:
@@ -201,6 +213,15 @@ def one_client(client: Client, requests_: int, rounds: int) -> float:
     print(
         f"  predict / raw round trip: p50 {p50_predict / p50_raw:.2f}x, "
         f"p99 {p99_predict / p99_raw:.2f}x   (target <= 2x)"
+    )
+    timings = client.timings[-len(predict_ms) :]
+    phases = {name: statistics.median(t[name] for t in timings) for name in timings[-1]}
+    inside = sum(phases.values())
+    print(
+        "  in the API (Server-Timing, p50): "
+        + ", ".join(f"{name} {ms:.2f} ms" for name, ms in phases.items())
+        + f"; the rest of the {p50_predict:.2f} ms (HTTP, Flask, auth, the body's "
+        f"parse and validation, the answer's JSON): about {p50_predict - inside:.2f} ms"
     )
     return 1000 / statistics.mean(predict_ms)
 

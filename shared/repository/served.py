@@ -8,13 +8,13 @@ Writing a batch twice (a retry after a commit whose answer was lost) is a no-op.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import TypeAdapter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -35,33 +35,17 @@ class ServedPrediction:
     finished_at: datetime
     batch_samples: int  # samples in the forward pass that answered it (dynamic batching)
 
-    def encode(self) -> str:
-        """JSON (the serving journal keeps records in Redis until they are written)."""
-        return json.dumps(
-            {
-                "call": self.call.model_dump(mode="json"),
-                "answer": self.answer,
-                "error": self.error,
-                "worker": self.worker,
-                "started_at": self.started_at.isoformat(),
-                "finished_at": self.finished_at.isoformat(),
-                "batch_samples": self.batch_samples,
-            },
-            allow_nan=False,
-        )
+    def encode(self) -> bytes:
+        """JSON (the serving journal keeps records in Redis until they are written),
+        by pydantic's serializer: json.dumps of a request's floats costs milliseconds."""
+        return _SERVED.dump_json(self)
 
     @classmethod
     def decode(cls, raw: str | bytes) -> ServedPrediction:
-        body = json.loads(raw)
-        return cls(
-            call=PredictCall.model_validate(body["call"]),
-            answer=body["answer"],
-            error=body["error"],
-            worker=str(body["worker"]),
-            started_at=datetime.fromisoformat(body["started_at"]),
-            finished_at=datetime.fromisoformat(body["finished_at"]),
-            batch_samples=int(body["batch_samples"]),
-        )
+        return _SERVED.validate_json(raw)
+
+
+_SERVED: TypeAdapter[ServedPrediction] = TypeAdapter(ServedPrediction)
 
 
 def record_served(*, session: Session, served: Sequence[ServedPrediction]) -> None:
