@@ -10,7 +10,6 @@ from flask import Flask
 from api import auth, errors, headers, text_guard
 from api.body import ApiRequest
 from api.context import Services, close_session
-from api.json_body import FastJSONProvider
 from api.quotas import install_rate_limit
 from api.routes import checkpoints, docs, health, jobs, models, plots, reports, results, tokens
 from api.serving import ServingLine
@@ -26,11 +25,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the WSGI app; tests pass their own Settings, production reads TRAINYARD_*."""
     settings = settings or get_settings()
     app = Flask(__name__)
-    app.json = FastJSONProvider(app)
     app.request_class = ApiRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config["TRAINYARD_CHECK_RESPONSES"] = settings.check_responses
-    app.json.sort_keys = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]
     engine = make_engine(settings.resolved_database_url())
     revocations = Revocations(settings.resolved_broker_url())
     app.extensions["trainyard"] = Services(

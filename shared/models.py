@@ -277,9 +277,7 @@ class TraceRollup(Rollup, Base):
     """Rollups of layer_traces: one row per (layer, kind, stat, level, bucket)."""
 
     __tablename__ = "trace_rollups"
-    __table_args__ = (
-        PrimaryKeyConstraint("job_id", "layer", "kind", "stat", "level", "bucket"),
-    )
+    __table_args__ = (PrimaryKeyConstraint("job_id", "layer", "kind", "stat", "level", "bucket"),)
 
     job_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("jobs.id", ondelete="CASCADE"))
     layer: Mapped[str] = mapped_column(String(255))
@@ -290,9 +288,7 @@ class MetricRollup(Rollup, Base):
     """Rollups of metrics: one row per (split, name, level, bucket); `stat` is 'value'."""
 
     __tablename__ = "metric_rollups"
-    __table_args__ = (
-        PrimaryKeyConstraint("job_id", "split", "name", "stat", "level", "bucket"),
-    )
+    __table_args__ = (PrimaryKeyConstraint("job_id", "split", "name", "stat", "level", "bucket"),)
 
     job_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("jobs.id", ondelete="CASCADE"))
     split: Mapped[str] = mapped_column(String(16))

@@ -39,8 +39,14 @@ def alive_key(queue: str) -> str:
     return f"trainyard:serve:{queue}:alive"
 
 
+# A serving worker's own key lives this long past its last refresh: a worker stalled for
+# less (a long model load, a slow database) keeps its journal.
+WORKER_KEY_SECONDS = 60.0
+
+
 def worker_key(worker: str) -> str:
-    """Set (with an expiry of ALIVE_SECONDS) while `worker` serves: its journal is its own."""
+    """Set (expiring WORKER_KEY_SECONDS after its last refresh) while `worker` serves: no
+    other worker adopts its journal meanwhile."""
     return f"trainyard:serve:worker:{worker}"
 
 

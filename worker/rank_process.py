@@ -176,6 +176,7 @@ def _train(rank: int, launch: RankLaunch, channel: RankChannel, job_store: Any) 
                 lease=ChannelLease(channel, launch.job_id),
                 shutting_down=ShutdownFlag(channel),
                 keep_raw_steps=spec.hooks.keep_raw_steps,
+                traced=bool(spec.hooks.kinds),
             )
         ]
     else:

@@ -39,6 +39,7 @@ from shared.serving import (
     ALIVE_REFRESH_SECONDS,
     ALIVE_SECONDS,
     REPLY_EXPIRE_SECONDS,
+    WORKER_KEY_SECONDS,
     PredictCall,
     alive_key,
     encode_reply,
@@ -151,7 +152,7 @@ class PredictionServer:
                 if time.monotonic() >= next_alive:
                     alive_ms = int(ALIVE_SECONDS * 1000)
                     self._redis.set(alive_key(self.queue), self.worker, px=alive_ms)
-                    self._redis.set(worker_key(self.worker), 1, px=alive_ms)
+                    self._redis.set(worker_key(self.worker), 1, px=int(WORKER_KEY_SECONDS * 1000))
                     next_alive = time.monotonic() + ALIVE_REFRESH_SECONDS
                 if self._journal is not None and time.monotonic() >= next_adopt:
                     for record in self._journal.adopt():  # a dead worker's records
@@ -284,19 +285,25 @@ class PredictionServer:
                     p.error = "the serving line failed before answering"
             self.stats.requests += len(done)
             self.stats.errors += sum(p.error is not None for p in done)
-            # Buffered first (memory only), so whoever has an answer can flush its record;
-            # journaled with the answers, so a kill before the write loses none.
-            self._reply(done, self._record(done))
+            # Journaled first (Redis keeps each record until the database has it), then
+            # buffered for the write, then answered: whoever has an answer has a record
+            # in the journal and in the buffer (and can flush it).
+            records = self._records(done)
+            if self._journal is not None:
+                self._journal.add(records)
+            for record in records:
+                self.recorder.add(record)
+            self._reply(done)
 
     def _park(self, checkpoint_id: Any, group: list[_Pending]) -> None:
         """Wait for `checkpoint_id`'s load (started now unless it runs already)."""
-        for p in group:
-            p.parked = True
         if checkpoint_id in self._loads:
             self._loads[checkpoint_id][1].extend(group)
-            return
-        future = self._loader.submit(self._load, _as_spec(group[0].call))
-        self._loads[checkpoint_id] = (future, list(group))
+        else:  # (a submit that raises leaves the group unparked: it gets its error line)
+            future = self._loader.submit(self._load, _as_spec(group[0].call))
+            self._loads[checkpoint_id] = (future, list(group))
+        for p in group:
+            p.parked = True
 
     def _by_checkpoint(self, pending: list[_Pending], now: datetime) -> dict[Any, list[_Pending]]:
         """The requests to run, grouped by checkpoint; expired ones get their error."""
@@ -313,7 +320,7 @@ class PredictionServer:
             self.stats.expired += 1
         return groups
 
-    def _record(self, pending: list[_Pending]) -> list[ServedPrediction]:
+    def _records(self, pending: list[_Pending]) -> list[ServedPrediction]:
         finished = datetime.now(UTC)
         records = [
             ServedPrediction(
@@ -322,8 +329,6 @@ class PredictionServer:
             )
             for p in pending
         ]  # fmt: skip
-        for record in records:
-            self.recorder.add(record)
         return records
 
     def _run_group(self, group: list[_Pending], loaded: LoadedModel, *, warm: bool) -> None:
@@ -369,16 +374,13 @@ class PredictionServer:
             p.batch_samples = samples
             start += n
 
-    def _reply(self, pending: list[_Pending], records: list[ServedPrediction]) -> None:
+    def _reply(self, pending: list[_Pending]) -> None:
         try:
-            # One MULTI: the answers and their journal entries land together or not at all.
-            with self._redis.pipeline(transaction=True) as pipe:
+            with self._redis.pipeline(transaction=False) as pipe:
                 for p in pending:
                     key = reply_key(p.call.id)
                     pipe.rpush(key, encode_reply(answer=p.answer, error=p.error))
                     pipe.expire(key, REPLY_EXPIRE_SECONDS)
-                if self._journal is not None:
-                    self._journal.stage(pipe, records)
                 pipe.execute()
         except redis.RedisError:
             # The callers answer 202 with the job to poll; the records still follow.

@@ -2,21 +2,21 @@
 database has them, so a worker killed between an answer and its record's write loses
 nothing.
 
-A record enters the worker's journal (a hash, call id -> JSON) in the same MULTI as its
-answer: a caller that has an answer has a record in Redis. The PredictionRecorder
-removes entries once their batch is committed. A worker starting up re-reads its own
-journal, and every ADOPT_SECONDS it adopts the journals of workers that stopped serving
-(their worker key lapsed): it renames such a journal (an atomic claim: one adopter
-wins), moves its entries into its own, and writes them. Writing a record twice is a
+A record enters the worker's journal (a hash, call id -> JSON) before its answer is
+sent and before the PredictionRecorder may write it (so the recorder's removal always
+comes after the entry): a caller that has an answer has a record in Redis. A worker
+starting up re-reads its own journal, and every ADOPT_SECONDS it adopts the journals of
+workers that stopped serving (their worker key, WORKER_KEY_SECONDS long, lapsed): one
+Lua script moves such a journal's entries into its own, atomically, so a crash at any
+point leaves each entry in one journal or the other. Writing a record twice is a
 no-op (repository.record_served), so a record read again after a crash costs nothing.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any, cast
+from typing import cast
 
 import redis
 from pydantic import ValidationError
@@ -29,6 +29,19 @@ log = logging.getLogger(__name__)
 # How often a serving worker looks for journals that no live worker owns.
 ADOPT_SECONDS = 30.0
 
+# Moves a journal (KEYS[1]) into another (KEYS[2]) and updates the owners' set (KEYS[3]);
+# returns the moved entries. In slices: unpack() has a bounded stack.
+_MOVE = """
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 200 do
+  redis.call('HSET', KEYS[2], unpack(entries, i, math.min(i + 199, #entries)))
+end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+if #entries > 0 then redis.call('SADD', KEYS[3], ARGV[2]) end
+return entries
+"""
+
 
 class Journal:
     """One worker's journal."""
@@ -37,12 +50,20 @@ class Journal:
         self._redis = client
         self.worker = worker
         self.key = journal_key(worker)
+        self._move = client.register_script(_MOVE)
 
-    def stage(self, pipe: Any, records: Sequence[ServedPrediction]) -> None:
-        """Add `records` in `pipe` (the MULTI that sends their answers)."""
-        if records:
-            pipe.hset(self.key, mapping={str(r.call.id): r.encode() for r in records})
-            pipe.sadd(JOURNALS_KEY, self.worker)
+    def add(self, records: Sequence[ServedPrediction]) -> None:
+        """Keep `records` until `done` (one round trip); a Redis error is logged: the
+        records are still written from memory, only not kept against a crash."""
+        if not records:
+            return
+        try:
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self.key, mapping={str(r.call.id): r.encode() for r in records})
+                pipe.sadd(JOURNALS_KEY, self.worker)
+                pipe.execute()
+        except redis.RedisError:
+            log.warning("could not journal %d prediction records", len(records), exc_info=True)
 
     def done(self, records: Iterable[ServedPrediction]) -> None:
         """The database has `records` (or refuses them for good): forget them."""
@@ -74,21 +95,15 @@ class Journal:
         return found
 
     def _adopt(self, owner: str) -> list[ServedPrediction]:
-        claimed = f"{journal_key(owner)}:adopted:{uuid.uuid4()}"
-        try:
-            self._redis.rename(journal_key(owner), claimed)
-        except redis.ResponseError:  # no such key: empty, or another worker took it
-            self._redis.srem(JOURNALS_KEY, owner)
-            return []
-        entries = cast("dict[bytes, bytes]", self._redis.hgetall(claimed))
-        with self._redis.pipeline(transaction=True) as pipe:
-            if entries:
-                pipe.hset(self.key, mapping=entries)
-                pipe.sadd(JOURNALS_KEY, self.worker)
-            pipe.delete(claimed)
-            pipe.srem(JOURNALS_KEY, owner)
-            pipe.execute()
-        log.info("adopted %d unwritten prediction records of %s", len(entries), owner)
+        moved = cast(
+            "list[bytes]",
+            self._move(
+                keys=[journal_key(owner), self.key, JOURNALS_KEY], args=[owner, self.worker]
+            ),
+        )
+        entries = dict(zip(moved[::2], moved[1::2], strict=True))
+        if entries:
+            log.info("adopted %d unwritten prediction records of %s", len(entries), owner)
         return _decoded(entries)
 
     def _read(self, key: str) -> list[ServedPrediction]:

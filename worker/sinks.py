@@ -58,6 +58,7 @@ class DatabaseSink(Callback):
         lease: Lease | None = None,
         shutting_down: Flag = SHUTTING_DOWN,
         keep_raw_steps: int | None = None,
+        traced: bool = True,
     ) -> None:
         self._sessions = sessions
         self._job_id = job_id
@@ -70,6 +71,7 @@ class DatabaseSink(Callback):
             outage_seconds=settings.db_outage_seconds,
             rollup_seconds=settings.rollup_seconds,
             keep_raw_steps=keep_raw_steps,
+            rolled_tables=frozenset({"metrics", "layer_traces"} if traced else {"metrics"}),
         )
         # The task runs the job's heartbeat thread from the claim until the outcome is
         # stored (setup and the final writes are covered too); a sink on its own (tests,

@@ -162,7 +162,7 @@ def _train_claimed(
         else:
             sink = DatabaseSink(
                 sessions=sessions, job_id=job_id, worker=worker, settings=settings, lease=lease,
-                keep_raw_steps=spec.hooks.keep_raw_steps,
+                keep_raw_steps=spec.hooks.keep_raw_steps, traced=bool(spec.hooks.kinds),
             )  # fmt: skip
             result = fit(
                 spec,

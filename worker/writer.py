@@ -92,6 +92,7 @@ class RowWriter:
         outage_seconds: float = 60.0,
         rollup_seconds: float = 30.0,
         keep_raw_steps: int | None = None,
+        rolled_tables: frozenset[str] = frozenset({"metrics", "layer_traces"}),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_rows < 1 or batch_rows < 1:
@@ -115,8 +116,14 @@ class RowWriter:
         # rollup_seconds and at close, up to the last step committed.
         self.rollup_seconds = rollup_seconds
         self.keep_raw_steps = keep_raw_steps
+        # The tables this job writes and rolls up: until each has committed rows, a
+        # running job rolls nothing (the first traces may still be on their way).
+        self.rolled_tables = rolled_tables
         self._clock = clock
-        self._committed_through = 0
+        # Per rolled-up table, the last step committed. Each table's rows come in step
+        # order, but a hand-off puts metrics and traces separately: a batch may commit a
+        # step's metrics before its traces, so the roll goes only as far as every table.
+        self._committed: dict[str, int] = {}
         self._rolled_through = 0
         self._last_roll = clock()
 
@@ -246,23 +253,29 @@ class RowWriter:
                     self._closing = True
                     self._cond.notify_all()
                 return
-            self._committed_through = max(self._committed_through, _last_step(batch))
+            for table, last in _last_steps(batch).items():
+                self._committed[table] = max(self._committed.get(table, 0), last)
             with self._cond:
                 self._done += count
                 self._pending -= count
                 self._cond.notify_all()
             if self._clock() - self._last_roll >= self.rollup_seconds:
-                self._roll_up()
+                self._roll_up(final=False)
         if not aborted:
-            self._roll_up()
+            self._roll_up(final=True)
 
-    def _roll_up(self) -> None:
+    def _roll_up(self, *, final: bool) -> None:
         """Roll up what is committed. Never fails the job: rollups only speed up reads
         (a read falls back to the raw rows) and retention can wait for the next pass."""
         self._last_roll = self._clock()
-        if self._committed_through <= self._rolled_through:
+        committed = self._committed
+        if final:  # nothing more comes: a table that wrote nothing holds nothing back
+            through = min((committed[t] for t in self.rolled_tables if t in committed), default=0)
+        else:
+            through = min(committed.get(t, 0) for t in self.rolled_tables)
+        keep = self.keep_raw_steps
+        if through <= self._rolled_through:
             return
-        through, keep = self._committed_through, self.keep_raw_steps
 
         def roll() -> None:
             with session_scope(self._sessions) as session:
@@ -309,12 +322,15 @@ class RowWriter:
                     insert(session=session, job_id=self._job_id, rows=rows)
 
 
-def _last_step(batch: list[tuple[str, Sequence[Row]]]) -> int:
-    """The last step a batch commits. Rows are put in step order, so once it is committed
-    every earlier step of the rolled-up tables is too (rank_traces are not rolled up)."""
-    return max(
-        (rows[-1]["step"] for table, rows in batch if rows and table != "rank_traces"), default=0
-    )
+def _last_steps(batch: list[tuple[str, Sequence[Row]]]) -> dict[str, int]:
+    """The last step each rolled-up table commits in `batch`. A table's rows are put in
+    step order, so once one is committed every earlier step of that table is too
+    (rank_traces are not rolled up)."""
+    found: dict[str, int] = {}
+    for table, rows in batch:
+        if rows and table != "rank_traces":
+            found[table] = max(found.get(table, 0), rows[-1]["step"])
+    return found
 
 
 def _write_error(exc: BaseException, batch: list[tuple[str, Sequence[Row]]]) -> RowWriteError:

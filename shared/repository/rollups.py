@@ -127,10 +127,12 @@ def forget_after(*, session: Session, job_id: uuid.UUID, step: int) -> None:
     session.flush()
 
 
-def rolled_below(session: Session, job_id: uuid.UUID) -> int:
-    """Steps below this are rolled up (0: none)."""
-    found = session.scalar(select(RollupMark.rolled_below).where(RollupMark.job_id == job_id))
-    return found or 0
+def marks(session: Session, job_id: uuid.UUID) -> tuple[int, int]:
+    """(rolled_below, pruned_below) of a job; (0, 0) when nothing is rolled up."""
+    found = session.execute(
+        select(RollupMark.rolled_below, RollupMark.pruned_below).where(RollupMark.job_id == job_id)
+    ).first()
+    return (found[0], found[1]) if found is not None else (0, 0)
 
 
 def read_rollups(

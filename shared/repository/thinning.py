@@ -17,7 +17,10 @@ edges that no complete rollup bucket covers. Otherwise: one GROUP BY pass over i
 for each bucket's first step and extremes, and one for the earliest step holding each
 extreme (SQLite returns the row of a lone min() / max(), so there it is one pass per
 extreme). Thinning from rollups is exact up to which point of a bucket straddling two
-thinning buckets is kept; the global extremes, first and last point always are.
+thinning buckets is kept; the global extremes, first and last point always are. Where
+retention (hooks.keep_raw_steps) thinned the raw rows, the level-0 rollups are read even
+for thinning buckets narrower than 100 steps: such a read shows the pruned range at
+100-step resolution.
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ from shared.repository.rollups import (
     BUCKET_STEPS,
     MAX_LEVEL,
     SERIES_TABLES,
+    marks,
     read_rollups,
-    rolled_below,
     width,
 )
 
@@ -60,7 +63,7 @@ def thinned_rows(
     one series `where` selects, when the caller knows it (no search for others)."""
     step = model.step
     table = SERIES_TABLES.get(model)
-    rolled = rolled_below(session, job_id) if table and value.key in table.stats else 0
+    rolled, pruned = marks(session, job_id) if table and value.key in table.stats else (0, 0)
     rows: list[Any] = []
     for series in [only] if only is not None else _series(session, where, keys):
         in_series = [*where, *(key == part for key, part in zip(keys, series, strict=True))]
@@ -71,6 +74,10 @@ def thinned_rows(
         span = last - first + 1
         bucket = (cast(step - first, BigInteger) * max_points) // span
         level = _level(span, max_points) if rolled > first else None
+        if level is None and pruned > first:
+            # Retention kept only the rows the level-0 rollups name: read those rollups
+            # even for buckets narrower than theirs (100 steps), not the thinned rows.
+            level = 0
         covered = (0, 0)
         if level is not None:
             w = width(level)

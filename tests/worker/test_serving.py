@@ -380,9 +380,7 @@ def test_a_worker_adopts_the_journal_of_one_that_stopped_serving(
     checkpoint = _checkpoint(sessions, model_job)
     gone, busy = _call(model_job, checkpoint, [0.0]), _call(model_job, checkpoint, [1.0])
     for worker, call in (("gone", gone), ("busy", busy)):
-        with redis_client.pipeline(transaction=True) as pipe:
-            Journal(redis_client, worker).stage(pipe, [_served(call, worker)])
-            pipe.execute()
+        Journal(redis_client, worker).add([_served(call, worker)])
     redis_client.set(worker_key("busy"), 1, px=60_000)  # still serving: not adopted
     mine = Journal(redis_client, "w2")
     adopted = mine.adopt()

@@ -418,3 +418,26 @@ def test_a_job_keeping_few_raw_steps_thins_its_old_rows_and_reads_the_same(
     assert old[True] == 81 * params and old[False] < 199 * params / 4
     # The same training (seeded): a thinned read finds the same rows in both.
     assert reads[thinned] == reads[everything] and len(reads[thinned]) > params
+
+
+def test_a_roll_up_never_runs_ahead_of_a_table_still_behind(
+    sessions: sessionmaker[Session], clean_db: None, new_job: NewJob
+) -> None:
+    job_id = new_job(TINY).id
+    metrics = [
+        {"split": "train", "name": "loss", "step": s, "epoch": 1, "value": 1 / s}
+        for s in range(1, 451)
+    ]
+    writer = RowWriter(sessions=sessions, job_id=job_id, rollup_seconds=0.0)
+    writer.put("metrics", metrics)  # committed (and rolled) through step 450 ...
+    writer.put("layer_traces", _trace_rows(range(1, 251)))  # ... traces only through 250
+    writer.close()
+    with sessions() as session:
+        mark = session.get(RollupMark, job_id)
+        top = session.scalar(
+            select(func.max(TraceRollup.bucket)).where(
+                TraceRollup.job_id == job_id, TraceRollup.level == 0
+            )
+        )
+    # Steps 200-249 of the traces may still have been on their way: not rolled up.
+    assert mark is not None and mark.rolled_below == 200 and top == 1
