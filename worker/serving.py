@@ -195,7 +195,6 @@ class PredictionServer:
             del self._loads[checkpoint_id]
             for p in group:
                 p.parked = False
-
             try:
                 self._settle(group, partial(self._answer_loaded, checkpoint_id, future, group))
             except Exception:
@@ -322,14 +321,13 @@ class PredictionServer:
 
     def _records(self, pending: list[_Pending]) -> list[ServedPrediction]:
         finished = datetime.now(UTC)
-        records = [
+        return [
             ServedPrediction(
                 call=p.call, answer=p.answer, error=p.error, worker=self.worker,
                 started_at=p.started_at, finished_at=finished, batch_samples=p.batch_samples,
             )
             for p in pending
         ]  # fmt: skip
-        return records
 
     def _run_group(self, group: list[_Pending], loaded: LoadedModel, *, warm: bool) -> None:
         """Forward passes of one checkpoint's requests (inputs that do not fit: an error)."""

@@ -19,7 +19,6 @@ from collections.abc import Iterable, Sequence
 from typing import cast
 
 import redis
-from pydantic import ValidationError
 
 from shared.repository import ServedPrediction
 from shared.serving import JOURNALS_KEY, journal_key, worker_key
@@ -119,6 +118,6 @@ def _decoded(entries: dict[bytes, bytes]) -> list[ServedPrediction]:
     for call_id, raw in entries.items():
         try:
             out.append(ServedPrediction.decode(raw))
-        except (ValueError, KeyError, TypeError, ValidationError):
+        except ValueError:  # pydantic's ValidationError is one
             log.error("unreadable journal entry %s left in place", call_id.decode(errors="replace"))
     return out

@@ -93,7 +93,6 @@ class RowWriter:
         rollup_seconds: float = 30.0,
         keep_raw_steps: int | None = None,
         rolled_tables: frozenset[str] = frozenset({"metrics", "layer_traces"}),
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_rows < 1 or batch_rows < 1:
             raise ValueError("max_rows and batch_rows must be positive")
@@ -119,13 +118,12 @@ class RowWriter:
         # The tables this job writes and rolls up: until each has committed rows, a
         # running job rolls nothing (the first traces may still be on their way).
         self.rolled_tables = rolled_tables
-        self._clock = clock
         # Per rolled-up table, the last step committed. Each table's rows come in step
         # order, but a hand-off puts metrics and traces separately: a batch may commit a
         # step's metrics before its traces, so the roll goes only as far as every table.
         self._committed: dict[str, int] = {}
         self._rolled_through = 0
-        self._last_roll = clock()
+        self._last_roll = time.monotonic()
 
     @property
     def pending(self) -> int:
@@ -253,13 +251,13 @@ class RowWriter:
                     self._closing = True
                     self._cond.notify_all()
                 return
-            for table, last in _last_steps(batch).items():
+            for table, last in _last_steps(batch, self.rolled_tables).items():
                 self._committed[table] = max(self._committed.get(table, 0), last)
             with self._cond:
                 self._done += count
                 self._pending -= count
                 self._cond.notify_all()
-            if self._clock() - self._last_roll >= self.rollup_seconds:
+            if time.monotonic() - self._last_roll >= self.rollup_seconds:
                 self._roll_up(final=False)
         if not aborted:
             self._roll_up(final=True)
@@ -267,7 +265,7 @@ class RowWriter:
     def _roll_up(self, *, final: bool) -> None:
         """Roll up what is committed. Never fails the job: rollups only speed up reads
         (a read falls back to the raw rows) and retention can wait for the next pass."""
-        self._last_roll = self._clock()
+        self._last_roll = time.monotonic()
         committed = self._committed
         if final:  # nothing more comes: a table that wrote nothing holds nothing back
             through = min((committed[t] for t in self.rolled_tables if t in committed), default=0)
@@ -322,13 +320,12 @@ class RowWriter:
                     insert(session=session, job_id=self._job_id, rows=rows)
 
 
-def _last_steps(batch: list[tuple[str, Sequence[Row]]]) -> dict[str, int]:
-    """The last step each rolled-up table commits in `batch`. A table's rows are put in
-    step order, so once one is committed every earlier step of that table is too
-    (rank_traces are not rolled up)."""
+def _last_steps(batch: list[tuple[str, Sequence[Row]]], tables: frozenset[str]) -> dict[str, int]:
+    """The last step each of `tables` commits in `batch`. A table's rows are put in step
+    order, so once one is committed every earlier step of that table is too."""
     found: dict[str, int] = {}
     for table, rows in batch:
-        if rows and table != "rank_traces":
+        if rows and table in tables:
             found[table] = max(found.get(table, 0), rows[-1]["step"])
     return found
 

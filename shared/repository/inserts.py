@@ -14,6 +14,12 @@ from sqlalchemy.orm import Session
 _CHUNK = 10_000
 
 
+def dialect_insert(session: Session, table: Any) -> Any:
+    """INSERT for the session's database, with its ON CONFLICT clauses."""
+    postgres = session.get_bind().dialect.name == "postgresql"
+    return (pg_insert if postgres else sqlite_insert)(table)
+
+
 def insert_ignoring_duplicates(
     session: Session, table: Table, rows: Sequence[dict[str, Any]]
 ) -> None:
@@ -25,10 +31,8 @@ def insert_ignoring_duplicates(
     """
     if not rows:
         return
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
     # Every row needs every key (a missing one would not be NULL but an error).
     keys = {key for row in rows for key in row}
     for start in range(0, len(rows), _CHUNK):
         chunk = [{key: row.get(key) for key in keys} for row in rows[start : start + _CHUNK]]
-        session.execute(insert(table).on_conflict_do_nothing(), chunk)
+        session.execute(dialect_insert(session, table).on_conflict_do_nothing(), chunk)

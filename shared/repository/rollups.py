@@ -9,8 +9,9 @@ and highest point of every bucket (and so every thinned read, thinning.py) stays
 while the disk holds a few rows per hundred steps.
 
 Why buckets are written only once complete: a rollup is never updated, so a reader never
-sees half a bucket and a writer needs no read-modify-write. The writer commits rows in
-step order (worker/writer.py), so once a step is committed every earlier step is.
+sees half a bucket and a writer needs no read-modify-write. The writer commits each
+table's rows in step order and rolls up only as far as every table it writes has
+committed (worker/writer.py), so every step below `through_step` is in.
 """
 
 from __future__ import annotations
@@ -29,12 +30,10 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects.postgresql import array
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from shared.models import LayerTrace, Metric, MetricRollup, RollupMark, TraceRollup
-from shared.repository.inserts import insert_ignoring_duplicates
+from shared.repository.inserts import dialect_insert, insert_ignoring_duplicates
 
 BUCKET_STEPS = 100
 # 2^24 x 100 steps covers every int32 step: levels above roll nothing.
@@ -103,7 +102,7 @@ def roll_up(
 def forget_after(*, session: Session, job_id: uuid.UUID, step: int) -> None:
     """Drop the rollups of buckets reaching past `step` (a resumed attempt writes those
     steps again); they are rolled up anew once rewritten."""
-    mark = session.get(RollupMark, job_id, with_for_update=_lock(session))
+    mark = session.get(RollupMark, job_id, with_for_update=_postgres(session))
     if mark is None:
         return
     keep_below = ((step + 1) // BUCKET_STEPS) * BUCKET_STEPS
@@ -168,24 +167,18 @@ def _postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def _lock(session: Session) -> bool:
-    return _postgres(session)
-
-
 def _mark(session: Session, job_id: uuid.UUID) -> RollupMark:
     """The job's mark row, locked on PostgreSQL so two rollers of one job take turns."""
     session.execute(
-        _insert(session, RollupMark)
+        dialect_insert(session, RollupMark)
         .values(job_id=job_id, rolled_below=0, pruned_below=0)
         .on_conflict_do_nothing()
     )
-    mark = session.get(RollupMark, job_id, with_for_update=_lock(session), populate_existing=True)
+    mark = session.get(
+        RollupMark, job_id, with_for_update=_postgres(session), populate_existing=True
+    )
     assert mark is not None
     return mark
-
-
-def _insert(session: Session, model: Any) -> Any:
-    return (pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert)(model)
 
 
 def _roll_table(

@@ -78,14 +78,13 @@ def thinned_rows(
             # Retention kept only the rows the level-0 rollups name: read those rollups
             # even for buckets narrower than theirs (100 steps), not the thinned rows.
             level = 0
-        covered = (0, 0)
-        if level is not None:
-            w = width(level)
-            covered = (-(-first // w), min(rolled // w, (last + 1) // w))
-        if level is None or covered[1] <= covered[0]:
+        w = width(level) if level is not None else 0
+        # The complete rollup buckets inside [first, last]: [covered[0], covered[1]).
+        covered = (-(-first // w), min(rolled // w, (last + 1) // w)) if w else (0, 0)
+        if covered[1] <= covered[0]:
             candidates = _exact(session, in_series, step, value, bucket)
         else:
-            w = width(level)
+            assert level is not None
             edges = [*in_series, or_(step < covered[0] * w, step >= covered[1] * w)]
             candidates = _exact(session, edges, step, value, bucket)
             assert table is not None
