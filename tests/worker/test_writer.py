@@ -321,11 +321,14 @@ def test_a_job_whose_rows_cannot_be_saved_fails_with_a_clear_message(
     monkeypatch: pytest.MonkeyPatch,
     new_job: NewJob,
 ) -> None:
+    wrong_ids: list[uuid.UUID] = []
+
     class WrongJob(RowWriter):  # writes under a job id that does not exist: the FK refuses
         def __init__(
             self, *, sessions: sessionmaker[Session], job_id: uuid.UUID, **kw: Any
         ) -> None:
-            super().__init__(sessions=sessions, job_id=uuid.uuid4(), **kw)
+            wrong_ids.append(uuid.uuid4())
+            super().__init__(sessions=sessions, job_id=wrong_ids[-1], **kw)
 
     monkeypatch.setattr("worker.sinks.RowWriter", WrongJob)
     job_id = new_job(TINY).id
@@ -335,7 +338,8 @@ def test_a_job_whose_rows_cannot_be_saved_fails_with_a_clear_message(
     assert job is not None and job.error is not None
     assert job.error.startswith("could not save ") and "rows to the database" in job.error
     assert "(ForeignKeyViolation on fk_" in job.error and job.error.endswith("see the worker log")
-    assert not [t for t in threading.enumerate() if t.name.startswith("row-writer-")]
+    # This job's writer thread is gone (other tests' writers are theirs to check).
+    assert wrong_ids and not [t for i in wrong_ids for t in _writer_threads(i)]
 
 
 def test_an_interrupted_fit_leaves_no_writer_thread(
