@@ -10,8 +10,20 @@ from flask import Flask
 from api import auth, errors, headers, text_guard
 from api.body import ApiRequest
 from api.context import Services, close_session
+from api.metrics import ClusterCollector, install_timing
 from api.quotas import install_rate_limit
-from api.routes import checkpoints, docs, health, jobs, models, plots, reports, results, tokens
+from api.routes import (
+    checkpoints,
+    docs,
+    health,
+    jobs,
+    metrics,
+    models,
+    plots,
+    reports,
+    results,
+    tokens,
+)
 from api.serving import ServingLine
 from api.token_cache import TokenCache
 from shared.config import Settings, get_settings
@@ -45,15 +57,22 @@ def create_app(settings: Settings | None = None) -> Flask:
         ),
     )
     app.teardown_appcontext(close_session)
+    services = app.extensions["trainyard"]
+    app.extensions["trainyard.metrics"] = ClusterCollector(
+        services.sessions, settings.resolved_broker_url()
+    )
 
     errors.register(app)
+    install_timing(app)
     text_guard.install(app)  # before the rate limit and auth read anything
     headers.install(app)
     limiter = install_rate_limit(app, settings)
     if limiter is not None:
         limiter.exempt(health.bp)  # load balancers and compose probe it all the time
         limiter.exempt(docs.bp)
+        limiter.exempt(metrics.bp)  # Prometheus scrapes it on a timer
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
     app.register_blueprint(docs.bp)
     api_v1 = auth.protected_blueprint()
     for bp in (jobs.bp, results.bp, checkpoints.bp, models.bp, reports.bp, plots.bp, tokens.bp):

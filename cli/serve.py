@@ -9,8 +9,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from shared.config import Settings
 from shared.contract.requests import PredictRequest, TrainJobRequest
 from shared.contract.responses import Job
 from shared.db import make_engine, make_session_factory, session_scope
-from shared.queues import ALL_TRAIN_QUEUES, QUEUE_CPU, QUEUE_DEFAULT, QUEUE_INFER, make_celery
+from shared.queues import QUEUE_CPU, QUEUE_DEFAULT, QUEUE_GPU, QUEUE_INFER, make_celery
 from shared.sweeper import run_forever
 from shared.tokens import create_token, find_token
 
@@ -39,9 +41,31 @@ def has_gpu() -> bool:
     return out.returncode == 0 and "GPU" in out.stdout
 
 
-def default_queues() -> list[str]:
-    """GPU workers take every training queue; CPU workers leave 'train.gpu' alone."""
-    return list(ALL_TRAIN_QUEUES) if has_gpu() else [QUEUE_DEFAULT, QUEUE_CPU]
+def cuda_available() -> tuple[bool, str]:
+    """Whether torch sees a CUDA device, asked in a child process (this one may fork
+    later, and CUDA must not be initialised before a fork); with what it said."""
+    probe = (
+        "import torch; n = torch.cuda.device_count() if torch.cuda.is_available() else 0; "
+        "print(f'{n} CUDA device(s), torch {torch.__version__}, CUDA {torch.version.cuda}')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=False, timeout=120
+    )
+    said = (out.stdout or out.stderr).strip().splitlines()[-1:] or ["no answer"]
+    return out.returncode == 0 and not said[0].startswith("0 "), said[0]
+
+
+def default_queues(gpu: bool | None = None) -> list[str]:
+    """GPU workers take `auto` and `cuda` jobs; CPU workers `auto` and `cpu` ones.
+    `gpu` None: whether nvidia-smi lists a GPU."""
+    if gpu is None:
+        gpu = has_gpu()
+    return [QUEUE_DEFAULT, QUEUE_GPU] if gpu else [QUEUE_DEFAULT, QUEUE_CPU]
+
+
+def serve_queues() -> list[str]:
+    """`serve` runs one training worker: it takes every training queue it can run."""
+    return [*default_queues(), QUEUE_CPU] if has_gpu() else default_queues()
 
 
 def worker_command(
@@ -61,8 +85,18 @@ def worker_command(
     ]  # fmt: skip
 
 
+def api_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` plus a fresh PROMETHEUS_MULTIPROC_DIR (unless it names one): gunicorn's
+    worker processes share request metrics through files there (prometheus-client's
+    multiprocess mode), and a new folder per start drops the last run's counts."""
+    env = dict(environ)
+    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="trainyard-metrics-")
+    return env
+
+
 def api_command(host: str, port: int, workers: int) -> list[str]:
-    """gunicorn serving api.wsgi:app."""
+    """gunicorn serving api.wsgi:app (run it with api_environment)."""
     return [
         sys.executable, "-m", "gunicorn", "-b", f"{host}:{port}", "-w", str(workers),
         "--threads", "4", "--timeout", "60", "--no-control-socket", "api.wsgi:app",
@@ -130,13 +164,13 @@ def run_serve(settings: Settings, *, demo: bool, exit_after_demo: bool, api_work
     """Run the single-machine service until Ctrl-C or SIGTERM (or until the demo ends)."""
     ensure_port_free(settings.api_host, settings.api_port)
     _stop_on_signals()
-    env = {**os.environ, "TRAINYARD_API_HOST": settings.api_host,
+    env = {**api_environment(os.environ), "TRAINYARD_API_HOST": settings.api_host,
            "TRAINYARD_API_PORT": str(settings.api_port),
            "TRAINYARD_HOME": str(settings.home.resolve())}  # fmt: skip
     logs = settings.home.resolve() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     commands = {
-        "worker": worker_command(default_queues()),
+        "worker": worker_command(serve_queues()),
         # Its own process: a prediction never waits for a training job to finish.
         "worker-infer": worker_command([QUEUE_INFER]),
         "api": api_command(settings.api_host, settings.api_port, api_workers),
@@ -160,7 +194,7 @@ def run_serve(settings: Settings, *, demo: bool, exit_after_demo: bool, api_work
     code = 0
     try:
         wait_healthy(base)
-        queues = ", ".join(default_queues())
+        queues = ", ".join(serve_queues())
         click.echo(f"API: {base}  (training worker: {queues}; inference worker: {QUEUE_INFER})")
         click.echo(f"logs: {logs}/api.log, {logs}/worker.log, {logs}/worker-infer.log")
         if demo:

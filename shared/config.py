@@ -153,7 +153,7 @@ class Settings(BaseSettings):
     sweep_seconds: float = Field(default=5.0, description="Period of the sweeper's passes")
     shutdown_grace_seconds: float = Field(
         default=30.0,
-        description="A worker told to stop exits at most this long after (compose waits 60 s)",
+        description="A worker told to stop exits at most this long after (compose waits 90 s)",
     )
     db_outage_seconds: float = Field(
         default=60.0,
@@ -165,6 +165,22 @@ class Settings(BaseSettings):
         gt=0,
         description="A running job rolls up its series (and applies hooks.keep_raw_steps) "
         "this often, and at its end",
+    )
+    heartbeat_file: Path | None = Field(
+        default=None,
+        description="A worker touches this file every heartbeat in which it reached its Redis "
+        "broker, the sweeper after every pass that reached the database (`trainyard health "
+        "heartbeat` reads its age: the compose healthchecks)",
+    )
+    auto_gpu_wait_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="A CPU worker hands a `device: auto` job younger than this to the GPU "
+        "workers when one of them is idle (0: never)",
+    )
+    metrics_token: str | None = Field(
+        default=None,
+        description="Bearer token that GET /metrics asks for (unset: /metrics answers 404)",
     )
     max_attempts: int = Field(default=3, description="Claims before a lost job is failed")
     checkpoint_seconds: float = Field(

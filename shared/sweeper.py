@@ -122,6 +122,9 @@ def run_forever(
             else:
                 log.exception("sweep failed; retrying in %ss", every_seconds)
             continue
+        if settings.heartbeat_file is not None:  # the container healthcheck reads its age
+            settings.heartbeat_file.parent.mkdir(parents=True, exist_ok=True)
+            settings.heartbeat_file.touch()
         if database_down:
             database_down, judge_from = False, time.monotonic() + settings.lease_seconds
             log.info("sweep: database back; judging leases again in %ss", settings.lease_seconds)

@@ -4,6 +4,6 @@ from __future__ import annotations
 
 from shared.config import get_settings
 from shared.queues import make_celery
-from worker import serving_signals, shutdown  # noqa: F401  (connect their signals)
+from worker import presence, serving_signals, shutdown  # noqa: F401  (connect their signals)
 
 app = make_celery(get_settings(), include=["worker.tasks"])

@@ -31,6 +31,7 @@ from shared.db import session_scope
 from shared.db_retry import DatabaseGone, is_transient, retry_database
 from shared.errors import LeaseLost
 from shared.repository.leases import Requests
+from worker import activity
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,19 @@ class LeaseKeeper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @property
+    def job_id(self) -> str:
+        """The claimed job's id."""
+        return str(self._job_id)
+
+    @property
+    def step(self) -> int:
+        """The step the training thread last reported."""
+        return self._progress[0]
+
     def start(self) -> None:
         """Beat every heartbeat_seconds from a daemon thread until stop()."""
+        activity.job_started(self)
         self._thread = threading.Thread(
             target=self._run, name=f"heartbeat-{self._job_id}", daemon=True
         )
@@ -126,6 +138,7 @@ class LeaseKeeper:
 
     def stop(self) -> None:
         """Stop the thread (a beat in flight completes)."""
+        activity.job_ended(self)
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
+import redis
+from celery import Task
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import repository
@@ -28,6 +30,7 @@ from shared.spec_check import load_stored_spec
 from worker import job_inputs
 from worker.celery_app import app
 from worker.gang import follow_gang, join_gang, lead_gang
+from worker.gpu_handoff import hand_to_gpu
 from worker.inference import LoadedModel, ModelCache, load_model, predict
 from worker.lease_keeper import LeaseKeeper
 from worker.messages import user_message
@@ -48,12 +51,35 @@ def _sessions() -> sessionmaker[Session]:
     return make_session_factory(make_engine(get_settings().resolved_database_url()))
 
 
-@app.task(name=TRAIN_TASK)
-def train(job_id: str) -> str:
+@app.task(name=TRAIN_TASK, bind=True)
+def train(self: Task, job_id: str) -> str:
     """Train one job; the return value is the final status (results are in the database)."""
+    delivered_on = (self.request.delivery_info or {}).get("routing_key")
+    if hand_to_gpu(
+        job_id=uuid.UUID(job_id), delivered_on=delivered_on,
+        consumed=_consumed_queues(self.app), sessions=_sessions(), settings=get_settings(),
+        celery=self.app, redis_client=_broker_client(),
+    ):  # fmt: skip
+        return "handed to a GPU worker"
     return execute_train(
         uuid.UUID(job_id), worker=worker_name(), sessions=_sessions(), settings=get_settings()
     )
+
+
+def _consumed_queues(celery: Any) -> set[str]:
+    try:
+        return set(celery.amqp.queues.consume_from)
+    except AttributeError:
+        return set()
+
+
+@cache
+def _broker_client() -> redis.Redis | None:
+    """A client of the Redis broker (presence records), or None with another broker."""
+    url = get_settings().resolved_broker_url()
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    return redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
 
 
 def worker_name() -> str:

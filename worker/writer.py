@@ -43,6 +43,7 @@ from shared.db import session_scope
 from shared.db_retry import DatabaseGone, retry_database
 from shared.errors import TrainyardError
 from shared.models import LayerTrace, Metric, RankTrace
+from worker import activity
 from worker.pgcopy import copy_ignoring_duplicates
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class RowWriter:
         self._committed: dict[str, int] = {}
         self._rolled_through = 0
         self._last_roll = time.monotonic()
+        activity.writer_opened(self)
 
     @property
     def pending(self) -> int:
@@ -251,6 +253,8 @@ class RowWriter:
                     self._closing = True
                     self._cond.notify_all()
                 return
+            for table, rows in batch:
+                activity.rows_committed(table, len(rows))
             for table, last in _last_steps(batch, self.rolled_tables).items():
                 self._committed[table] = max(self._committed.get(table, 0), last)
             with self._cond:

@@ -27,6 +27,7 @@ PAGE_CSP = (
 BINARY = {
     "downloadStateDict": ("application/octet-stream", "The state_dict as safetensors"),
     "getJobPlot": ("image/png", "The plot"),
+    "getMetrics": ("text/plain; version=0.0.4", "Prometheus metrics in the text format"),
 }
 # From a submitted job (its `id`) to everything about it: schemathesis follows these.
 JOB_LINKS: dict[str, dict[str, str]] = {

@@ -24,13 +24,32 @@ def db() -> None:
 
 @db.command("upgrade")
 @click.option("--revision", default="head", show_default=True)
-def db_upgrade(revision: str) -> None:
+@click.option(
+    "--wait", type=float, default=0.0, show_default=True,
+    help="Seconds to keep trying while the database does not answer yet (a cluster's start).",
+)  # fmt: skip
+def db_upgrade(revision: str, wait: float) -> None:
     """Apply Alembic migrations to the configured database."""
+    import time
+
+    from sqlalchemy.exc import OperationalError
+
     from cli.migrate import upgrade
 
     settings = get_settings()
-    upgrade(settings.resolved_database_url(), revision)
-    click.echo(f"database at {revision}: {settings.shown_database_url()}", err=True)
+    shown = settings.shown_database_url()
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            upgrade(settings.resolved_database_url(), revision)
+            break
+        except OperationalError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            if time.monotonic() >= deadline:
+                raise click.ClickException(f"database {shown} does not answer: {reason}") from None
+            click.echo(f"waiting for the database {shown}: {reason}", err=True)
+            time.sleep(2)
+    click.echo(f"database at {revision}: {shown}", err=True)
 
 
 @click.command()
@@ -68,13 +87,79 @@ def serve(
 )  # fmt: skip
 @click.option("--concurrency", "-c", type=int, default=1, show_default=True)
 @click.option("--loglevel", "-l", default="info", show_default=True)
-def worker(queues: str | None, pool: str, concurrency: int, loglevel: str) -> None:
+@click.option(
+    "--gpu/--cpu", "gpu", default=None,
+    help="A GPU worker (train + train.gpu; refuses to start without CUDA) or a CPU one "
+    "(train + train.cpu). Default: a GPU worker when nvidia-smi lists a GPU.",
+)  # fmt: skip
+def worker(
+    queues: str | None, pool: str, concurrency: int, loglevel: str, gpu: bool | None
+) -> None:
     """Run a Celery worker (replaces this process)."""
-    from cli.serve import default_queues, worker_command
+    from cli.serve import cuda_available, default_queues, worker_command
 
-    names = queues.split(",") if queues else default_queues()
+    if gpu:
+        ok, said = cuda_available()
+        if not ok:
+            raise click.ClickException(
+                f"a GPU worker needs CUDA, and torch sees none ({said}). Is the NVIDIA "
+                "container toolkit installed and the GPU given to this container "
+                "(device_ids)? Run a CPU worker with --cpu instead."
+            )
+        click.echo(f"GPU worker: {said}", err=True)
+    names = queues.split(",") if queues else default_queues(gpu)
     cmd = worker_command(names, concurrency, loglevel, pool)
     os.execv(cmd[0], cmd)
+
+
+@click.command()
+@click.option("--host", default=None, help="Bind address (default TRAINYARD_API_HOST).")
+@click.option("--port", type=int, default=None, help="Port (default TRAINYARD_API_PORT, 8000).")
+@click.option("--workers", "-w", type=int, default=2, show_default=True)
+def api(host: str | None, port: int | None, workers: int) -> None:
+    """Run the API under gunicorn, as `serve` does (replaces this process)."""
+    from cli.serve import api_command, api_environment
+
+    settings = get_settings()
+    cmd = api_command(host or settings.api_host, port or settings.api_port, workers)
+    os.execve(cmd[0], cmd, api_environment(os.environ))
+
+
+@click.group()
+def health() -> None:
+    """Healthchecks for containers: exit 0 when healthy, 1 with the reason otherwise."""
+
+
+@health.command("heartbeat")
+@click.option("--max-age", type=float, default=60.0, show_default=True,
+              help="Seconds since the last heartbeat.")  # fmt: skip
+def health_heartbeat(max_age: float) -> None:
+    """The heartbeat file (TRAINYARD_HEARTBEAT_FILE) of this worker or sweeper is fresh."""
+    from shared.presence import heartbeat_age
+
+    path = get_settings().heartbeat_file
+    if path is None:
+        raise click.ClickException("TRAINYARD_HEARTBEAT_FILE is not set")
+    age = heartbeat_age(path)
+    if age is None:
+        raise click.ClickException(f"no heartbeat yet at {path}")
+    if age > max_age:
+        raise click.ClickException(f"last heartbeat {age:.0f} s ago (over {max_age:.0f} s)")
+
+
+@health.command("api")
+@click.option("--url", default=None, help="Base URL (default http://127.0.0.1:<port>).")
+def health_api(url: str | None) -> None:
+    """GET /readyz answers 200 (database, broker and disk are fine)."""
+    import requests
+
+    base = url or f"http://127.0.0.1:{get_settings().api_port}"
+    try:
+        answer = requests.get(f"{base}/readyz", timeout=5)
+    except requests.RequestException as exc:
+        raise click.ClickException(f"{base}/readyz: {exc}") from None
+    if answer.status_code != 200:
+        raise click.ClickException(f"{base}/readyz: {answer.status_code} {answer.text[:200]}")
 
 
 @click.command()
@@ -83,15 +168,22 @@ def worker(queues: str | None, pool: str, concurrency: int, loglevel: str) -> No
 )
 def sweep(every: float | None) -> None:
     """Re-send lost job messages and fail abandoned jobs, forever."""
+    import logging
     import threading
 
     from shared.db import make_engine, make_session_factory
     from shared.queues import make_celery
     from shared.sweeper import run_forever
 
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = get_settings()
     sessions = make_session_factory(make_engine(settings.resolved_database_url()))
     stop = threading.Event()
+    logging.getLogger(__name__).info(
+        "sweeper: every %ss on %s", every or settings.sweep_seconds, settings.shown_database_url()
+    )
     try:
         run_forever(
             sessions=sessions,
@@ -204,4 +296,4 @@ def _token_session() -> Iterator[Session]:
         engine.dispose()
 
 
-COMMANDS = (db, serve, worker, sweep, token)
+COMMANDS = (db, serve, api, worker, sweep, health, token)

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Bring the compose cluster up with whatever engine is here (docker compose, or podman
+# driving the Compose v2 binary), then as a user would: create a token, train LeNet,
+# predict, scale the CPU workers to 2, stop a worker mid-job and see the job resume on the
+# other, and tear everything down (volumes included). Prints each step; exits non-zero at
+# the first that fails. Needs an .env (scripts/cluster_env.sh writes one).
+#   scripts/cluster_smoke.sh            # KEEP=1 leaves the cluster running
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -f .env ] || scripts/cluster_env.sh
+PROJECT=${PROJECT:-trainyard-smoke}
+PORT=${SMOKE_PORT:-18000}
+
+if docker info >/dev/null 2>&1; then
+    ENGINE=docker
+    COMPOSE=(docker compose)
+elif command -v podman >/dev/null; then
+    ENGINE=podman
+    binary=${COMPOSE_BINARY:-$(python3 -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")' 2>/dev/null || command -v docker-compose)}
+    export DOCKER_HOST="unix://${XDG_RUNTIME_DIR:-/run}/podman/podman.sock"
+    podman system service --time=0 "$DOCKER_HOST" >/tmp/podman-service.log 2>&1 &
+    for _ in $(seq 50); do [ -S "${DOCKER_HOST#unix://}" ] && break; sleep 0.2; done
+    COMPOSE=("$binary")
+else
+    echo "no container engine (docker or podman) here" >&2
+    exit 2
+fi
+dc() { TRAINYARD_API_PORTS=$PORT "${COMPOSE[@]}" -p "$PROJECT" "$@"; }
+step() { printf '\n== %s (%s)\n' "$*" "$(date +%T)"; }
+api() { curl -fsS -H "Authorization: Bearer $TOKEN" "$@"; }
+wait_for() {  # wait_for SECONDS WHAT COMMAND...: poll until COMMAND succeeds
+    local limit=$1 what=$2; shift 2
+    for _ in $(seq "$limit"); do "$@" >/dev/null 2>&1 && return 0; sleep 1; done
+    echo "gave up after ${limit}s waiting for: $what" >&2; dc ps >&2; return 1
+}
+cleanup() { [ "${KEEP:-0}" = 1 ] || dc down -v --remove-orphans >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+
+step "build the image once and start the cluster"
+dc build api
+dc up -d
+wait_for 600 "the API's /readyz" curl -fsS "http://127.0.0.1:$PORT/readyz"
+dc ps
+
+step "create a token"
+TOKEN=$(dc exec -T api trainyard token create smoke | tr -d '\r')
+echo "token ${TOKEN:0:8}..."
+
+step "train LeNet on digits"
+spec=$(python3 -c 'import json; s = json.load(open("cli/examples/lenet_digits.json")); s["train"]["epochs"] = 2; print(json.dumps(s))')
+job=$(api -X POST "http://127.0.0.1:$PORT/api/v1/jobs" -H 'Content-Type: application/json' -d "$spec" | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
+echo "job $job"
+done_() { api "http://127.0.0.1:$PORT/api/v1/jobs/$job" | grep -q '"status": *"succeeded"'; }
+wait_for 900 "job $job to succeed" done_
+
+step "predict with it"
+python3 -c 'import json; print(json.dumps({"inputs": [[[[0.0] * 32] * 32]]}))' > /tmp/smoke-input.json
+api -X POST "http://127.0.0.1:$PORT/api/v1/models/$job/predict" -H 'Content-Type: application/json' -d @/tmp/smoke-input.json | head -c 300; echo
+
+step "scale the CPU workers to 2, stop one mid-job, see the job resume"
+dc up -d --scale worker-cpu=2 --no-recreate
+spec=$(python3 -c 'import json; s = json.load(open("cli/examples/lenet_digits.json")); s["train"]["epochs"] = 6; s["train"]["checkpoint_every_steps"] = 20; print(json.dumps(s))')
+long=$(api -X POST "http://127.0.0.1:$PORT/api/v1/jobs" -H 'Content-Type: application/json' -d "$spec" | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
+running() { api "http://127.0.0.1:$PORT/api/v1/jobs/$long" | python3 -c 'import json, sys; j = json.load(sys.stdin); sys.exit(0 if j["status"] == "running" and j["progress"]["step"] > 40 else 1)'; }
+wait_for 600 "job $long to pass step 40" running
+holder=$(api "http://127.0.0.1:$PORT/api/v1/jobs/$long" | python3 -c 'import json, sys; print(json.load(sys.stdin)["worker"].split(":")[0])')
+container=""
+for id in $(dc ps -q worker-cpu); do
+    [ "$("$ENGINE" inspect -f '{{.Config.Hostname}}' "$id")" = "$holder" ] && container=$id
+done
+[ -n "$container" ] || { echo "no worker-cpu container is $holder" >&2; exit 1; }
+echo "stopping the worker holding it: $holder ($container); SIGTERM is a warm shutdown"
+"$ENGINE" stop "$container" >/dev/null
+done_long() { api "http://127.0.0.1:$PORT/api/v1/jobs/$long" | grep -q '"status": *"succeeded"'; }
+wait_for 900 "job $long to finish on the other worker" done_long
+api "http://127.0.0.1:$PORT/api/v1/jobs/$long/events" | python3 -c 'import json, sys; [print(e["kind"], e.get("message", "")) for e in json.load(sys.stdin)["items"]]'
+
+step "tear down"

@@ -1,0 +1,88 @@
+"""What this worker process is doing, for its presence record (worker/presence.py).
+
+The training code registers its lease keeper and row writers here; the presence thread
+reads them once per beat. Nothing here is on a step's path beyond what the keeper and
+the writer already do (a reference kept at start, a counter bumped per committed batch).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import Counter
+from typing import Protocol
+
+
+class Progressing(Protocol):
+    """A lease keeper as far as presence is concerned."""
+
+    @property
+    def job_id(self) -> str: ...
+
+    @property
+    def step(self) -> int: ...
+
+
+class Backlogged(Protocol):
+    """A row writer as far as presence is concerned."""
+
+    @property
+    def pending(self) -> int: ...
+
+
+_lock = threading.Lock()
+_keepers: weakref.WeakSet[Progressing] = weakref.WeakSet()
+_writers: weakref.WeakSet[Backlogged] = weakref.WeakSet()
+_committed: Counter[str] = Counter()
+
+
+def job_started(keeper: Progressing) -> None:
+    """A claimed job's heartbeat began."""
+    with _lock:
+        _keepers.add(keeper)
+
+
+def job_ended(keeper: Progressing) -> None:
+    """That job's heartbeat stopped."""
+    with _lock:
+        _keepers.discard(keeper)
+
+
+def writer_opened(writer: Backlogged) -> None:
+    """A row writer started (it is forgotten when it is garbage)."""
+    with _lock:
+        _writers.add(writer)
+
+
+def rows_committed(table: str, count: int) -> None:
+    """A writer committed `count` rows of `table`."""
+    with _lock:
+        _committed[table] += count
+
+
+def running_jobs() -> dict[str, int]:
+    """job id -> the step it last reported, for every job this process runs."""
+    with _lock:
+        keepers = list(_keepers)
+    return {keeper.job_id: keeper.step for keeper in keepers}
+
+
+def writer_backlog() -> int:
+    """Rows handed to this process's writers and not committed yet."""
+    with _lock:
+        writers = list(_writers)
+    return sum(writer.pending for writer in writers)
+
+
+def take_committed() -> Counter[str]:
+    """Rows committed per table since the last call (the caller adds them up elsewhere)."""
+    with _lock:
+        taken = Counter(_committed)
+        _committed.clear()
+    return taken
+
+
+def give_back_committed(counts: Counter[str]) -> None:
+    """Counts taken whose report failed: reported with the next ones."""
+    with _lock:
+        _committed.update(counts)

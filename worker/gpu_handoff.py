@@ -1,0 +1,87 @@
+"""`device: auto` jobs prefer a free GPU.
+
+An `auto` job's message goes to the `train` queue, which CPU and GPU workers both consume.
+When a CPU worker takes such a message while a GPU worker is idle (its presence record
+says so: shared/presence.py), it hands the turn over: it sends the same "work on job X"
+to `train.gpu` and claims nothing. A GPU worker taking that message claims the first job
+of X's own queue, as for any message.
+
+The hand-off happens once, while the job is younger than TRAINYARD_AUTO_GPU_WAIT_SECONDS.
+If the GPU worker got busy meanwhile, the sweeper sees the `train` queue short of a turn
+and re-sends one there within TRAINYARD_RESEND_GRACE_SECONDS; by then the job is too old
+to be handed over again, and the next free worker, CPU or GPU, runs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Collection
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from celery import Celery
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import repository
+from shared.config import Settings
+from shared.db import session_scope
+from shared.models import Job, JobStatus
+from shared.presence import idle_gpu_worker
+from shared.queues import QUEUE_DEFAULT, QUEUE_GPU, send_job
+
+log = logging.getLogger(__name__)
+
+
+def hand_to_gpu(
+    *,
+    job_id: uuid.UUID,
+    delivered_on: str | None,
+    consumed: Collection[str],
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    celery: Celery,
+    redis_client: Any,
+) -> bool:
+    """Whether this CPU worker handed the message's turn to an idle GPU worker."""
+    if delivered_on != QUEUE_DEFAULT or QUEUE_GPU in consumed:
+        return False
+    if settings.auto_gpu_wait_seconds <= 0 or redis_client is None:
+        return False
+    with session_scope(sessions) as session:
+        if not _young_single_node(session, job_id, settings.auto_gpu_wait_seconds):
+            return False
+        try:
+            if not idle_gpu_worker(redis_client):
+                return False
+            send_job(celery, job_id=str(job_id), kind="train", queue=QUEUE_GPU)
+        except Exception as exc:  # Redis hiccup: run it here rather than lose the turn
+            log.warning("job %s: could not offer it to a GPU worker (%s)", job_id, exc)
+            return False
+        repository.add_event(
+            session=session, job_id=job_id, kind="offered",
+            message="device auto: handed to an idle GPU worker",
+        )  # fmt: skip
+    log.info("job %s: device auto, handed to an idle GPU worker", job_id)
+    return True
+
+
+def _young_single_node(session: Session, job_id: uuid.UUID, wait_seconds: float) -> bool:
+    job = session.get(Job, job_id)
+    if job is None or job.status != JobStatus.QUEUED or job.queue != QUEUE_DEFAULT:
+        return False
+    distributed = (job.spec.get("train") or {}).get("distributed") or {}
+    if int(distributed.get("nodes") or 1) > 1:
+        return False  # a gang's nodes must all come from the queue it was sent on
+    # The database's clock judges the age (the API stamped created_at with it).
+    postgres = session.get_bind().dialect.name == "postgresql"
+    now = session.scalar(select(func.now())) if postgres else datetime.now(UTC)
+    if now is None:
+        return False
+    created = job.created_at
+    if created.tzinfo is None:  # SQLite hands back naive UTC
+        created = created.replace(tzinfo=UTC)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    return bool(now - created < timedelta(seconds=wait_seconds))
