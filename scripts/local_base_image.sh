@@ -13,9 +13,17 @@ root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,tini \
     bookworm "$root" "$MIRROR" >/dev/null
+# The host's own certificate authorities (a TLS-inspecting proxy's, say) go in too, and pip
+# reads the system bundle: what this host can download, the image builds can.
+CA_DIR=${LOCAL_CA_DIR:-/usr/local/share/ca-certificates}
+if compgen -G "$CA_DIR/*.crt" >/dev/null; then
+    cp "$CA_DIR"/*.crt "$root/usr/local/share/ca-certificates/"
+    chroot "$root" update-ca-certificates >/dev/null
+fi
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/archives/*.deb
 tar -C "$root" -c . | "$ENGINE" import \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt' \
     --change 'CMD ["python3"]' - localhost/trainyard-base:bookworm
 for name in postgres redis; do
     tag=$([ "$name" = postgres ] && echo 15 || echo 7)

@@ -86,7 +86,7 @@ def test_the_binary_refuses_a_broken_file_and_a_missing_secret(
     no_secrets = tmp_path / "empty.env"
     no_secrets.write_text("")
     refused = compose(no_secrets, "-f", str(MAIN), "config", "-q", check=False)
-    assert refused.returncode != 0 and "_PASSWORD is missing a value" in refused.stderr
+    assert refused.returncode != 0 and "is missing a value: set " in refused.stderr
 
 
 def test_one_image_built_once(env_file: Path) -> None:
