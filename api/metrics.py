@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.models import Job
@@ -42,6 +43,9 @@ REQUEST_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
     registry=None,  # exposed through exposition() only
 )
+# The client names the method: anything else counts as "other", so no client can make
+# series without end.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # kombu's Redis transport keeps a queue's messages of priority p > 0 in "<queue>\x06\x16<p>".
 PRIORITY_STEPS = (3, 6, 9)
 
@@ -58,7 +62,8 @@ def install_timing(app: Flask) -> None:
         started = g.pop("metrics_started", None)
         if started is not None:
             rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
-            REQUEST_SECONDS.labels(request.method, rule, str(response.status_code)).observe(
+            method = request.method if request.method in METHODS else "other"
+            REQUEST_SECONDS.labels(method, rule, str(response.status_code)).observe(
                 time.perf_counter() - started
             )
         return response
@@ -76,12 +81,29 @@ class ClusterCollector(Collector):
         )
 
     def collect(self) -> Iterator[Metric]:
-        yield self._jobs()
+        """What can be read now; a source that is away is `trainyard_source_up 0`, and
+        the rest (the request latencies among them) still goes out."""
+        up = GaugeMetricFamily(
+            "trainyard_source_up", "Whether this scrape could read the source", labels=["source"]
+        )
+        try:
+            jobs = self._jobs()
+        except SQLAlchemyError as exc:
+            log.warning("metrics: database unreachable (%s)", type(exc).__name__)
+            up.add_metric(["database"], 0)
+        else:
+            up.add_metric(["database"], 1)
+            yield jobs
         if self._redis is not None:
             try:
-                yield from self._broker(self._redis)
-            except redis.RedisError as exc:  # the job counts still go out
+                broker = list(self._broker(self._redis))
+            except redis.RedisError as exc:
                 log.warning("metrics: Redis unreachable (%s)", exc)
+                up.add_metric(["redis"], 0)
+            else:
+                up.add_metric(["redis"], 1)
+                yield from broker
+        yield up
 
     def _jobs(self) -> Metric:
         family = GaugeMetricFamily(

@@ -48,9 +48,13 @@ def cuda_available() -> tuple[bool, str]:
         "import torch; n = torch.cuda.device_count() if torch.cuda.is_available() else 0; "
         "print(f'{n} CUDA device(s), torch {torch.__version__}, CUDA {torch.version.cuda}')"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=False, timeout=120
-    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=False,
+            timeout=120,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return False, "torch did not answer within 120 s"
     said = (out.stdout or out.stderr).strip().splitlines()[-1:] or ["no answer"]
     return out.returncode == 0 and not said[0].startswith("0 "), said[0]
 
@@ -86,11 +90,16 @@ def worker_command(
 
 
 def api_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """`environ` plus a fresh PROMETHEUS_MULTIPROC_DIR (unless it names one): gunicorn's
-    worker processes share request metrics through files there (prometheus-client's
-    multiprocess mode), and a new folder per start drops the last run's counts."""
+    """`environ` plus a PROMETHEUS_MULTIPROC_DIR: gunicorn's worker processes share
+    request metrics through files there (prometheus-client's multiprocess mode). A new
+    folder per start, or the named one emptied: the last run's counts are not this one's."""
     env = dict(environ)
-    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+    folder = env.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        for stale in Path(folder).glob("*.db"):
+            stale.unlink()
+    else:
         env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="trainyard-metrics-")
     return env
 
@@ -212,6 +221,8 @@ def run_serve(settings: Settings, *, demo: bool, exit_after_demo: bool, api_work
         stop.set()
         stop_children(children)
         engine.dispose()
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # the folder made for this run
+            shutil.rmtree(env["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
 def stop_children(children: list[subprocess.Popen[Any]], timeout: float = 20.0) -> None:

@@ -64,6 +64,16 @@ if [ "$ENGINE" = podman ] && ! systemctl is-system-running >/dev/null 2>&1; then
     HEALTH_LOOP=$!
 fi
 
+step "check the files"
+dc --profile gpu --profile observability config -q
+if command -v promtool >/dev/null; then  # the Prometheus config compose writes from .env
+    dc --profile observability config --format json \
+        | python3 -c 'import json, sys; print(json.load(sys.stdin)["configs"]["prometheus"]["content"])' \
+        > /tmp/trainyard-prometheus.yml
+    promtool check config /tmp/trainyard-prometheus.yml
+    rm -f /tmp/trainyard-prometheus.yml
+fi
+
 step "build the image once and start the cluster"
 dc build api
 dc up -d

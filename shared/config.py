@@ -166,6 +166,11 @@ class Settings(BaseSettings):
         description="A running job rolls up its series (and applies hooks.keep_raw_steps) "
         "this often, and at its end",
     )
+    worker_name: str | None = Field(
+        default=None,
+        description="What a worker's claims are held under, before ':<pid>' (default: the "
+        "hostname); set apart where workers share a hostname and PIDs (host networking)",
+    )
     heartbeat_file: Path | None = Field(
         default=None,
         description="A worker touches this file every heartbeat in which it reached its Redis "

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 WORKER_KEY_PREFIX = "trainyard:worker:"
 ROWS_KEY_PREFIX = "trainyard:rows:"
+OFFER_KEY_PREFIX = "trainyard:gpu-offer:"
 
 
 class WorkerRecord(BaseModel):
@@ -39,7 +40,8 @@ def worker_key(name: str) -> str:
 
 def read_workers(client: Any) -> list[WorkerRecord]:
     """Every live worker's record (unreadable ones are skipped: another version's)."""
-    keys = list(client.scan_iter(match=WORKER_KEY_PREFIX + "*", count=500))
+    # SCAN may return a key twice (while Redis rehashes): each worker once.
+    keys = sorted(set(client.scan_iter(match=WORKER_KEY_PREFIX + "*", count=500)))
     records = []
     for raw in client.mget(keys) if keys else ():
         if raw is None:  # expired between SCAN and MGET
@@ -56,9 +58,21 @@ def idle_gpu_worker(client: Any) -> bool:
     return any(r.device == "cuda" and not r.busy for r in read_workers(client))
 
 
+def reserve_idle_gpu_worker(client: Any, *, job_id: str, hold_seconds: float) -> str | None:
+    """An idle GPU worker's name, reserved for `job_id` until its next beats say it is
+    busy (SET NX): CPU workers handing jobs over at once never pick the same one."""
+    for record in read_workers(client):
+        if record.device != "cuda" or record.busy:
+            continue
+        key = OFFER_KEY_PREFIX + record.name
+        if client.set(key, job_id, nx=True, px=max(1, round(hold_seconds * 1000))):
+            return record.name
+    return None
+
+
 def rows_written(client: Any) -> dict[str, int]:
     """Rows committed by all workers so far, per table."""
-    keys = list(client.scan_iter(match=ROWS_KEY_PREFIX + "*", count=100))
+    keys = sorted(set(client.scan_iter(match=ROWS_KEY_PREFIX + "*", count=100)))
     values = client.mget(keys) if keys else []
     return {
         (key.decode() if isinstance(key, bytes) else key)[len(ROWS_KEY_PREFIX) :]: int(value)

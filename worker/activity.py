@@ -34,6 +34,7 @@ _lock = threading.Lock()
 _keepers: weakref.WeakSet[Progressing] = weakref.WeakSet()
 _writers: weakref.WeakSet[Backlogged] = weakref.WeakSet()
 _committed: Counter[str] = Counter()
+_training_tasks = 0  # train tasks running in this process (a gang's follower node too)
 
 
 def job_started(keeper: Progressing) -> None:
@@ -46,6 +47,26 @@ def job_ended(keeper: Progressing) -> None:
     """That job's heartbeat stopped."""
     with _lock:
         _keepers.discard(keeper)
+
+
+def task_started() -> None:
+    """A train task began (whatever it ends up running)."""
+    global _training_tasks
+    with _lock:
+        _training_tasks += 1
+
+
+def task_ended() -> None:
+    """That train task returned or raised."""
+    global _training_tasks
+    with _lock:
+        _training_tasks = max(0, _training_tasks - 1)
+
+
+def training() -> bool:
+    """Whether a train task runs in this process now."""
+    with _lock:
+        return _training_tasks > 0
 
 
 def writer_opened(writer: Backlogged) -> None:

@@ -2,8 +2,10 @@
 
 An `auto` job's message goes to the `train` queue, which CPU and GPU workers both consume.
 When a CPU worker takes such a message while a GPU worker is idle (its presence record
-says so: shared/presence.py), it hands the turn over: it sends the same "work on job X"
-to `train.gpu` and claims nothing. A GPU worker taking that message claims the first job
+says so: shared/presence.py), it reserves that worker for two heartbeats (so CPU workers
+handing over at once never pile jobs on one GPU) and hands the turn over: it sends the
+same "work on job X" to `train.gpu` and claims nothing. Jobs of several processes stay:
+a GPU worker drives one GPU. A GPU worker taking that message claims the first job
 of X's own queue, as for any message.
 
 The hand-off happens once, while the job is younger than TRAINYARD_AUTO_GPU_WAIT_SECONDS.
@@ -28,7 +30,7 @@ from shared import repository
 from shared.config import Settings
 from shared.db import session_scope
 from shared.models import Job, JobStatus
-from shared.presence import idle_gpu_worker
+from shared.presence import reserve_idle_gpu_worker
 from shared.queues import QUEUE_DEFAULT, QUEUE_GPU, send_job
 
 log = logging.getLogger(__name__)
@@ -44,36 +46,48 @@ def hand_to_gpu(
     celery: Celery,
     redis_client: Any,
 ) -> bool:
-    """Whether this CPU worker handed the message's turn to an idle GPU worker."""
+    """Whether this CPU worker handed the message's turn to an idle GPU worker. Anything
+    that goes wrong on the way (the database or Redis away) leaves the turn here, where
+    the claim has its own retries."""
     if delivered_on != QUEUE_DEFAULT or QUEUE_GPU in consumed:
         return False
     if settings.auto_gpu_wait_seconds <= 0 or redis_client is None:
         return False
-    with session_scope(sessions) as session:
-        if not _young_single_node(session, job_id, settings.auto_gpu_wait_seconds):
-            return False
-        try:
-            if not idle_gpu_worker(redis_client):
+    try:
+        with session_scope(sessions) as session:
+            if not _young_single_process(session, job_id, settings.auto_gpu_wait_seconds):
                 return False
-            send_job(celery, job_id=str(job_id), kind="train", queue=QUEUE_GPU)
-        except Exception as exc:  # Redis hiccup: run it here rather than lose the turn
-            log.warning("job %s: could not offer it to a GPU worker (%s)", job_id, exc)
+        # Held for two beats: by then the GPU worker's record says busy if it took a job.
+        target = reserve_idle_gpu_worker(
+            redis_client, job_id=str(job_id), hold_seconds=2 * settings.heartbeat_seconds
+        )
+        if target is None:
             return False
-        repository.add_event(
-            session=session, job_id=job_id, kind="offered",
-            message="device auto: handed to an idle GPU worker",
-        )  # fmt: skip
-    log.info("job %s: device auto, handed to an idle GPU worker", job_id)
+        send_job(celery, job_id=str(job_id), kind="train", queue=QUEUE_GPU)
+    except Exception as exc:
+        log.warning("job %s: not offered to a GPU worker (%s)", job_id, exc)
+        return False
+    try:
+        with session_scope(sessions) as session:
+            repository.add_event(
+                session=session, job_id=job_id, kind="offered",
+                message=f"device auto: handed to the idle GPU worker {target}",
+            )  # fmt: skip
+    except Exception as exc:  # the hand-off stands; only its event is missing
+        log.warning("job %s: hand-off event not stored (%s)", job_id, exc)
+    log.info("job %s: device auto, handed to the idle GPU worker %s", job_id, target)
     return True
 
 
-def _young_single_node(session: Session, job_id: uuid.UUID, wait_seconds: float) -> bool:
+def _young_single_process(session: Session, job_id: uuid.UUID, wait_seconds: float) -> bool:
     job = session.get(Job, job_id)
     if job is None or job.status != JobStatus.QUEUED or job.queue != QUEUE_DEFAULT:
         return False
     distributed = (job.spec.get("train") or {}).get("distributed") or {}
-    if int(distributed.get("nodes") or 1) > 1:
-        return False  # a gang's nodes must all come from the queue it was sent on
+    if int(distributed.get("world_size") or 1) > 1:
+        # Several processes want a GPU each (a GPU worker has one), or a gang's nodes
+        # must all come from the queue it was sent on: the CPU runs them under gloo.
+        return False
     # The database's clock judges the age (the API stamped created_at with it).
     postgres = session.get_bind().dialect.name == "postgresql"
     now = session.scalar(select(func.now())) if postgres else datetime.now(UTC)

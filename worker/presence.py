@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import task_postrun, task_prerun, worker_ready, worker_shutdown
 
 from shared.config import get_settings
 from shared.presence import ROWS_KEY_PREFIX, WorkerRecord, worker_key
-from shared.queues import QUEUE_GPU
+from shared.queues import QUEUE_GPU, TRAIN_TASK
 from worker import activity
+from worker.shutdown import SHUTTING_DOWN
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,9 @@ class Presence:
                 rates[job_id] = round((step - before[0]) / (now - before[1]), 3)
         self._last = {job_id: (step, now) for job_id, step in jobs.items()}
         return WorkerRecord(
-            name=self.name, device=self.device, queues=self.queues, busy=bool(jobs),
+            name=self.name, device=self.device, queues=self.queues,
+            # A worker shutting down takes no new job: not idle for the GPU hand-off.
+            busy=bool(jobs) or activity.training() or SHUTTING_DOWN.is_set(),
             jobs=jobs, steps_per_second=rates, writer_backlog=activity.writer_backlog(),
             at=time.time(),
         )  # fmt: skip
@@ -98,6 +101,7 @@ class Presence:
             self._thread.join(timeout=5)
         with contextlib.suppress(redis.RedisError):  # else it expires by itself
             self._client.delete(worker_key(self.name))
+        self._client.close()
 
     def _run(self) -> None:
         while True:
@@ -144,5 +148,17 @@ def _stop(**_: Any) -> None:
         _running.pop().stop()
 
 
+def _task_started(sender: Any = None, **_: Any) -> None:
+    if getattr(sender, "name", None) == TRAIN_TASK:
+        activity.task_started()
+
+
+def _task_ended(sender: Any = None, **_: Any) -> None:
+    if getattr(sender, "name", None) == TRAIN_TASK:
+        activity.task_ended()
+
+
+task_prerun.connect(_task_started, weak=False)
+task_postrun.connect(_task_ended, weak=False)
 worker_ready.connect(_start, weak=False)
 worker_shutdown.connect(_stop, weak=False)

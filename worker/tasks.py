@@ -83,8 +83,9 @@ def _broker_client() -> redis.Redis | None:
 
 
 def worker_name() -> str:
-    """host:pid, the name a claim is held under."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """host:pid (TRAINYARD_WORKER_NAME in place of the host when set), the name a claim
+    is held under."""
+    return f"{get_settings().worker_name or socket.gethostname()}:{os.getpid()}"
 
 
 @cache

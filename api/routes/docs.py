@@ -12,6 +12,7 @@ from typing import Any
 
 import flask_openapi3_swagger
 from flask import Blueprint, Response, jsonify, send_from_directory, url_for
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.contract import contract
 
@@ -27,7 +28,7 @@ PAGE_CSP = (
 BINARY = {
     "downloadStateDict": ("application/octet-stream", "The state_dict as safetensors"),
     "getJobPlot": ("image/png", "The plot"),
-    "getMetrics": ("text/plain; version=0.0.4", "Prometheus metrics in the text format"),
+    "getMetrics": (CONTENT_TYPE_LATEST, "Prometheus metrics in the text format"),
 }
 # From a submitted job (its `id`) to everything about it: schemathesis follows these.
 JOB_LINKS: dict[str, dict[str, str]] = {

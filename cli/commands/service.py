@@ -44,7 +44,8 @@ def db_upgrade(revision: str, wait: float) -> None:
             upgrade(settings.resolved_database_url(), revision)
             break
         except OperationalError as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            lines = str(exc.orig or "").strip().splitlines()
+            reason = lines[0] if lines else type(exc).__name__
             if time.monotonic() >= deadline:
                 raise click.ClickException(f"database {shown} does not answer: {reason}") from None
             click.echo(f"waiting for the database {shown}: {reason}", err=True)
@@ -103,8 +104,9 @@ def worker(
         if not ok:
             raise click.ClickException(
                 f"a GPU worker needs CUDA, and torch sees none ({said}). Is the NVIDIA "
-                "container toolkit installed and the GPU given to this container "
-                "(device_ids)? Run a CPU worker with --cpu instead."
+                "container toolkit installed, the GPU given to this container (device_ids), "
+                "and the driver new enough for this torch build's CUDA (CUDA 13: driver "
+                "580 or later)? Run a CPU worker with --cpu instead."
             )
         click.echo(f"GPU worker: {said}", err=True)
     names = queues.split(",") if queues else default_queues(gpu)

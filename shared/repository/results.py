@@ -189,7 +189,11 @@ def metric_overview(*, session: Session, job_id: uuid.UUID) -> list[dict[str, An
         same = (where, Metric.split == split, Metric.name == name)
         last = session.execute(
             select(Metric.step, Metric.epoch, Metric.value).where(*same, Metric.step == last_step)
-        ).one()
+        ).first()
+        if last is None:
+            # Gone since the count (read committed): the job was deleted, or a resumed
+            # attempt replaced the rows past its step. The series is left out, not a 500.
+            continue
         best = None
         order = {"loss": Metric.value.asc(), "accuracy": Metric.value.desc()}
         kind = next((k for k in order if name.endswith(k)), None)

@@ -3,6 +3,10 @@ latencies and the cluster read at scrape time (jobs, queues, workers, rows writt
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import pytest
 import redis
 from flask import Flask
@@ -17,6 +21,7 @@ from worker import activity
 from worker.presence import Presence
 
 TOKEN = "metrics-token-for-tests"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
@@ -69,6 +74,7 @@ def test_jobs_queues_workers_and_request_latency(
         activity.job_ended(keeper)
     client.get("/healthz")
     client.get("/api/v1/jobs/not-a-uuid", headers=alice)
+    client.open("/healthz", method="BREW")  # a method of the client's own invention
 
     samples = scrape(client)
     jobs = {(s["status"], s["queue"]): v for s, v in samples["trainyard_jobs"]}
@@ -87,3 +93,54 @@ def test_jobs_queues_workers_and_request_latency(
     }
     assert counts[("/healthz", "200")] >= 1
     assert counts[("/api/v1/jobs/<job_id>", "404")] >= 1  # by rule, not by URL
+    methods = {s["method"] for s, _ in samples["trainyard_http_request_duration_seconds_count"]}
+    assert "BREW" not in methods and "other" in methods
+    up = {s["source"]: v for s, v in samples["trainyard_source_up"]}
+    assert up == {"database": 1, "redis": 1}
+
+
+def test_a_scrape_with_the_database_away_still_answers(
+    settings: Settings, app: Flask, redis_client: redis.Redis
+) -> None:
+    away = settings.model_copy(
+        update={"metrics_token": TOKEN, "database_url": "postgresql+psycopg://nobody@127.0.0.1:1/x"}
+    )
+    client = create_app(away).test_client()
+    client.get("/healthz")
+    samples = scrape(client)
+    up = {s["source"]: v for s, v in samples["trainyard_source_up"]}
+    assert up == {"database": 0, "redis": 1}
+    assert "trainyard_jobs" not in samples
+    assert (
+        "trainyard_queue_depth" in samples
+        and "trainyard_http_request_duration_seconds_count" in samples
+    )
+
+
+def test_the_grafana_dashboard_asks_only_for_metrics_that_exist(
+    metrics_app: Flask, redis_client: redis.Redis, new_job: NewJob
+) -> None:
+    new_job(owner="o")
+    gpu = Presence(client=redis_client, name="w:1", queues=[QUEUE_DEFAULT, QUEUE_GPU],
+                   heartbeat_file=None, every_seconds=5.0)  # fmt: skip
+    keeper = type("K", (), {"job_id": "j-2", "step": 1})()
+    activity.rows_committed("metrics", 1)
+    activity.job_started(keeper)
+    try:
+        gpu.beat()
+        keeper.step = 3  # type: ignore[attr-defined]
+        gpu.beat()  # a second beat: steps/s
+    finally:
+        activity.job_ended(keeper)
+    client = metrics_app.test_client()
+    client.get("/healthz")
+    exposed = set(scrape(client))
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/trainyard.json").read_text())
+    wanted = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\btrainyard_\w+", target["expr"])
+    }
+    assert len(wanted) >= 7
+    assert wanted <= exposed, wanted - exposed

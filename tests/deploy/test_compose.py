@@ -115,8 +115,10 @@ def test_long_running_services_restart_check_health_and_rotate_logs(env_file: Pa
         grace = worker["stop_grace_period"]
         assert _seconds(grace) > 30 + 30, grace  # TRAINYARD_SHUTDOWN_GRACE_SECONDS + a step
         assert int(worker["shm_size"]) >= 2**30
-        data = [v for v in worker["volumes"] if v["target"] == "/var/lib/trainyard/data"]
-        assert data and data[0]["read_only"]
+    for name in ("api", "worker-cpu", "worker-infer", "worker-gpu-0"):
+        # The API checks a submitted job's dataset files; the workers read them.
+        data = [v for v in services[name]["volumes"] if v["target"] == "/var/lib/trainyard/data"]
+        assert data and data[0]["read_only"], name
 
 
 def test_no_secret_is_written_in_the_files_and_private_ports_stay_local(env_file: Path) -> None:
@@ -163,8 +165,10 @@ def test_a_worker_host_reaches_the_cluster_and_its_own_rendezvous_ports(env_file
         assert "@10.0.0.1:5432/" in service["environment"]["TRAINYARD_DATABASE_URL"]
         assert service["environment"]["TRAINYARD_NODE_ADDRESS"] == "10.0.0.2"
         assert "depends_on" not in service  # no local PostgreSQL / Redis / migrate
-    ports = {s["environment"]["TRAINYARD_RENDEZVOUS_PORT"] for s in services.values()}
-    assert len(ports) == len(services)
+    for setting in ("TRAINYARD_RENDEZVOUS_PORT", "TRAINYARD_WORKER_NAME"):
+        # One host, one network, one PID numbering: each needs a port and a name its own.
+        values = {s["environment"][setting] for s in services.values()}
+        assert len(values) == len(services), setting
 
 
 def _seconds(duration: str) -> float:

@@ -341,3 +341,34 @@ def _carried(redis_client: redis.Redis) -> list[str]:
         json.loads(base64.b64decode(json.loads(raw)["body"]))[0][0]
         for raw in redis_client.lrange("train", 0, -1)  # type: ignore[union-attr]
     ]
+
+
+def test_metric_overview_leaves_out_a_series_deleted_while_it_reads(
+    sessions: sessionmaker[Session], new_job: NewJob
+) -> None:
+    """Read committed: rows counted by the first statement may be gone by the next (the
+    job deleted, a resumed attempt replacing its steps). Found by the contract fuzzer as
+    a 500 on GET /jobs/<id>/summary."""
+    from sqlalchemy import delete, event
+
+    from shared.models import Metric
+
+    job = new_job()
+    with session_scope(sessions) as session:
+        for name in ("loss", "accuracy"):
+            session.add_all(Metric(job_id=job.id, split="val", name=name, step=s, epoch=0,
+                                   value=float(s)) for s in (1, 2))  # fmt: skip
+    with sessions() as session:
+        deleted: list[int] = []
+
+        def after_the_count(conn, cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+            if "count(" in statement and not deleted:  # the GROUP BY has run
+                with session_scope(sessions) as other:
+                    other.execute(delete(Metric).where(Metric.name == "loss"))
+                deleted.append(1)
+
+        connection = session.connection()
+        event.listen(connection, "after_cursor_execute", after_the_count)
+        overview = repository.metric_overview(session=session, job_id=job.id)
+    assert deleted
+    assert [(s["name"], s["points"], s["last"]["step"]) for s in overview] == [("accuracy", 2, 2)]

@@ -71,8 +71,9 @@ def test_a_beat_publishes_what_the_worker_does_and_touches_the_file(
     assert 0 < record.steps_per_second[keeper.job_id] <= 20 / 0.2
     assert not idle_gpu_worker(redis_client)  # busy
     assert rows_written(redis_client) == {"layer_traces": 1200, "metrics": 7}
-    ttl = redis_client.ttl(f"trainyard:worker:{gpu.name}")
-    assert 0 < int(ttl) <= 15  # three beats: a dead worker's record goes by itself  # type: ignore[arg-type]
+    # Three beats: a dead worker's record goes by itself.
+    ttl = int(redis_client.ttl(f"trainyard:worker:{gpu.name}"))  # type: ignore[arg-type]
+    assert 0 < ttl <= 15
 
     gpu.stop()
     assert read_workers(redis_client) == []
@@ -133,8 +134,9 @@ def handoff(
     return run
 
 
-def _auto_job(sessions: sessionmaker[Session], *, nodes: int = 1) -> uuid.UUID:
-    spec = {"train": {"device": "auto", "distributed": {"world_size": nodes, "nodes": nodes}}}
+def _auto_job(sessions: sessionmaker[Session], *, world_size: int = 1, nodes: int = 1) -> uuid.UUID:
+    distributed = {"world_size": world_size, "nodes": nodes}
+    spec = {"train": {"device": "auto", "distributed": distributed}}
     with session_scope(sessions) as session:
         job = repository.create_job(session=session, owner="o", kind="train", spec=spec,
                                     queue=QUEUE_DEFAULT)  # fmt: skip
@@ -179,15 +181,56 @@ def test_busy_gpus_and_gangs_keep_auto_jobs_where_they_are(
         activity.job_ended(keeper)
     assert not handoff(_auto_job(sessions))  # the only GPU worker is busy
     gpu.beat()  # idle now
-    assert not handoff(_auto_job(sessions, nodes=2))  # a gang's nodes come from its queue
+    assert not handoff(_auto_job(sessions, world_size=2, nodes=2))  # a gang: its own queue
+    assert not handoff(_auto_job(sessions, world_size=2))  # two GPUs wanted; it drives one
     assert handoff(_auto_job(sessions))
+    # Reserved for that job until its beats say busy: a second hand-off finds none idle.
+    assert not handoff(_auto_job(sessions))
+    assert redis_client.llen(QUEUE_GPU) == 1
+
+
+def test_a_worker_in_a_train_task_or_shutting_down_is_not_idle(redis_client: redis.Redis) -> None:
+    from worker.shutdown import SHUTTING_DOWN
+
+    gpu = presence(redis_client, [QUEUE_DEFAULT, QUEUE_GPU], None)
+    activity.task_started()  # a train task that runs no lease of its own (a gang follower)
+    try:
+        assert gpu.record().busy
+    finally:
+        activity.task_ended()
+    assert not gpu.record().busy
+    SHUTTING_DOWN.set()
+    try:
+        assert gpu.record().busy
+    finally:
+        SHUTTING_DOWN.clear()
+
+
+def test_a_hand_off_that_cannot_read_the_database_leaves_the_turn_here(
+    redis_client: redis.Redis, sessions: sessionmaker[Session], clean_db: None
+) -> None:
+    from shared.db import make_engine, make_session_factory
+
+    presence(redis_client, [QUEUE_DEFAULT, QUEUE_GPU], None).beat()
+    job_id = _auto_job(sessions)
+    gone = make_session_factory(make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none"))
+    settings = Settings(broker_url=REDIS_URL, auto_gpu_wait_seconds=10)
+    handed = hand_to_gpu(
+        job_id=job_id, delivered_on=QUEUE_DEFAULT, consumed=(QUEUE_DEFAULT, QUEUE_CPU),
+        sessions=gone, settings=settings, celery=make_celery(settings),
+        redis_client=redis_client,
+    )  # fmt: skip
+    assert handed is False and redis_client.llen(QUEUE_GPU) == 0
 
 
 def test_a_gpu_worker_refuses_to_start_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
     from cli import serve
 
     ok, said = serve.cuda_available()  # asked of torch in a child process
-    assert said.endswith(f"CUDA {__import__('torch').version.cuda}") or not ok
+    assert ok == torch.cuda.is_available()
+    assert said.endswith(f"torch {torch.__version__}, CUDA {torch.version.cuda}"), said
     monkeypatch.setattr(serve, "cuda_available", lambda: (False, "0 CUDA device(s), torch x"))
     monkeypatch.setattr(os, "execv", lambda *_: pytest.fail("started without CUDA"))
     out = CliRunner().invoke(cli, ["worker", "--gpu"])
