@@ -44,6 +44,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": QUEUE_DEFAULT,
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
+        # Task events for Flower (its /metrics feeds the Grafana dashboard): a few small
+        # publishes per task from the worker, which Redis drops while nobody listens.
+        "worker_send_task_events": True,
     }
     if config["broker_url"].startswith("filesystem"):
         folder = settings.broker_folder()
