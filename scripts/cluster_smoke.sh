@@ -36,9 +36,13 @@ else
     exit 2
 fi
 # Ports of their own: this host may run PostgreSQL and Redis already.
+# Docker: the API gets a range of two ports, for `--scale api=2`. Podman 4.3's Docker API
+# refuses host port ranges ("strconv.Atoi: parsing ..."), so there the API has one.
+API_PORTS=$PORT
+[ "$ENGINE" = docker ] && API_PORTS=$PORT-$((PORT + 1))
 dc() {
-    TRAINYARD_API_PORTS=$PORT TRAINYARD_POSTGRES_PORT=$((PORT + 1)) \
-        TRAINYARD_REDIS_PORT=$((PORT + 2)) "${COMPOSE[@]}" -p "$PROJECT" "$@"
+    TRAINYARD_API_PORTS=$API_PORTS TRAINYARD_POSTGRES_PORT=$((PORT + 10)) \
+        TRAINYARD_REDIS_PORT=$((PORT + 11)) "${COMPOSE[@]}" -p "$PROJECT" "$@"
 }
 step() { printf '\n== %s (%s)\n' "$*" "$(date +%T)"; }
 api() { curl -sS --fail-with-body -H "Authorization: Bearer $TOKEN" "$@"; }
@@ -114,6 +118,17 @@ wait_for 900 "job $long to finish on the other worker" done_long
 api "http://127.0.0.1:$PORT/api/v1/jobs/$long/events" | python3 -c 'import json, sys; [print(e["kind"], e.get("message", "")) for e in json.load(sys.stdin)["events"]]'
 
 api "http://127.0.0.1:$PORT/api/v1/jobs/$long" | python3 -c 'import json, sys; j = json.load(sys.stdin); s = j["summary"]; print("status", j["status"], "attempt", j["attempt"], "steps", s["steps"], "resumed_from_step", s["resumed_from_step"])'
+
+if [ "$ENGINE" = docker ]; then
+    step "two API replicas, one port each"
+    dc up -d --scale api=2 --no-recreate api
+    for port in "$PORT" "$((PORT + 1))"; do
+        wait_for 300 "an API replica on :$port" curl -fsS "http://127.0.0.1:$port/readyz"
+        printf ':%s ' "$port"; curl -fsS "http://127.0.0.1:$port/readyz"; echo
+    done
+else
+    step "two API replicas: not on podman 4.3 (its Docker API takes no host port range)"
+fi
 
 step "metrics"
 metrics_token=$(sed -n 's/^TRAINYARD_METRICS_TOKEN=//p' .env)
