@@ -30,6 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.config import is_redis_url
 from shared.models import Job
 from shared.presence import read_workers, rows_written
 from shared.queues import ALL_QUEUES
@@ -76,7 +77,7 @@ class ClusterCollector(Collector):
         self._sessions = sessions
         self._redis = (
             redis.Redis.from_url(broker_url, socket_timeout=3.0, socket_connect_timeout=3.0)
-            if broker_url.startswith(("redis://", "rediss://", "unix://"))
+            if is_redis_url(broker_url)
             else None
         )
 
@@ -144,10 +145,7 @@ def _worker_metrics(records: list[Any]) -> Iterator[Metric]:
     workers = GaugeMetricFamily(
         "trainyard_workers", "Live workers by device and state", labels=["device", "state"]
     )
-    counts: dict[tuple[str, str], int] = {}
-    for device in ("cpu", "cuda"):
-        for state in ("idle", "busy"):
-            counts[(device, state)] = 0
+    counts = {(device, state): 0 for device in ("cpu", "cuda") for state in ("idle", "busy")}
     rates = GaugeMetricFamily(
         "trainyard_job_steps_per_second",
         "Training steps per second of each running job, over its worker's last heartbeat",
@@ -160,7 +158,7 @@ def _worker_metrics(records: list[Any]) -> Iterator[Metric]:
     )
     for record in records:
         key = (record.device, "busy" if record.busy else "idle")
-        counts[key] = counts.get(key, 0) + 1
+        counts[key] += 1
         for job_id, rate in record.steps_per_second.items():
             rates.add_metric([job_id, record.name], rate)
         backlog.add_metric([record.name], record.writer_backlog)

@@ -13,6 +13,7 @@ from typing import cast
 
 import redis
 
+from shared.config import is_redis_url
 from shared.serving import PredictCall, alive_key, decode_reply, reply_key, requests_key
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class ServingLine:
     @staticmethod
     def for_broker(broker_url: str, *, enabled: bool) -> ServingLine | None:
         """A line over the broker's Redis, or None (no Redis broker, or switched off)."""
-        if not enabled or not broker_url.startswith(("redis://", "rediss://", "unix://")):
+        if not enabled or not is_redis_url(broker_url):
             return None
         return ServingLine(broker_url)
 

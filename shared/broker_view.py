@@ -20,6 +20,8 @@ from typing import Any
 
 from celery import Celery
 
+from shared.config import is_redis_url
+
 # kombu's Redis transport keeps delivered, unacknowledged messages under these keys.
 UNACKED, UNACKED_INDEX = "unacked", "unacked_index"
 
@@ -29,7 +31,7 @@ def live_messages(
 ) -> dict[str, list[str]] | None:
     """queue -> the job ids its live messages carry (a repeat shows twice), or None when
     the broker is not Redis."""
-    if not str(celery.conf.broker_url).startswith(("redis://", "rediss://", "unix://")):
+    if not is_redis_url(str(celery.conf.broker_url)):
         return None
     live: dict[str, list[str]] = {}
     wanted = list(queues)

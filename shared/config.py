@@ -226,6 +226,14 @@ class Settings(BaseSettings):
         return self.public_url or f"http://{self.api_host}:{self.api_port}"
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def is_redis_url(url: str) -> bool:
+    """Whether a broker URL names Redis (what presence, serving and revocations need)."""
+    return url.startswith(REDIS_SCHEMES)
+
+
 def masked_url(url: str) -> str:
     """`url` with the password of its user part (if any) shown as ***."""
     from sqlalchemy.engine import make_url  # the URL grammar SQLAlchemy itself reads

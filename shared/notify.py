@@ -15,6 +15,8 @@ import uuid
 
 import redis
 
+from shared.config import is_redis_url
+
 log = logging.getLogger(__name__)
 
 EXPIRE_SECONDS = 60
@@ -28,7 +30,7 @@ class JobEndSignal:
     """Announce and await the end of jobs over the broker's Redis, when it is Redis."""
 
     def __init__(self, broker_url: str) -> None:
-        is_redis = broker_url.startswith(("redis://", "rediss://", "unix://"))
+        is_redis = is_redis_url(broker_url)
         # Timeouts bound every call, so a half-open connection cannot hang a request;
         # the socket timeout leaves room for the longest BLPOP slice a waiter asks for.
         self._redis = (

@@ -53,11 +53,6 @@ def read_workers(client: Any) -> list[WorkerRecord]:
     return records
 
 
-def idle_gpu_worker(client: Any) -> bool:
-    """Whether some live GPU worker is free to take a job now."""
-    return any(r.device == "cuda" and not r.busy for r in read_workers(client))
-
-
 def reserve_idle_gpu_worker(client: Any, *, job_id: str, hold_seconds: float) -> str | None:
     """An idle GPU worker's name, reserved for `job_id` until its next beats say it is
     busy (SET NX): CPU workers handing jobs over at once never pick the same one."""
@@ -79,6 +74,13 @@ def rows_written(client: Any) -> dict[str, int]:
         for key, value in zip(keys, values, strict=True)
         if value is not None
     }
+
+
+def touch_heartbeat(path: Path | None) -> None:
+    """Say "alive and reaching what it needs" to the container healthcheck (no path: none)."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
 
 
 def heartbeat_age(path: Path) -> float | None:

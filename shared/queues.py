@@ -72,6 +72,14 @@ def make_celery(settings: Settings, *, include: list[str] | None = None) -> Cele
     return app
 
 
+def consumed_queues(celery: Any) -> set[str]:
+    """The queues a worker's app consumes (none outside a worker process)."""
+    try:
+        return set(celery.amqp.queues.consume_from)
+    except AttributeError:
+        return set()
+
+
 def send_job(app: Celery, *, job_id: str, kind: str, queue: str) -> None:
     """Queue "work on job X" (train or infer by kind); raises if the broker is unreachable
     (the sweeper re-sends later)."""

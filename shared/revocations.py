@@ -19,6 +19,8 @@ import time
 
 import redis
 
+from shared.config import is_redis_url
+
 log = logging.getLogger(__name__)
 
 GENERATION_KEY = "trainyard:tokens:generation"
@@ -28,7 +30,7 @@ class Revocations:
     """Read and move the revocation counter on the broker's Redis."""
 
     def __init__(self, broker_url: str) -> None:
-        is_redis = broker_url.startswith(("redis://", "rediss://", "unix://"))
+        is_redis = is_redis_url(broker_url)
         self._redis = (
             redis.Redis.from_url(broker_url, socket_timeout=2.0, socket_connect_timeout=2.0)
             if is_redis

@@ -25,6 +25,7 @@ from shared.config import Settings
 from shared.db import session_scope
 from shared.db_retry import is_transient
 from shared.models import Job
+from shared.presence import touch_heartbeat
 from shared.queues import ALL_QUEUES, send_job
 
 log = logging.getLogger(__name__)
@@ -122,9 +123,7 @@ def run_forever(
             else:
                 log.exception("sweep failed; retrying in %ss", every_seconds)
             continue
-        if settings.heartbeat_file is not None:  # the container healthcheck reads its age
-            settings.heartbeat_file.parent.mkdir(parents=True, exist_ok=True)
-            settings.heartbeat_file.touch()
+        touch_heartbeat(settings.heartbeat_file)  # the container healthcheck reads its age
         if database_down:
             database_down, judge_from = False, time.monotonic() + settings.lease_seconds
             log.info("sweep: database back; judging leases again in %ss", settings.lease_seconds)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import Counter
+from collections.abc import Mapping
 from typing import Protocol
 
 
@@ -75,10 +76,10 @@ def writer_opened(writer: Backlogged) -> None:
         _writers.add(writer)
 
 
-def rows_committed(table: str, count: int) -> None:
-    """A writer committed `count` rows of `table`."""
+def rows_committed(counts: Mapping[str, int]) -> None:
+    """A writer committed so many rows per table."""
     with _lock:
-        _committed[table] += count
+        _committed.update(counts)
 
 
 def running_jobs() -> dict[str, int]:

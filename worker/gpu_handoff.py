@@ -19,11 +19,11 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Collection
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import repository
@@ -89,13 +89,6 @@ def _young_single_process(session: Session, job_id: uuid.UUID, wait_seconds: flo
         # must all come from the queue it was sent on: the CPU runs them under gloo.
         return False
     # The database's clock judges the age (the API stamped created_at with it).
-    postgres = session.get_bind().dialect.name == "postgresql"
-    now = session.scalar(select(func.now())) if postgres else datetime.now(UTC)
-    if now is None:
-        return False
-    created = job.created_at
-    if created.tzinfo is None:  # SQLite hands back naive UTC
-        created = created.replace(tzinfo=UTC)
-    if now.tzinfo is None:
-        now = now.replace(tzinfo=UTC)
-    return bool(now - created < timedelta(seconds=wait_seconds))
+    cutoff = repository.database_now(session) - timedelta(seconds=wait_seconds)
+    young = select(Job.id).where(Job.id == job_id, Job.created_at >= cutoff)
+    return session.scalar(young) is not None

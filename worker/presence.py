@@ -21,9 +21,9 @@ from typing import Any
 import redis
 from celery.signals import task_postrun, task_prerun, worker_ready, worker_shutdown
 
-from shared.config import get_settings
-from shared.presence import ROWS_KEY_PREFIX, WorkerRecord, worker_key
-from shared.queues import QUEUE_GPU, TRAIN_TASK
+from shared.config import get_settings, is_redis_url
+from shared.presence import ROWS_KEY_PREFIX, WorkerRecord, touch_heartbeat, worker_key
+from shared.queues import QUEUE_GPU, TRAIN_TASK, consumed_queues
 from worker import activity
 from worker.shutdown import SHUTTING_DOWN
 
@@ -78,9 +78,7 @@ class Presence:
         except Exception:
             activity.give_back_committed(committed)
             raise
-        if self.heartbeat_file is not None:
-            self.heartbeat_file.parent.mkdir(parents=True, exist_ok=True)
-            self.heartbeat_file.touch()
+        touch_heartbeat(self.heartbeat_file)
 
     def _publish(self, record: WorkerRecord, committed: Counter[str]) -> None:
         expire = max(3, round(3 * self.every_seconds))
@@ -116,24 +114,17 @@ class Presence:
 _running: list[Presence] = []
 
 
-def _consumed_queues(consumer: Any) -> list[str]:
-    try:
-        return sorted(consumer.app.amqp.queues.consume_from)
-    except AttributeError:
-        return []
-
-
 def _start(sender: Any = None, **_: Any) -> None:
     settings = get_settings()
     url = settings.resolved_broker_url()
-    if not url.startswith(("redis://", "rediss://", "unix://")):
+    if not is_redis_url(url):
         return  # the embedded broker: one machine, nothing to tell
     from worker.tasks import worker_name
 
     presence = Presence(
         client=redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0),
         name=worker_name(),
-        queues=_consumed_queues(sender),
+        queues=sorted(consumed_queues(getattr(sender, "app", None))),
         heartbeat_file=settings.heartbeat_file,
         every_seconds=settings.heartbeat_seconds,
     )

@@ -14,9 +14,9 @@ from typing import Any
 import redis
 from celery.signals import worker_ready, worker_shutdown
 
-from shared.config import get_settings
+from shared.config import get_settings, is_redis_url
 from shared.infer_inputs import InputLimits
-from shared.queues import QUEUE_INFER
+from shared.queues import QUEUE_INFER, consumed_queues
 from worker.prediction_log import PredictionRecorder
 from worker.serving import PredictionServer
 from worker.serving_journal import Journal
@@ -24,13 +24,6 @@ from worker.serving_journal import Journal
 log = logging.getLogger(__name__)
 
 _running: list[tuple[PredictionServer, PredictionRecorder]] = []
-
-
-def _consumed_queues(consumer: Any) -> set[str]:
-    try:
-        return set(consumer.app.amqp.queues.consume_from)
-    except AttributeError:
-        return set()
 
 
 def _forks_children(consumer: Any) -> bool:
@@ -42,9 +35,9 @@ def _forks_children(consumer: Any) -> bool:
 def _start(sender: Any = None, **_: Any) -> None:
     settings = get_settings()
     url = settings.resolved_broker_url()
-    if not settings.predict_serving or not url.startswith(("redis://", "rediss://", "unix://")):
+    if not settings.predict_serving or not is_redis_url(url):
         return
-    if QUEUE_INFER not in _consumed_queues(sender):
+    if QUEUE_INFER not in consumed_queues(getattr(sender, "app", None)):
         return
     if _forks_children(sender):
         log.warning(

@@ -16,7 +16,7 @@ from celery import Task
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import repository
-from shared.config import Settings, get_settings
+from shared.config import Settings, get_settings, is_redis_url
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.db_retry import retry_database
 from shared.errors import InvalidTransition, LeaseLost
@@ -24,7 +24,7 @@ from shared.infer_inputs import InputLimits, inputs_tensor
 from shared.jsonvalues import json_safe_object
 from shared.models import Job, JobStatus
 from shared.notify import JobEndSignal
-from shared.queues import INFER_TASK, TRAIN_TASK, make_celery, send_job
+from shared.queues import INFER_TASK, TRAIN_TASK, consumed_queues, make_celery, send_job
 from shared.spec import InferSpec, JobSpec
 from shared.spec_check import load_stored_spec
 from worker import job_inputs
@@ -57,7 +57,7 @@ def train(self: Task, job_id: str) -> str:
     delivered_on = (self.request.delivery_info or {}).get("routing_key")
     if hand_to_gpu(
         job_id=uuid.UUID(job_id), delivered_on=delivered_on,
-        consumed=_consumed_queues(self.app), sessions=_sessions(), settings=get_settings(),
+        consumed=consumed_queues(self.app), sessions=_sessions(), settings=get_settings(),
         celery=self.app, redis_client=_broker_client(),
     ):  # fmt: skip
         return "handed to a GPU worker"
@@ -66,18 +66,11 @@ def train(self: Task, job_id: str) -> str:
     )
 
 
-def _consumed_queues(celery: Any) -> set[str]:
-    try:
-        return set(celery.amqp.queues.consume_from)
-    except AttributeError:
-        return set()
-
-
 @cache
 def _broker_client() -> redis.Redis | None:
     """A client of the Redis broker (presence records), or None with another broker."""
     url = get_settings().resolved_broker_url()
-    if not url.startswith(("redis://", "rediss://", "unix://")):
+    if not is_redis_url(url):
         return None
     return redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
 

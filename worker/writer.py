@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -253,8 +253,10 @@ class RowWriter:
                     self._closing = True
                     self._cond.notify_all()
                 return
+            committed: Counter[str] = Counter()
             for table, rows in batch:
-                activity.rows_committed(table, len(rows))
+                committed[table] += len(rows)
+            activity.rows_committed(committed)
             for table, last in _last_steps(batch, self.rolled_tables).items():
                 self._committed[table] = max(self._committed.get(table, 0), last)
             with self._cond:

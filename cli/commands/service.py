@@ -30,26 +30,19 @@ def db() -> None:
 )  # fmt: skip
 def db_upgrade(revision: str, wait: float) -> None:
     """Apply Alembic migrations to the configured database."""
-    import time
-
-    from sqlalchemy.exc import OperationalError
-
     from cli.migrate import upgrade
+    from shared.db_retry import DatabaseGone, retry_database
 
     settings = get_settings()
     shown = settings.shown_database_url()
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            upgrade(settings.resolved_database_url(), revision)
-            break
-        except OperationalError as exc:
-            lines = str(exc.orig or "").strip().splitlines()
-            reason = lines[0] if lines else type(exc).__name__
-            if time.monotonic() >= deadline:
-                raise click.ClickException(f"database {shown} does not answer: {reason}") from None
-            click.echo(f"waiting for the database {shown}: {reason}", err=True)
-            time.sleep(2)
+    try:  # the workers' outage retry: only "could not reach it" is tried again
+        retry_database(
+            lambda: upgrade(settings.resolved_database_url(), revision),
+            what=f"migrating {shown}", window_seconds=wait,
+        )  # fmt: skip
+    except DatabaseGone:
+        waited = f" within {wait:g} s (--wait)" if wait else ""
+        raise click.ClickException(f"database {shown} did not answer{waited}") from None
     click.echo(f"database at {revision}: {shown}", err=True)
 
 

@@ -66,7 +66,7 @@ def test_jobs_queues_workers_and_request_latency(
     gpu = Presence(client=redis_client, name="gpu-host:1", queues=[QUEUE_DEFAULT, QUEUE_GPU],
                    heartbeat_file=None, every_seconds=5.0)  # fmt: skip
     activity.take_committed()
-    activity.rows_committed("layer_traces", 42)
+    activity.rows_committed({"layer_traces": 42})
     activity.job_started(keeper)
     try:
         gpu.beat()
@@ -124,7 +124,7 @@ def test_the_grafana_dashboard_asks_only_for_metrics_that_exist(
     gpu = Presence(client=redis_client, name="w:1", queues=[QUEUE_DEFAULT, QUEUE_GPU],
                    heartbeat_file=None, every_seconds=5.0)  # fmt: skip
     keeper = type("K", (), {"job_id": "j-2", "step": 1})()
-    activity.rows_committed("metrics", 1)
+    activity.rows_committed({"metrics": 1})
     activity.job_started(keeper)
     try:
         gpu.beat()

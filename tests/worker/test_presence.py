@@ -22,7 +22,7 @@ from shared import repository
 from shared.config import Settings
 from shared.db import session_scope
 from shared.models import Job, JobEvent
-from shared.presence import heartbeat_age, idle_gpu_worker, read_workers, rows_written
+from shared.presence import heartbeat_age, read_workers, rows_written
 from shared.queues import QUEUE_CPU, QUEUE_DEFAULT, QUEUE_GPU, make_celery
 from tests.support.servers import REDIS_URL
 from worker import activity
@@ -54,11 +54,11 @@ def test_a_beat_publishes_what_the_worker_does_and_touches_the_file(
     (record,) = read_workers(redis_client)
     assert (record.device, record.busy, record.jobs) == ("cuda", False, {})
     assert heartbeat_age(beat_file) is not None and heartbeat_age(beat_file) < 5
-    assert idle_gpu_worker(redis_client)
+    assert [(r.device, r.busy) for r in read_workers(redis_client)] == [("cuda", False)]
 
     activity.job_started(keeper)
-    activity.rows_committed("layer_traces", 1200)
-    activity.rows_committed("metrics", 7)
+    activity.rows_committed({"layer_traces": 1200})
+    activity.rows_committed({"metrics": 7})
     try:
         gpu.beat()
         time.sleep(0.2)
@@ -69,7 +69,7 @@ def test_a_beat_publishes_what_the_worker_does_and_touches_the_file(
     (record,) = read_workers(redis_client)
     assert record.busy and record.jobs == {keeper.job_id: 30}
     assert 0 < record.steps_per_second[keeper.job_id] <= 20 / 0.2
-    assert not idle_gpu_worker(redis_client)  # busy
+    assert [(r.device, r.busy) for r in read_workers(redis_client)] == [("cuda", True)]
     assert rows_written(redis_client) == {"layer_traces": 1200, "metrics": 7}
     # Three beats: a dead worker's record goes by itself.
     ttl = int(redis_client.ttl(f"trainyard:worker:{gpu.name}"))  # type: ignore[arg-type]
@@ -84,7 +84,7 @@ def test_no_broker_no_touch_and_no_lost_counts(tmp_path: Path) -> None:
     dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
     worker = presence(dead, [QUEUE_DEFAULT, QUEUE_CPU], beat_file)
     activity.take_committed()
-    activity.rows_committed("metrics", 5)
+    activity.rows_committed({"metrics": 5})
     with pytest.raises(redis.RedisError):
         worker.beat()
     assert heartbeat_age(beat_file) is None  # the healthcheck sees the outage
