@@ -22,6 +22,7 @@ from api.routes import (
     plots,
     reports,
     results,
+    sweeps,
     tokens,
 )
 from api.serving import ServingLine
@@ -75,7 +76,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(metrics.bp)
     app.register_blueprint(docs.bp)
     api_v1 = auth.protected_blueprint()
-    for bp in (jobs.bp, results.bp, checkpoints.bp, models.bp, reports.bp, plots.bp, tokens.bp):
+    for bp in (
+        jobs.bp, results.bp, checkpoints.bp, models.bp, reports.bp, plots.bp, tokens.bp,
+        sweeps.bp,
+    ):  # fmt: skip
         api_v1.register_blueprint(bp)
     app.register_blueprint(api_v1)
     logging.getLogger(__name__).info("trainyard api on %s", settings.base_url())

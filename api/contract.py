@@ -17,10 +17,9 @@ from spectree import Response, SecurityScheme, SpecTree
 from spectree.models import SecureType, SecuritySchemeData
 from spectree.plugins.flask_plugin import FlaskPlugin
 
-from api.errors import pydantic_details
 from shared.contract.errors import ErrorBody
 from shared.contract.queries import Query
-from shared.errors import BadParameter, SpecError
+from shared.errors import BadParameter, SpecError, pydantic_details
 
 M = TypeVar("M", bound=BaseModel)
 VERSION = "1"

@@ -7,7 +7,6 @@ from typing import Any
 
 import sqlalchemy.exc
 from flask import Flask, Response, jsonify
-from pydantic import ValidationError
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -23,17 +22,6 @@ def problem(
     """A JSON error response."""
     body = {"error": {"code": code, "message": message, "details": details or []}}
     return jsonify(body), status
-
-
-def pydantic_details(exc: ValidationError, prefix: str) -> list[dict[str, Any]]:
-    """Pydantic errors as [{"loc": "spec.model.layers[0].type", "msg": ...}]."""
-    details = []
-    for err in exc.errors(include_url=False):
-        loc = prefix
-        for part in err["loc"]:
-            loc += f"[{part}]" if isinstance(part, int) else f".{part}"
-        details.append({"loc": loc, "msg": err["msg"]})
-    return details
 
 
 def _keep_headers(response: Response, exc: HTTPException) -> Response:

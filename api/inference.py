@@ -18,10 +18,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from api.errors import pydantic_details
 from shared import repository
 from shared.config import Settings
-from shared.errors import NotFound, SpecError
+from shared.errors import NotFound, SpecError, pydantic_details
 from shared.infer_inputs import InputLimits, inputs_tensor
 from shared.models import FINAL_STATUSES, Job, JobStatus, utcnow
 from shared.notify import JobEndSignal

@@ -8,7 +8,16 @@ from typing import Any
 from flask import url_for
 
 from shared.jsonvalues import json_float
-from shared.models import Checkpoint, Job, JobEvent, LayerTrace, RankTrace
+from shared.models import (
+    Checkpoint,
+    Job,
+    JobEvent,
+    LayerTrace,
+    RankTrace,
+    Sweep,
+    SweepTrial,
+    TrialState,
+)
 
 TRACE_STATS = (
     "numel", "norm", "mean", "std", "min", "max", "zero_frac", "nonfinite", "update_ratio",
@@ -42,6 +51,7 @@ def job_json(job: Job, *, with_spec: bool = True) -> dict[str, Any]:
         "error": job.error,
         "cancel_requested": job.cancel_requested,
         "preempt_requested": job.preempt_requested,
+        "sweep_id": str(job.sweep_id) if job.sweep_id is not None else None,
         "created_at": _ts(job.created_at),
         "started_at": _ts(job.started_at),
         "finished_at": _ts(job.finished_at),
@@ -96,3 +106,56 @@ def checkpoint_json(ckpt: Checkpoint) -> dict[str, Any]:
 def event_json(event: JobEvent) -> dict[str, Any]:
     """One lifecycle event."""
     return {"at": _ts(event.at), "kind": event.kind, "message": event.message, "data": event.data}
+
+
+def trial_json(trial: SweepTrial) -> dict[str, Any]:
+    """One trial of a sweep."""
+    return {
+        "number": trial.number,
+        "job_id": str(trial.job_id) if trial.job_id is not None else None,
+        "params": trial.params,
+        "state": trial.state,
+        "value": json_float(trial.value) if trial.value is not None else None,
+        "stop_reason": trial.stop_reason,
+        "created_at": _ts(trial.created_at),
+        "finished_at": _ts(trial.finished_at),
+    }
+
+
+def sweep_json(
+    sweep: Sweep, trials: list[SweepTrial], *, with_trials: bool = False
+) -> dict[str, Any]:
+    """The sweep as the API shows it; its trials and spec where one sweep is asked for."""
+    spec = sweep.spec
+    sweep_id = str(sweep.id)
+    counts = {str(state): 0 for state in TrialState}
+    for trial in trials:
+        counts[trial.state] += 1
+    best = next((t for t in trials if t.number == sweep.best_trial), None)
+    body: dict[str, Any] = {
+        "id": sweep_id,
+        "name": sweep.name,
+        "owner": sweep.owner,
+        "status": sweep.status,
+        "method": spec["method"],
+        "metric": spec["metric"],
+        "goal": spec["goal"],
+        "max_trials": spec["max_trials"],
+        "parallel": spec["parallel"],
+        "priority": sweep.priority,
+        "cancel_requested": sweep.cancel_requested,
+        "trials_by_state": counts,
+        "best": trial_json(best) if best is not None else None,
+        "error": sweep.error,
+        "created_at": _ts(sweep.created_at),
+        "finished_at": _ts(sweep.finished_at),
+        "links": {
+            "self": url_for("api_v1.sweeps.get_sweep", sweep_id=sweep_id),
+            "parallel_plot": url_for("api_v1.sweeps.plot", sweep_id=sweep_id, name="parallel"),
+            "history_plot": url_for("api_v1.sweeps.plot", sweep_id=sweep_id, name="history"),
+        },
+    }
+    if with_trials:
+        body["trials"] = [trial_json(t) for t in trials]
+        body["spec"] = spec
+    return body

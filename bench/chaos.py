@@ -7,7 +7,7 @@
 
 Starts its own throwaway servers (tests/chaos/cluster.py): a PostgreSQL cluster made with
 initdb on a free port, a redis-server without persistence on a free port, gunicorn with
-the API, `trainyard worker` processes and `trainyard sweep --every 2`, all with short
+the API, `trainyard worker` processes and `trainyard sweeper --every 2`, all with short
 timings (lease 10 s, heartbeat 1 s, resend grace 3 s). The shared servers on 5432 / 6379
 are never touched. Runs the scenarios of tests/chaos/scenarios.py (the chaos tests run
 the same ones with fewer jobs) and prints a markdown table: fault | what must hold |

@@ -13,11 +13,12 @@ import requests
 from pydantic import BaseModel, ValidationError
 
 from cli.client import ApiClient
-from shared.contract.queries import JobListQuery, MetricsQuery, TracesQuery
+from shared.contract.queries import JobListQuery, MetricsQuery, SweepListQuery, TracesQuery
 from shared.contract.requests import (
     InferJobRequest,
     PredictRequest,
     SummaryRequest,
+    SweepRequest,
     TrainJobRequest,
 )
 from shared.contract.responses import (
@@ -29,6 +30,8 @@ from shared.contract.responses import (
     Metrics,
     ModelSummary,
     Prediction,
+    Sweep,
+    SweepPage,
     Traces,
 )
 
@@ -128,3 +131,15 @@ class Trainyard:
         if resp.status_code == 202:
             return _answer(Job, resp)
         return _answer(Prediction, resp)
+
+    def create_sweep(self, request: SweepRequest) -> Sweep:
+        return self._post(Sweep, "/sweeps", request)
+
+    def sweeps(self, query: SweepListQuery | None = None) -> SweepPage:
+        return self._get(SweepPage, "/sweeps", query)
+
+    def sweep(self, sweep_id: str | uuid.UUID) -> Sweep:
+        return self._get(Sweep, f"/sweeps/{sweep_id}")
+
+    def cancel_sweep(self, sweep_id: str | uuid.UUID) -> Sweep:
+        return self._post(Sweep, f"/sweeps/{sweep_id}/cancel")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.commands import checkpoints, cluster, jobs, models, results, service
+from cli.commands import checkpoints, cluster, jobs, models, results, service, sweeps
 
 
 @click.group()
@@ -12,7 +12,7 @@ def main() -> None:
     """Trainyard: train PyTorch models as jobs over HTTP."""
 
 
-for module in (service, cluster, jobs, results, checkpoints, models):
+for module in (service, cluster, jobs, results, checkpoints, models, sweeps):
     for command in module.COMMANDS:
         main.add_command(command)
 

@@ -27,7 +27,14 @@ from shared.config import Settings
 from shared.contract.requests import PredictRequest, TrainJobRequest
 from shared.contract.responses import Job
 from shared.db import make_engine, make_session_factory, session_scope
-from shared.queues import QUEUE_CPU, QUEUE_DEFAULT, QUEUE_GPU, QUEUE_INFER, make_celery
+from shared.queues import (
+    QUEUE_CPU,
+    QUEUE_DEFAULT,
+    QUEUE_GPU,
+    QUEUE_INFER,
+    QUEUE_SWEEPS,
+    make_celery,
+)
 from shared.sweeper import run_forever
 from shared.tokens import create_token, find_token
 
@@ -182,6 +189,8 @@ def run_serve(settings: Settings, *, demo: bool, exit_after_demo: bool, api_work
         "worker": worker_command(serve_queues()),
         # Its own process: a prediction never waits for a training job to finish.
         "worker-infer": worker_command([QUEUE_INFER]),
+        # Hyperparameter sweeps' controller passes: short, never behind a training job.
+        "sweep-controller": worker_command([QUEUE_SWEEPS]),
         "api": api_command(settings.api_host, settings.api_port, api_workers),
     }
     children = []

@@ -151,6 +151,12 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(default=20, description="A running job's claim without heartbeat")
     heartbeat_seconds: float = Field(default=5.0, description="Progress / lease update period")
     sweep_seconds: float = Field(default=5.0, description="Period of the sweeper's passes")
+    sweep_pass_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="A running hyperparameter sweep whose controller has not passed for this "
+        "long gets a pass from the sweeper (trial ends and API calls send one at once)",
+    )
     shutdown_grace_seconds: float = Field(
         default=30.0,
         description="A worker told to stop exits at most this long after (compose waits 90 s)",

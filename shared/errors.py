@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
+
 
 class TrainyardError(Exception):
     """Base class: `message` is safe to show to the user who sent the request."""
@@ -123,3 +125,14 @@ class Unauthorized(TrainyardError):
 
     status = 401
     code = "unauthorized"
+
+
+def pydantic_details(exc: ValidationError, prefix: str) -> list[dict[str, Any]]:
+    """Pydantic errors as [{"loc": "spec.model.layers[0].type", "msg": ...}]."""
+    details = []
+    for err in exc.errors(include_url=False):
+        loc = prefix
+        for part in err["loc"]:
+            loc += f"[{part}]" if isinstance(part, int) else f".{part}"
+        details.append({"loc": loc, "msg": err["msg"]})
+    return details

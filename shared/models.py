@@ -112,9 +112,13 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # A sweep trial stopped early: by the sweep's pruner (ASHA) or a gradient rule.
+    PRUNED = "pruned"
 
 
-FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+FINAL_STATUSES = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PRUNED}
+)
 
 
 class Job(Base):
@@ -124,7 +128,8 @@ class Job(Base):
     __table_args__ = (
         CheckConstraint("kind IN ('train', 'infer')", name="kind"),
         CheckConstraint(
-            "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')", name="status"
+            "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled', 'pruned')",
+            name="status",
         ),
         Index("ix_jobs_owner_created", "owner", "created_at"),
         Index("ix_jobs_status_created", "status", "created_at"),
@@ -170,10 +175,86 @@ class Job(Base):
     source_job_id: Mapped[uuid.UUID | None] = mapped_column(
         Uuid, ForeignKey("jobs.id", ondelete="SET NULL")
     )
+    # A trial of this sweep (sweep_trials names which one and its parameters).
+    sweep_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("sweeps.id", ondelete="SET NULL"), default=None, index=True
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class SweepStatus(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"  # every trial ended, at least one with a value
+    FAILED = "failed"  # every trial ended, none with a value
+    CANCELLED = "cancelled"
+
+
+class Sweep(Base):
+    """A hyperparameter search: a base job spec, a search space, and an Optuna study
+    (its own tables in the `optuna` schema) that proposes the trials."""
+
+    __tablename__ = "sweeps"
+    __table_args__ = (
+        CheckConstraint("status IN ('running', 'succeeded', 'failed', 'cancelled')", name="status"),
+        Index("ix_sweeps_owner_created", "owner", "created_at"),
+        Index("ix_sweeps_status", "status"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    owner: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(128), default="")
+    status: Mapped[str] = mapped_column(String(16), default=SweepStatus.RUNNING)
+    # The sweep request as checked (base spec with defaults, space, method, early_stop...).
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    study_name: Mapped[str] = mapped_column(String(64))
+    priority: Mapped[int] = mapped_column(Integer, default=5)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    best_trial: Mapped[int | None] = mapped_column(Integer, default=None)
+    best_value: Mapped[float | None] = mapped_column(Float, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The controller's last pass: the sweeper sends another when it is old (a lost message).
+    ticked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class TrialState(StrEnum):
+    RUNNING = "running"  # its job is queued or running
+    COMPLETE = "complete"
+    PRUNED = "pruned"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INVALID = "invalid"  # the proposed spec was refused as a submission would be; not run
+
+
+class SweepTrial(Base):
+    """One trial of a sweep: the parameters Optuna proposed and the job that ran them."""
+
+    __tablename__ = "sweep_trials"
+    __table_args__ = (
+        CheckConstraint(
+            "state IN ('running', 'complete', 'pruned', 'failed', 'cancelled', 'invalid')",
+            name="state",
+        ),
+        Index("ix_sweep_trials_job", "job_id"),
+    )
+
+    sweep_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("sweeps.id", ondelete="CASCADE"), primary_key=True
+    )
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)  # the Optuna trial number
+    job_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="SET NULL"), default=None
+    )
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    state: Mapped[str] = mapped_column(String(16), default=TrialState.RUNNING)
+    value: Mapped[float | None] = mapped_column(Float, default=None)
+    stop_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
 
 class Metric(Base):

@@ -14,6 +14,7 @@ from shared.config import Settings
 
 TRAIN_TASK = "trainyard.train"
 INFER_TASK = "trainyard.infer"
+SWEEP_TASK = "trainyard.sweep"
 
 QUEUE_DEFAULT = "train"  # device "auto": any worker
 QUEUE_GPU = "train.gpu"  # device "cuda": workers that have one
@@ -21,6 +22,8 @@ QUEUE_CPU = "train.cpu"  # device "cpu"
 ALL_TRAIN_QUEUES = (QUEUE_DEFAULT, QUEUE_GPU, QUEUE_CPU)
 # Predictions have their own queue and worker, so they never wait behind training.
 QUEUE_INFER = "infer"
+# A sweep controller's passes: short, and never behind a training job.
+QUEUE_SWEEPS = "sweeps"
 ALL_QUEUES = (*ALL_TRAIN_QUEUES, QUEUE_INFER)
 TASK_FOR_KIND = {"train": TRAIN_TASK, "infer": INFER_TASK}
 
@@ -84,3 +87,8 @@ def send_job(app: Celery, *, job_id: str, kind: str, queue: str) -> None:
     """Queue "work on job X" (train or infer by kind); raises if the broker is unreachable
     (the sweeper re-sends later)."""
     app.send_task(TASK_FOR_KIND[kind], args=[job_id], queue=queue, retry=False)
+
+
+def send_sweep_pass(app: Celery, *, sweep_id: str) -> None:
+    """Ask for a pass of the sweep's controller (a message carries only the sweep id)."""
+    app.send_task(SWEEP_TASK, args=[sweep_id], queue=QUEUE_SWEEPS, retry=False)

@@ -26,7 +26,7 @@ from shared.db import session_scope
 from shared.db_retry import is_transient
 from shared.models import Job
 from shared.presence import touch_heartbeat
-from shared.queues import ALL_QUEUES, send_job
+from shared.queues import ALL_QUEUES, send_job, send_sweep_pass
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,28 @@ def sweep_once(
             repository.mark_enqueued(session=session, job_id=job.id)
             repository.add_event(session=session, job_id=job.id, kind="resent")
             resent += 1
-    return {"resent": resent, "requeued": requeued, **ended}
+    passes = 0
+    if broker_seen:  # a transaction of its own: sweep rows are not locked with job rows
+        with session_scope(sessions) as session:
+            passes = _ask_sweep_passes(session, celery, settings)
+    return {"resent": resent, "requeued": requeued, "sweep_passes": passes, **ended}
+
+
+def _ask_sweep_passes(session: Session, celery: Celery, settings: Settings) -> int:
+    """A controller pass for each running sweep that has had none for a while (its
+    message lost, its controller restarted, a trial ended by this sweeper). The ask is
+    stamped as a pass, so a controller that is down gets one message per period."""
+    older_than = timedelta(seconds=settings.sweep_pass_seconds)
+    asked = 0
+    for sweep_id in repository.sweeps_to_tick(session=session, older_than=older_than):
+        try:
+            send_sweep_pass(celery, sweep_id=str(sweep_id))
+        except Exception:
+            log.warning("broker unreachable; will ask for sweep passes next sweep")
+            break
+        repository.mark_sweep_asked(session=session, sweep_id=sweep_id)
+        asked += 1
+    return asked
 
 
 def _missing_turns(due: list[Job], live: dict[str, list[str]], queued: dict[str, int]) -> list[Job]:

@@ -57,7 +57,9 @@ def sessions(engine: Engine) -> sessionmaker[Session]:
 def clean_db(engine: Engine) -> None:
     """Empty every table (jobs cascade to metrics, traces, checkpoints and events)."""
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE jobs, api_tokens, audit_events RESTART IDENTITY CASCADE"))
+        conn.execute(
+            text("TRUNCATE jobs, sweeps, api_tokens, audit_events RESTART IDENTITY CASCADE")
+        )
 
 
 @pytest.fixture()

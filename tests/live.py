@@ -26,7 +26,7 @@ from cli.migrate import upgrade
 from cli.serve import api_command, stop_children, wait_healthy, worker_command
 from shared.db import make_engine, make_session_factory
 from shared.models import FINAL_STATUSES
-from shared.queues import ALL_TRAIN_QUEUES, QUEUE_INFER
+from shared.queues import ALL_TRAIN_QUEUES, QUEUE_INFER, QUEUE_SWEEPS
 from tests.support.processes import die_with_parent, free_port
 from tests.support.servers import LIVE_REDIS_URL, create_database, drop_database, make_token
 
@@ -114,6 +114,7 @@ def live_url(live_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     for name, cmd in (
         ("worker", worker_command(list(ALL_TRAIN_QUEUES))),
         ("worker-infer", worker_command([QUEUE_INFER])),
+        ("sweep-controller", worker_command([QUEUE_SWEEPS])),
         ("api", api_command("127.0.0.1", port, 2)),
     ):
         out = (logs / f"{name}.log").open("w")

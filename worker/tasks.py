@@ -24,7 +24,14 @@ from shared.infer_inputs import InputLimits, inputs_tensor
 from shared.jsonvalues import json_safe_object
 from shared.models import Job, JobStatus
 from shared.notify import JobEndSignal
-from shared.queues import INFER_TASK, TRAIN_TASK, consumed_queues, make_celery, send_job
+from shared.queues import (
+    INFER_TASK,
+    TRAIN_TASK,
+    consumed_queues,
+    make_celery,
+    send_job,
+    send_sweep_pass,
+)
 from shared.spec import InferSpec, JobSpec
 from shared.spec_check import load_stored_spec
 from worker import job_inputs
@@ -34,11 +41,14 @@ from worker.gpu_handoff import hand_to_gpu
 from worker.inference import LoadedModel, ModelCache, load_model, predict
 from worker.lease_keeper import LeaseKeeper
 from worker.messages import user_message
+from worker.pruning import prune_reason, stoppers_for
 from worker.ranks_job import ClaimedRun, RanksFailed, train_one_node
 from worker.shutdown import EXIT_DEADLINE
 from worker.sinks import DatabaseSink
-from worker.training.callbacks import FitResult
+from worker.training.alerts import AlertStop
+from worker.training.callbacks import Callback, FitResult
 from worker.training.device import resolve_device
+from worker.training.diagnose import TrainingDiverged
 from worker.training.loop import fit
 from worker.training.time_limit import TimeLimit
 
@@ -161,6 +171,7 @@ def _train_claimed(
 ) -> str:
     job_id = job.id
     status, summary, error = JobStatus.FAILED, None, None
+    stoppers: list[Callback] = []
     try:
         spec = load_stored_spec(job.spec, job_id=job_id)
         with sessions() as session:
@@ -184,9 +195,10 @@ def _train_claimed(
                 sessions=sessions, job_id=job_id, worker=worker, settings=settings, lease=lease,
                 keep_raw_steps=spec.hooks.keep_raw_steps, traced=bool(spec.hooks.kinds),
             )  # fmt: skip
+            stoppers = stoppers_for(job, spec, sessions, settings)
             result = fit(
                 spec,
-                callbacks=[sink] if limit is None else [sink, limit],
+                callbacks=[sink, *stoppers] if limit is None else [sink, *stoppers, limit],
                 max_params=settings.max_params,
                 data_dir=settings.data_dir,
                 initial_state=initial_state,
@@ -197,16 +209,33 @@ def _train_claimed(
         if result.suspended and not (limit is not None and limit.reached):
             return _requeue(sessions, job, worker, settings, preempted=preempted)
         status, summary, error = _outcome(result, limit, spec)
+        reason = prune_reason(stoppers)
+        if result.stopped and reason is not None:
+            status, error = JobStatus.PRUNED, reason
     except LeaseLost:
         # Another worker holds the job now (or the sweeper ended it): its outcome wins.
         log.warning("job %s: lost the claim while training; stopped", job_id)
         return "lost"
     except Exception as exc:  # the sink kept what was logged before (on_fit_error)
-        log.exception("job %s failed", job_id)
         error = user_message(exc)
+        if isinstance(exc, TrainingDiverged) and any(isinstance(s, AlertStop) for s in stoppers):
+            status, error = JobStatus.PRUNED, f"non-finite loss: {error}"  # alerts.stop
+        else:
+            log.exception("job %s failed", job_id)
     if not _finish(sessions, job_id, worker, settings, status=status, summary=summary, error=error):
         return "lost"
+    if job.sweep_id is not None:
+        wake_sweep(job.sweep_id)
     return str(status)
+
+
+def wake_sweep(sweep_id: uuid.UUID) -> None:
+    """A trial ended: its sweep's controller settles it and starts the next one now, not
+    at the sweeper's next look. A send that fails is left to the sweeper."""
+    try:
+        send_sweep_pass(app, sweep_id=str(sweep_id))
+    except Exception:
+        log.warning("sweep %s: could not send a controller pass; the sweeper will", sweep_id)
 
 
 def _train_distributed(run: ClaimedRun) -> FitResult | str:

@@ -21,7 +21,6 @@ from api.ownership import owned_job
 from api.quotas import check_queued_quota
 from api.serialize import event_json, job_json
 from api.submit import enqueue, queue_infer
-from api.validation import validate_train_spec
 from shared import repository
 from shared.contract.queries import JobListQuery, NoQuery
 from shared.contract.requests import InferJobRequest, JobRequest, TrainJobRequest
@@ -30,6 +29,7 @@ from shared.contract.responses import Job as JobOut
 from shared.errors import BadParameter, InvalidTransition
 from shared.models import Job, JobStatus
 from shared.queues import queue_for_device
+from shared.validation import validate_train_spec
 
 bp = Blueprint("jobs", __name__)
 TAGS = ["jobs"]

@@ -21,13 +21,13 @@ from api.ownership import parse_job_id
 from api.serialize import job_json
 from api.serving import ServingLine
 from api.submit import queue_infer
-from api.validation import validate_train_spec
 from shared.contract.queries import NoQuery
 from shared.contract.requests import PredictRequest, SummaryRequest
 from shared.contract.responses import Job, ModelSummary, Prediction
 from shared.errors import InferenceFailed
 from shared.net.summary import model_summary
 from shared.queues import QUEUE_INFER
+from shared.validation import validate_train_spec
 
 log = logging.getLogger(__name__)
 bp = Blueprint("models", __name__)

@@ -47,7 +47,9 @@ def watch_cmd(job_id: str, url: str | None, token: str | None) -> None:
 
 
 @click.command("jobs")
-@click.option("--status", default=None, help="queued, running, succeeded, failed, cancelled")
+@click.option(
+    "--status", default=None, help="queued, running, succeeded, failed, cancelled, pruned"
+)
 @click.option("--kind", type=click.Choice(["train", "infer"]), default=None)
 @click.option("--limit", type=int, default=20, show_default=True)
 @client_options

@@ -161,8 +161,9 @@ def health_api(url: str | None) -> None:
 @click.option(
     "--every", type=float, default=None, help="Seconds between passes [TRAINYARD_SWEEP_SECONDS]."
 )
-def sweep(every: float | None) -> None:
-    """Re-send lost job messages and fail abandoned jobs, forever."""
+def sweeper(every: float | None) -> None:
+    """Re-send lost job messages, fail abandoned jobs and wake idle sweep controllers,
+    forever (`trainyard sweep ...` manages hyperparameter sweeps)."""
     import logging
     import threading
 
@@ -291,4 +292,4 @@ def _token_session() -> Iterator[Session]:
         engine.dispose()
 
 
-COMMANDS = (db, serve, api, worker, sweep, health, token)
+COMMANDS = (db, serve, api, worker, sweeper, health, token)

@@ -56,6 +56,12 @@ class JobListQuery(Query):
     )
 
 
+class SweepListQuery(Query):
+    limit: int | SkipJsonSchema[None] = Field(
+        default=None, ge=1, le=INT32_MAX, description="How many (TRAINYARD_PAGE_LIMIT at most)"
+    )
+
+
 class MetricsQuery(Query):
     name: Text | SkipJsonSchema[None] = None
     split: Text | SkipJsonSchema[None] = None

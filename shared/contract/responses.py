@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.models import JobStatus
+from shared.models import JobStatus, SweepStatus, TrialState
 from shared.spec.hooks import HookKind
 
 JsonFloat = float | Literal["NaN", "Infinity", "-Infinity"]
@@ -53,6 +53,7 @@ class Job(Answer):
     error: str | None
     cancel_requested: bool
     preempt_requested: bool
+    sweep_id: str | None = Field(default=None, description="The sweep this job is a trial of")
     created_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
@@ -245,3 +246,50 @@ class Health(Answer):
 class Readiness(Answer):
     status: Literal["ready", "not_ready"]
     checks: dict[str, str]
+
+
+class SweepTrial(Answer):
+    """One trial: Optuna's proposal and the job that ran it."""
+
+    number: int
+    job_id: str | None
+    params: dict[str, Any]
+    state: TrialState
+    value: JsonFloat | None = Field(description="The sweep's metric, last recorded point")
+    stop_reason: str | None = Field(description="Why it was pruned, failed or refused")
+    created_at: datetime | None
+    finished_at: datetime | None
+
+
+class SweepLinks(Answer):
+    self: str
+    parallel_plot: str
+    history_plot: str
+
+
+class Sweep(Answer):
+    """A sweep; `trials` and `spec` only where one sweep is asked for."""
+
+    id: str
+    name: str
+    owner: str
+    status: SweepStatus
+    method: str
+    metric: str
+    goal: str
+    max_trials: int
+    parallel: int
+    priority: int
+    cancel_requested: bool
+    trials_by_state: dict[str, int]
+    best: SweepTrial | None
+    error: str | None
+    created_at: datetime | None
+    finished_at: datetime | None
+    links: SweepLinks
+    trials: list[SweepTrial] | None = None
+    spec: dict[str, Any] | None = None
+
+
+class SweepPage(Answer):
+    sweeps: list[Sweep]

@@ -6,6 +6,7 @@
     results      metric and trace rows: idempotent batch writes, bounded reads
     checkpoints  store (pruning old resume states), list, find by id or tag, resume
     served       the records of predictions answered on the serving line, in batches
+    sweeps       sweep rows and their trials: create, read, lock for a controller pass
 
 Call sites use the package (`repository.claim_job(session=..., ...)`); the modules keep
 each level of the data model apart.
@@ -68,12 +69,26 @@ from shared.repository.results import (
 )
 from shared.repository.rollups import RollResult, roll_up
 from shared.repository.served import ServedPrediction, record_served
+from shared.repository.sweeps import (
+    SweepNotFound,
+    create_sweep,
+    get_sweep,
+    list_sweeps,
+    lock_sweep,
+    mark_sweep_asked,
+    request_sweep_cancel,
+    sweep_trials,
+    sweeps_to_tick,
+    trial_of_job,
+    trials_of_sweeps,
+)
 
 __all__ = [
     "Requests",
     "RollResult",
     "Seat",
     "ServedPrediction",
+    "SweepNotFound",
     "add_event",
     "assert_held",
     "checkpoint_id",
@@ -82,6 +97,7 @@ __all__ = [
     "claim_next",
     "close_gang",
     "create_job",
+    "create_sweep",
     "database_now",
     "delete_checkpoints_after",
     "delete_rows_after",
@@ -91,6 +107,7 @@ __all__ = [
     "gang_members",
     "get_checkpoint",
     "get_job",
+    "get_sweep",
     "glob_to_like",
     "heartbeat",
     "jobs_to_resend",
@@ -101,8 +118,11 @@ __all__ = [
     "list_jobs",
     "list_metrics",
     "list_rank_traces",
+    "list_sweeps",
     "list_traces",
+    "lock_sweep",
     "mark_enqueued",
+    "mark_sweep_asked",
     "metric_overview",
     "open_gang",
     "queued_counts",
@@ -114,9 +134,14 @@ __all__ = [
     "release_gang",
     "request_cancel",
     "request_preempt",
+    "request_sweep_cancel",
     "requeue_after_crash",
     "requeue_job",
     "requeue_lost_jobs",
     "roll_up",
     "save_checkpoint",
+    "sweep_trials",
+    "sweeps_to_tick",
+    "trial_of_job",
+    "trials_of_sweeps",
 ]

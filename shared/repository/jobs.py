@@ -34,6 +34,7 @@ def create_job(
     enqueued_at: datetime | None = None,
     idempotency_key: str | None = None,
     request_sha256: str | None = None,
+    sweep_id: uuid.UUID | None = None,
 ) -> Job:
     """Insert a queued job and its 'queued' event (the caller commits before sending)."""
     job = Job(
@@ -47,6 +48,7 @@ def create_job(
         source_job_id=source_job_id,
         idempotency_key=idempotency_key,
         request_sha256=request_sha256,
+        sweep_id=sweep_id,
         created_at=utcnow(),
     )
     session.add(job)

@@ -77,6 +77,15 @@ class JobSpec(Strict):
                 raise ValueError(f"train.{field} monitors val_accuracy on a regression task")
         return self
 
+    @model_validator(mode="after")
+    def _stop_alone(self) -> JobSpec:
+        # The ranks of a distributed job agree on stopping inside a step; an alert is
+        # rank 0's alone, so it could not stop them together.
+        alerts = self.hooks.alerts
+        if alerts is not None and alerts.stop and self.train.world_size > 1:
+            raise ValueError("hooks.alerts.stop is for single-process jobs (world_size 1)")
+        return self
+
 
 def output_width(spec: JobSpec) -> int:
     """How many values the model must output per sample for the job's loss and targets."""

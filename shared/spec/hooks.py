@@ -40,10 +40,27 @@ def stats_for(kind: str, chosen: list[Stat] | None) -> frozenset[str]:
 
 
 class AlertSpec(Strict):
-    """Gradient-norm thresholds per layer; crossing one adds a job event (once per layer)."""
+    """Rules on the recorded statistics; a rule that fires adds a job event (once per
+    layer), and with `stop` it also ends the job as `pruned`, naming the layer and step
+    (a non-finite loss then prunes too, instead of failing the job)."""
 
     vanishing_below: float | None = Field(default=None, gt=0.0, le=1e6)
+    vanishing_steps: int = Field(
+        default=1,
+        ge=1,
+        le=1_000_000,
+        description="a layer's gradient norm must stay below vanishing_below for this many "
+        "logged steps in a row",
+    )
     exploding_above: float | None = Field(default=None, gt=0.0, le=1e12)
+    dead_above: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="a layer's output with a larger fraction of zeros (zero_frac) is dead "
+        "(ReLUs that no longer fire); needs the forward kind",
+    )
+    stop: bool = Field(default=False, description="end the job as pruned when a rule fires")
 
     @model_validator(mode="after")
     def _ordered(self) -> AlertSpec:
@@ -109,4 +126,9 @@ class HookSpec(Strict):
         missing = set(self.histogram_kinds) - set(self.kinds)
         if missing:
             raise ValueError(f"histogram_kinds {sorted(missing)} are not in kinds")
+        if self.alerts is not None and self.alerts.dead_above is not None:
+            if "forward" not in self.kinds:
+                raise ValueError("alerts.dead_above needs 'forward' in kinds")
+            if self.stats is not None and "zero_frac" not in self.stats:
+                raise ValueError("alerts.dead_above needs 'zero_frac' in stats")
         return self

@@ -333,8 +333,8 @@ def test_a_submission_and_a_summary_build_the_model_once(
 def test_check_init_from_leaves_the_checked_spec_alone(
     client: FlaskClient, alice: dict[str, str], sessions: sessionmaker[Session]
 ) -> None:
-    from api.validation import check_init_from, parse_spec
     from shared.spec_check import check_spec
+    from shared.validation import check_init_from, parse_spec
 
     source = _finished_job_with_checkpoint(sessions, "alice")
     body = spec({"layers": MLP, "init_from": {"job_id": str(source), "checkpoint": "latest"}})

@@ -2,7 +2,7 @@
 
 Everything runs on servers this module starts itself: a PostgreSQL cluster made with
 `initdb` and run by `pg_ctl` on a free port, a `redis-server` on a free port without
-persistence, gunicorn with the API, `trainyard worker` and `trainyard sweep --every 2`.
+persistence, gunicorn with the API, `trainyard worker` and `trainyard sweeper --every 2`.
 The shared servers on 5432 / 6379 are never touched: every TRAINYARD_* variable of the
 caller is dropped from the children's environment and replaced with this cluster's.
 
@@ -368,7 +368,7 @@ class Cluster:
         return next((w for w in self.workers if str(w.pid) == pid), None)
 
     def start_sweeper(self) -> Proc:
-        self.sweeper = self._spawn("sweep", [TRAINYARD, "sweep", "--every", str(SWEEP_EVERY)])
+        self.sweeper = self._spawn("sweep", [TRAINYARD, "sweeper", "--every", str(SWEEP_EVERY)])
         return self.sweeper
 
     # -- HTTP -----------------------------------------------------------------------------

@@ -89,7 +89,7 @@ def test_the_live_api_keeps_its_openapi_contract(
 ) -> None:
     base, token = contract_api
     cmd = [
-        str(Path(sys.executable).with_name("schemathesis")), "run",
+        sys.executable, str(Path(__file__).with_name("run_schemathesis.py")), "run",
         f"{base}/api/v1/openapi.json",
         "--checks", ",".join(CHECKS),
         "--phases", "examples,coverage,fuzzing,stateful",

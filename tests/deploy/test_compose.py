@@ -22,7 +22,9 @@ from cli.commands.cluster import gpu_override
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN, WORKERS = ROOT / "docker-compose.yml", ROOT / "compose.worker.yml"
-LONG_RUNNING = ("postgres", "redis", "api", "worker-cpu", "worker-infer", "sweeper")
+LONG_RUNNING = (
+    "postgres", "redis", "api", "worker-cpu", "worker-infer", "sweep-controller", "sweeper",
+)  # fmt: skip
 
 
 def compose_binary() -> Path:

@@ -116,3 +116,42 @@ def test_nan_and_inf_are_kept_on_postgres_and_sqlite(tmp_path: Path) -> None:
         _nan_round_trip(create_database(name))
     finally:
         drop_database(name)
+
+
+def test_sqlite_upgrade_keeps_the_rows_of_a_rebuilt_table(tmp_path: Path) -> None:
+    # 0011 rebuilds `jobs` on SQLite (its status CHECK); dropping the old table must not
+    # cascade into the metrics, events and checkpoints that reference it.
+    url = f"sqlite:///{tmp_path / 'kept.db'}"
+    upgrade(url, "0010")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (id, owner, kind, status, spec, queue, priority, attempt, "
+                    "cancel_requested, preempt_requested, progress_step, progress_epoch, "
+                    "created_at) "
+                    "VALUES ('0123456789abcdef0123456789abcdef', 'o', 'train', 'succeeded', '{}', "
+                    "'train', 5, 0, 0, 0, 3, 1, '2026-12-01 00:00:00')"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO metrics (job_id, split, name, step, epoch, value) "
+                    "VALUES ('0123456789abcdef0123456789abcdef', 'train', 'loss', 1, 1, 0.5)"
+                )
+            )
+            conn.execute(text(
+                "INSERT INTO job_events (job_id, at, kind, message) "
+                "VALUES ('0123456789abcdef0123456789abcdef', '2026-12-01 00:00:00', 'queued', '')"
+            ))  # fmt: skip
+        upgrade(url, "head")
+        with engine.connect() as conn:
+            for table in ("jobs", "metrics", "job_events"):
+                assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 1, table
+            assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        command.downgrade(alembic_config(url), "0010")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM metrics")).scalar() == 1
+    finally:
+        engine.dispose()

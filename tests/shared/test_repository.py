@@ -130,7 +130,7 @@ def test_sweeper_resends_lost_messages_and_fails_abandoned(
             .values(status="running", attempt=3, lease_expires_at=old, worker="gone")
         )
     counts = sweep_once(sessions=sessions, celery=make_celery(settings), settings=settings)
-    assert counts == {"resent": 1, "requeued": 0, "cancelled": 0, "failed": 1}
+    assert counts == {"resent": 1, "requeued": 0, "sweep_passes": 0, "cancelled": 0, "failed": 1}
     assert redis_client.llen("train") == 1
     assert str(lost.id) in redis_client.lindex("train", 0).decode()  # type: ignore[union-attr]
     with sessions() as session:
@@ -140,6 +140,7 @@ def test_sweeper_resends_lost_messages_and_fails_abandoned(
     assert sweep_once(sessions=sessions, celery=make_celery(settings), settings=settings) == {
         "resent": 0,
         "requeued": 0,
+        "sweep_passes": 0,
         "cancelled": 0,
         "failed": 0,
     }
@@ -165,12 +166,15 @@ def test_right_after_a_database_outage_the_sweeper_leaves_running_jobs_alone(
             )
     celery = make_celery(settings)
     counts = sweep_once(sessions=sessions, celery=celery, settings=settings, judge_leases=False)
-    assert counts == {"resent": 0, "requeued": 0} and redis_client.llen("train") == 0
+    assert (
+        counts == {"resent": 0, "requeued": 0, "sweep_passes": 0}
+        and redis_client.llen("train") == 0
+    )
     with sessions() as session:
         assert {session.get(Job, j.id).status for j in (last_try, retrying)} == {"running"}  # type: ignore[union-attr]
     # One lease later they are judged as usual.
     counts = sweep_once(sessions=sessions, celery=celery, settings=settings)
-    assert counts == {"resent": 1, "requeued": 1, "cancelled": 0, "failed": 1}
+    assert counts == {"resent": 1, "requeued": 1, "sweep_passes": 0, "cancelled": 0, "failed": 1}
 
 
 def test_the_sweeper_puts_a_dead_worker_s_job_back_in_the_queue_with_a_turn(
@@ -193,7 +197,13 @@ def test_the_sweeper_puts_a_dead_worker_s_job_back_in_the_queue_with_a_turn(
             )
         )
     sweep = {"sessions": sessions, "celery": make_celery(settings), "settings": settings}
-    assert sweep_once(**sweep) == {"resent": 1, "requeued": 1, "cancelled": 0, "failed": 0}
+    assert sweep_once(**sweep) == {
+        "resent": 1,
+        "requeued": 1,
+        "sweep_passes": 0,
+        "cancelled": 0,
+        "failed": 0,
+    }
     with sessions() as session:
         row = session.get(Job, job.id)
         assert row is not None and row.status == "queued" and row.worker is None
@@ -221,7 +231,7 @@ def test_sweeper_cancels_a_cancelled_job_whose_worker_died(
     with session_scope(sessions) as session:
         repository.request_cancel(session=session, job_id=job.id)
     counts = sweep_once(sessions=sessions, celery=make_celery(settings), settings=settings)
-    assert counts == {"resent": 0, "requeued": 0, "cancelled": 1, "failed": 0}
+    assert counts == {"resent": 0, "requeued": 0, "sweep_passes": 0, "cancelled": 1, "failed": 0}
     with sessions() as session:
         row = session.get(Job, job.id)
         assert row is not None and row.status == "cancelled" and row.finished_at is not None

@@ -86,6 +86,12 @@ def train(run: Run, cb: Callback, state: Progress, cadence: Cadence) -> FitResul
                 break  # a stopped epoch is not evaluated; the final checkpoint still comes
             end_epoch(run, cb, state)
             cadence.taken()
+            # A callback that decided at the epoch's end (a sweep's pruner at its rung)
+            # stops here, not one step into the next epoch. Alone only: the ranks of a
+            # distributed job agree on stopping during a step.
+            more = state.step < run.plan.total_steps
+            if more and not run.ranks.distributed and cb.should_stop():
+                state.stopped = True
         # A suspended fit is not over: its resumed one ends it.
         if not state.suspended and run.ranks.leads:
             cb.on_checkpoint(blob=final_checkpoint(run, state))

@@ -68,6 +68,7 @@ def resume_state(run: Run, progress: Progress) -> bytes | None:
         "early": _early_state(run),
         "skipped_in_a_row": run.guard.in_a_row,
         "alerts_seen": [list(key) for key in sorted(run.alerts.seen)],
+        "alert_streaks": dict(run.alerts.streaks),
         "rng": _random_states(run.device),
         "rank_rng": rank_rng,  # None for one process; else each rank's torch generators
     }
@@ -96,6 +97,7 @@ def restore(run: Run, progress: Progress, point: ResumePoint) -> None:
         run.early.bad_epochs = state["early"]["bad_epochs"]
     run.guard.in_a_row = state["skipped_in_a_row"]
     run.alerts.seen = {(kind, where, layer) for kind, where, layer in state["alerts_seen"]}
+    run.alerts.streaks = dict(state.get("alert_streaks", {}))  # older checkpoints: none
 
     for name, value in state["progress"].items():
         setattr(progress, name, value)

@@ -13,10 +13,9 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from api.errors import pydantic_details
 from shared import repository
 from shared.config import Settings
-from shared.errors import NotFound, SpecError, TrainyardError
+from shared.errors import NotFound, SpecError, TrainyardError, pydantic_details
 from shared.net.weights import problems_message, safetensors_shapes, state_problems
 from shared.spec import JobSpec
 from shared.spec_check import CheckedSpec, SpecLimits, check_spec
