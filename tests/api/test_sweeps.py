@@ -10,15 +10,10 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from tests.support.specs import MLP_SGD
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "cli" / "examples"
-BASE: dict[str, Any] = {
-    "model": {"layers": [
-        {"type": "Flatten"}, {"type": "Linear", "in_features": 64, "out_features": 16},
-        {"type": "ReLU"}, {"type": "Linear", "in_features": 16, "out_features": 10},
-    ]},
-    "data": {"dataset": "digits", "val_fraction": 0.2},
-    "train": {"epochs": 1, "optimizer": {"name": "SGD", "lr": 0.1}},
-}  # fmt: skip
+BASE = MLP_SGD
 
 
 def body(**changes: Any) -> dict[str, Any]:

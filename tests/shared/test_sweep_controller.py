@@ -23,15 +23,9 @@ from shared.sweeper import sweep_once
 from shared.sweeps.controller import run_pass
 from shared.sweeps.study import distributions, open_study
 from shared.sweeps.trial_specs import base_with_defaults
+from tests.support.specs import MLP_SGD
 
-BASE = {
-    "model": {"layers": [
-        {"type": "Flatten"}, {"type": "Linear", "in_features": 64, "out_features": 16},
-        {"type": "ReLU"}, {"type": "Linear", "in_features": 16, "out_features": 10},
-    ]},
-    "data": {"dataset": "digits", "val_fraction": 0.2},
-    "train": {"epochs": 1, "optimizer": {"name": "SGD", "lr": 0.1}},
-}  # fmt: skip
+BASE = MLP_SGD
 
 
 def make_sweep(sessions: sessionmaker[Session], **fields: Any) -> tuple[uuid.UUID, SweepSpec]:

@@ -26,6 +26,13 @@ MLP: list[dict[str, Any]] = [
     {"type": "Linear", "name": "head", "in_features": 32, "out_features": 10},
 ]
 
+# The MLP trained with SGD: the base spec of the sweep tests (their space moves the lr).
+MLP_SGD: dict[str, Any] = {
+    "model": {"layers": MLP},
+    "data": {"dataset": "digits", "val_fraction": 0.2},
+    "train": {"epochs": 1, "optimizer": {"name": "SGD", "lr": 0.1}},
+}
+
 # A small residual CNN on the digits: a stem, two Residual blocks (one projected), a head.
 RESNETISH: list[dict[str, Any]] = [
     {"type": "Conv2d", "name": "stem", "in_channels": 1, "out_channels": 8, "kernel_size": 3,
