@@ -28,6 +28,7 @@ PAGE_CSP = (
 BINARY = {
     "downloadStateDict": ("application/octet-stream", "The state_dict as safetensors"),
     "getJobPlot": ("image/png", "The plot"),
+    "getSweepPlot": ("image/png", "The plot"),
     "getMetrics": (CONTENT_TYPE_LATEST, "Prometheus metrics in the text format"),
 }
 # From a submitted job (its `id`) to everything about it: schemathesis follows these.
@@ -36,6 +37,10 @@ JOB_LINKS: dict[str, dict[str, str]] = {
     "getJobSummary": {}, "listCheckpoints": {}, "cancelJob": {}, "preemptJob": {},
     "deleteJob": {}, "getJobPlot": {"name": "loss"}, "downloadStateDict": {"ref": "latest"},
     "predict": {},
+}  # fmt: skip
+# From a created sweep to what can be done with it.
+SWEEP_LINKS: dict[str, dict[str, str]] = {
+    "getSweep": {}, "cancelSweep": {}, "getSweepPlot": {"name": "history"},
 }  # fmt: skip
 _lock = threading.Lock()
 _document: dict[str, Any] | None = None
@@ -69,6 +74,13 @@ def _finished(doc: dict[str, Any]) -> dict[str, Any]:
         for target, constants in JOB_LINKS.items()
     }
     operations["submitJob"]["responses"]["202"]["links"] = links
+    operations["createSweep"]["responses"]["201"]["links"] = {
+        target: {
+            "operationId": target,
+            "parameters": {"sweep_id": "$response.body#/id", **constants},
+        }
+        for target, constants in SWEEP_LINKS.items()
+    }
     for op in operations.values():
         for parameter in op.get("parameters", []):
             # An absent parameter is absent, not null: a query string has no null.
