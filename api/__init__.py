@@ -22,6 +22,7 @@ from api.routes import (
     plots,
     reports,
     results,
+    stream,
     sweeps,
     tokens,
 )
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         celery=make_celery(settings),
         job_ended=JobEndSignal(settings.resolved_broker_url()),
         predict_waiters=threading.BoundedSemaphore(max(0, settings.predict_max_waiting)),
+        streams=threading.BoundedSemaphore(max(1, settings.stream_max_open)),
         tokens=TokenCache(revocations, settings.token_cache_seconds),
         revocations=revocations,
         serving=ServingLine.for_broker(
@@ -78,7 +80,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     api_v1 = auth.protected_blueprint()
     for bp in (
         jobs.bp, results.bp, checkpoints.bp, models.bp, reports.bp, plots.bp, tokens.bp,
-        sweeps.bp,
+        sweeps.bp, stream.bp,
     ):  # fmt: skip
         api_v1.register_blueprint(bp)
     app.register_blueprint(api_v1)

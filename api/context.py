@@ -29,6 +29,8 @@ class Services:
     job_ended: JobEndSignal
     # Bounds the request threads a flood of predictions can hold while they wait.
     predict_waiters: threading.BoundedSemaphore
+    # Open live streams of this process (each holds a request thread while it is open).
+    streams: threading.BoundedSemaphore
     # Checked tokens, trusted while no token has been revoked (shared.revocations).
     tokens: TokenCache
     revocations: Revocations

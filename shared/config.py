@@ -151,6 +151,23 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(default=20, description="A running job's claim without heartbeat")
     heartbeat_seconds: float = Field(default=5.0, description="Progress / lease update period")
     sweep_seconds: float = Field(default=5.0, description="Period of the sweeper's passes")
+    stream_poll_seconds: float = Field(
+        default=0.5, gt=0, le=60, description="How often a job's live stream reads new rows"
+    )
+    stream_max_open: int = Field(
+        default=2,
+        ge=1,
+        le=10_000,
+        description="Live streams open at once per API process; each holds one of its "
+        "request threads, so leave some for other requests (429 past it)",
+    )
+    stream_max_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="A live stream closes after this long and its client reconnects with "
+        "Last-Event-ID (no request thread is held for ever)",
+    )
     sweep_pass_seconds: float = Field(
         default=15.0,
         gt=0,

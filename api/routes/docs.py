@@ -31,6 +31,17 @@ BINARY = {
     "getSweepPlot": ("image/png", "The plot"),
     "getMetrics": (CONTENT_TYPE_LATEST, "Prometheus metrics in the text format"),
 }
+# One Server-Sent Event of GET /jobs/<id>/stream, as a client parses it: `data` is one
+# line of JSON text; `id` the cursor to reconnect with (Last-Event-ID).
+SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "enum": ["lifecycle", "progress", "metrics", "traces", "end"]},
+        "id": {"type": "string", "pattern": "^[0-9]+[.][0-9]+[.][0-9]+$"},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+    "required": ["event", "data"],
+}
 # From a submitted job (its `id`) to everything about it: schemathesis follows these.
 JOB_LINKS: dict[str, dict[str, str]] = {
     "getJob": {}, "getJobEvents": {}, "getJobMetrics": {}, "getJobTraces": {},
@@ -66,6 +77,9 @@ def _finished(doc: dict[str, Any]) -> dict[str, Any]:
         ok = operations[op_id]["responses"]["200"]
         ok["description"] = description
         ok["content"] = {media: {"schema": {"type": "string", "format": "binary"}}}
+    stream = operations["streamJob"]["responses"]["200"]
+    stream["description"] = "Server-Sent Events until the job ends (or max_seconds)"
+    stream["content"] = {"text/event-stream": {"schema": SSE_EVENT}}
     links = {
         target: {
             "operationId": target,

@@ -56,6 +56,25 @@ class JobListQuery(Query):
     )
 
 
+class StreamQuery(Query):
+    max_seconds: float | SkipJsonSchema[None] = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description="Close the stream after this long (TRAINYARD_STREAM_MAX_SECONDS at most); "
+        "the client reconnects with Last-Event-ID",
+    )
+    trace_every: int | SkipJsonSchema[None] = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="Send every n-th logged step's gradient norms (and the latest)",
+    )
+    last_event_id: Text | SkipJsonSchema[None] = Field(
+        default=None, description="A cursor to go on from, as the Last-Event-ID header gives"
+    )
+
+
 class SweepListQuery(Query):
     limit: int | SkipJsonSchema[None] = Field(
         default=None, ge=1, le=INT32_MAX, description="How many (TRAINYARD_PAGE_LIMIT at most)"

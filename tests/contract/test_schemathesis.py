@@ -61,6 +61,10 @@ def contract_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
         "TRAINYARD_RATE_LIMIT": "",  # the fuzzer is one token firing as fast as it can
         "TRAINYARD_CHECK_RESPONSES": "1",
         "TRAINYARD_PREDICT_WAIT_SECONDS": "2",
+        # A stream of a job that stays queued lasts this long, well inside the fuzzer's
+        # request timeout; enough open at once for its two workers.
+        "TRAINYARD_STREAM_MAX_SECONDS": "3",
+        "TRAINYARD_STREAM_MAX_OPEN": "4",
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": str(ROOT),
     }

@@ -1,0 +1,182 @@
+"""What a job's live stream sends next: its lifecycle events, progress, metric points and
+thinned trace rows after a cursor, read from the database in short transactions.
+
+Every item carries the cursor that follows it, so a client that reconnects with the last
+cursor it saw (SSE's Last-Event-ID) gets no gap and no duplicate:
+
+- events go by their id; one younger than EVENT_SETTLE_SECONDS is held back while the
+  job runs, so one that commits late (another process's transaction) is not skipped;
+- metric and trace rows go by step, and only up to the row writer's horizon: the writer
+  commits rows in step order, so once a row of step s is committed, every row of the
+  steps before s is. A resumed job rewrites the steps after its checkpoint, identically;
+  the cursor skips what the client already has.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from shared.jsonvalues import json_float
+from shared.models import FINAL_STATUSES, Job, JobEvent, LayerTrace, Metric, utcnow
+
+EVENT_SETTLE_SECONDS = 1.0
+MAX_STEPS_PER_READ = 500  # metric steps per read; the next read goes on from there
+TRACE_KINDS = ("param_grad", "backward")  # what a live gradient view draws
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """How far a client has been sent: the last event id, metric step and trace step."""
+
+    event: int = 0
+    metric: int = 0
+    trace: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.event}.{self.metric}.{self.trace}"
+
+    @classmethod
+    def parse(cls, raw: str | None) -> Cursor:
+        """A cursor from Last-Event-ID; a missing or malformed one starts from the start."""
+        try:
+            event, metric, trace = (int(part) for part in (raw or "").split("."))
+        except ValueError:
+            return cls()
+        return cls(max(event, 0), max(metric, 0), max(trace, 0))
+
+
+@dataclass(frozen=True)
+class Item:
+    """One thing to send: its kind (the SSE event name), its data, the cursor after it."""
+
+    kind: str
+    data: dict[str, Any]
+    cursor: Cursor
+
+
+@dataclass(frozen=True)
+class Read:
+    """One read of a job's feed: the items after the cursor, and the job's state."""
+
+    items: list[Item]
+    status: str
+    progress: dict[str, Any]
+    final: bool  # the job has ended and every row it wrote was read
+
+
+def read_feed(
+    session: Session, job_id: uuid.UUID, cursor: Cursor, *, trace_every: int
+) -> Read | None:
+    """What follows `cursor` for this job; None when the job is gone. `trace_every` thins
+    trace rows to every n-th logged step the read finds (the last one always)."""
+    job = session.get(Job, job_id)
+    if job is None:
+        return None
+    ended = job.status in FINAL_STATUSES
+    items = _events(session, job_id, cursor, ended)
+    last = items[-1].cursor if items else cursor
+    metric_items, last = _metrics(session, job_id, last, ended)
+    items += metric_items
+    trace_items, last = _traces(session, job_id, last, ended, trace_every)
+    items += trace_items
+    progress = {
+        "step": job.progress_step, "total_steps": job.progress_total,
+        "epoch": job.progress_epoch, "status": job.status,
+    }  # fmt: skip
+    done = ended and not items and _drained(session, job_id, last)
+    return Read(items=items, status=job.status, progress=progress, final=done)
+
+
+def _events(session: Session, job_id: uuid.UUID, cursor: Cursor, ended: bool) -> list[Item]:
+    query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > cursor.event)
+    if not ended:
+        query = query.where(JobEvent.at < utcnow() - timedelta(seconds=EVENT_SETTLE_SECONDS))
+    items = []
+    for event in session.scalars(query.order_by(JobEvent.id).limit(200)):
+        cursor = Cursor(event.id, cursor.metric, cursor.trace)
+        data = {"id": event.id, "at": event.at.isoformat(), "kind": event.kind,
+                "message": event.message, "data": event.data}  # fmt: skip
+        items.append(Item("lifecycle", data, cursor))
+    return items
+
+
+def _horizon(session: Session, model: Any, job_id: uuid.UUID, ended: bool) -> int:
+    """The last step whose rows are all committed (see the module's doc)."""
+    top = session.scalar(select(func.max(model.step)).where(model.job_id == job_id))
+    if top is None:
+        return 0
+    return int(top) if ended else int(top) - 1
+
+
+def _metrics(
+    session: Session, job_id: uuid.UUID, cursor: Cursor, ended: bool
+) -> tuple[list[Item], Cursor]:
+    horizon = _horizon(session, Metric, job_id, ended)
+    if horizon <= cursor.metric:
+        return [], cursor
+    upto = min(horizon, cursor.metric + MAX_STEPS_PER_READ)
+    rows = session.execute(
+        select(Metric.step, Metric.epoch, Metric.split, Metric.name, Metric.value)
+        .where(Metric.job_id == job_id, Metric.step > cursor.metric, Metric.step <= upto)
+        .order_by(Metric.step, Metric.split, Metric.name)
+    ).all()
+    by_step: dict[int, dict[str, Any]] = {}
+    for step, epoch, split, name, value in rows:
+        point = by_step.setdefault(step, {"step": step, "epoch": epoch, "values": {}})
+        point["values"][f"{split}/{name}"] = json_float(value)
+    items = []
+    for step, point in sorted(by_step.items()):
+        cursor = Cursor(cursor.event, step, cursor.trace)
+        items.append(Item("metrics", point, cursor))
+    # Steps without rows up to `upto` are passed too: the next read starts after them.
+    return items, Cursor(cursor.event, max(cursor.metric, upto), cursor.trace)
+
+
+def _traces(
+    session: Session, job_id: uuid.UUID, cursor: Cursor, ended: bool, every: int
+) -> tuple[list[Item], Cursor]:
+    horizon = _horizon(session, LayerTrace, job_id, ended)
+    if horizon <= cursor.trace:
+        return [], cursor
+    upto = min(horizon, cursor.trace + MAX_STEPS_PER_READ)
+    steps = list(
+        session.scalars(
+            select(LayerTrace.step)
+            .where(LayerTrace.job_id == job_id, LayerTrace.step > cursor.trace,
+                   LayerTrace.step <= upto, LayerTrace.kind.in_(TRACE_KINDS))
+            .distinct()
+            .order_by(LayerTrace.step)
+        )
+    )  # fmt: skip
+    chosen = steps[::every]
+    if steps and chosen[-1] != steps[-1]:
+        chosen.append(steps[-1])
+    norms: dict[int, dict[str, Any]] = defaultdict(dict)
+    if chosen:
+        for step, layer, kind, norm in session.execute(
+            select(LayerTrace.step, LayerTrace.layer, LayerTrace.kind, LayerTrace.norm).where(
+                LayerTrace.job_id == job_id, LayerTrace.step.in_(chosen),
+                LayerTrace.kind.in_(TRACE_KINDS),
+            )
+        ):  # fmt: skip
+            norms[step][f"{kind}:{layer}"] = json_float(norm)
+    items = []
+    for step in chosen:
+        cursor = Cursor(cursor.event, cursor.metric, step)
+        items.append(Item("traces", {"step": step, "norms": norms[step]}, cursor))
+    return items, Cursor(cursor.event, cursor.metric, max(cursor.trace, upto))
+
+
+def _drained(session: Session, job_id: uuid.UUID, cursor: Cursor) -> bool:
+    """Nothing of an ended job is left after the cursor."""
+    later_event = session.scalar(
+        select(func.count()).where(JobEvent.job_id == job_id, JobEvent.id > cursor.event)
+    )
+    return not later_event

@@ -1,0 +1,46 @@
+"""GET /jobs/<id>/stream in process: ownership, the open-streams bound, the cursor."""
+
+from __future__ import annotations
+
+from flask import Flask
+from flask.testing import FlaskClient
+
+from shared.job_feed import Cursor
+from tests.support.fixture_types import NewJob
+
+
+def test_a_stream_is_its_owners_and_ends_with_the_job(
+    app: Flask, client: FlaskClient, alice: dict[str, str], bob: dict[str, str], new_job: NewJob
+) -> None:
+    job = new_job(owner="alice")
+    assert client.get(f"/api/v1/jobs/{job.id}/stream", headers=bob).status_code == 404
+    client.post(f"/api/v1/jobs/{job.id}/cancel", headers=alice)  # queued: cancelled at once
+    resp = client.get(f"/api/v1/jobs/{job.id}/stream", headers=alice)
+    assert resp.status_code == 200 and resp.mimetype == "text/event-stream"
+    body = resp.get_data(as_text=True)
+    assert "event: lifecycle" in body and body.rstrip().endswith('"status":"cancelled"}')
+    assert "event: end" in body
+
+
+def test_past_the_open_streams_a_stream_is_refused_with_retry_after(
+    app: Flask, client: FlaskClient, alice: dict[str, str], new_job: NewJob
+) -> None:
+    job = new_job(owner="alice")
+    slots = app.extensions["trainyard"].streams
+    held = 0
+    while slots.acquire(blocking=False):
+        held += 1
+    try:
+        resp = client.get(f"/api/v1/jobs/{job.id}/stream", headers=alice)
+        assert resp.status_code == 429 and int(resp.headers["Retry-After"]) >= 1
+        assert "TRAINYARD_STREAM_MAX_OPEN" in resp.get_json()["error"]["message"]
+    finally:
+        for _ in range(held):
+            slots.release()
+
+
+def test_a_cursor_round_trips_and_a_bad_one_starts_over() -> None:
+    assert Cursor.parse(str(Cursor(7, 120, 118))) == Cursor(7, 120, 118)
+    for bad in (None, "", "x", "1.2", "1.2.3.4", "a.b.c"):
+        assert Cursor.parse(bad) == Cursor()
+    assert Cursor.parse("-5.3.-1") == Cursor(0, 3, 0)
