@@ -4,9 +4,6 @@ and every logged trace step arrives exactly once, with the values the job ends w
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import signal
 import threading
 import time
 import uuid
@@ -21,7 +18,7 @@ from shared.db import session_scope
 from shared.job_feed import Cursor, Item, read_feed
 from shared.models import Job, Metric
 from tests.support.fixture_types import NewJob
-from tests.worker.test_resume_after_kill import SPEC, STEPS, _fast, train_slowly
+from tests.worker.test_resume_after_kill import SPEC, STEPS, _fast, kill_mid_job
 from worker.tasks import execute_train
 
 
@@ -56,22 +53,8 @@ def test_every_step_arrives_once_across_a_killed_worker(
     job_id = new_job(SPEC).id
     client = Client(sessions, job_id)
     client.start()
-    child = multiprocessing.get_context("spawn").Process(
-        target=train_slowly, args=(pg_url, str(job_id))
-    )
-    child.start()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        with sessions() as session:
-            job = session.get(Job, job_id)
-            assert job is not None
-            if job.status != "queued" and job.progress_step >= STEPS // 2:
-                break
-        time.sleep(0.02)
+    kill_mid_job(sessions, pg_url, job_id, after_step=STEPS // 2)
     sent_before_kill = len(client.items)
-    assert child.pid is not None
-    os.kill(child.pid, signal.SIGKILL)
-    child.join(30)
     with session_scope(sessions) as session:
         session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=Job.created_at))
         assert repository.requeue_lost_jobs(session=session, max_attempts=3) == 1

@@ -56,6 +56,28 @@ def train_slowly(database_url: str, job_id: str) -> None:
     execute_train(uuid.UUID(job_id), worker="doomed", sessions=sessions, settings=settings)
 
 
+def kill_mid_job(
+    sessions: sessionmaker[Session], pg_url: str, job_id: uuid.UUID, *, after_step: int
+) -> None:
+    """Train the job in a worker process (train_slowly) and SIGKILL it once the job's
+    progress reached `after_step`."""
+    child = multiprocessing.get_context("spawn").Process(
+        target=train_slowly, args=(pg_url, str(job_id))
+    )
+    child.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with sessions() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            if job.status != "queued" and job.progress_step >= after_step:
+                break
+        time.sleep(0.02)
+    assert child.pid is not None
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(30)
+
+
 def test_a_killed_worker_s_job_resumes_and_ends_as_if_never_stopped(
     sessions: sessionmaker[Session], pg_url: str, settings: Settings, new_job: NewJob
 ) -> None:
@@ -63,22 +85,7 @@ def test_a_killed_worker_s_job_resumes_and_ends_as_if_never_stopped(
     assert execute_train(whole, worker="w", sessions=sessions, settings=settings) == "succeeded"
 
     killed = new_job(SPEC).id
-    kill_after = random.randint(8, STEPS - 12)
-    child = multiprocessing.get_context("spawn").Process(
-        target=train_slowly, args=(pg_url, str(killed))
-    )
-    child.start()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        with sessions() as session:
-            job = session.get(Job, killed)
-            assert job is not None
-            if job.status != "queued" and job.progress_step >= kill_after:
-                break
-        time.sleep(0.02)
-    assert child.pid is not None
-    os.kill(child.pid, signal.SIGKILL)
-    child.join(30)
+    kill_mid_job(sessions, pg_url, killed, after_step=random.randint(8, STEPS - 12))
     with sessions() as session:
         job = session.get(Job, killed)
         assert job is not None and job.status == "running", "killed before it ended"
