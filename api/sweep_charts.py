@@ -51,9 +51,7 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def _axis_position(
-    spec: SweepSpec, path: str, trials: Sequence[SweepTrial]
-) -> Callable[[object], float]:
+def _axis_position(spec: SweepSpec, path: str) -> Callable[[object], float]:
     """Where a parameter's value sits on its axis, from 0 (bottom) to 1 (top)."""
     dist = spec.space[path]
     if isinstance(dist, Choice):
@@ -84,7 +82,7 @@ def parallel_png(spec: SweepSpec, trials: Sequence[SweepTrial]) -> bytes:
     values = [t.value for t in valued if t.value is not None]
     norm = Normalize(min(values), max(values) if max(values) > min(values) else min(values) + 1)
     cmap = colormaps["viridis" if spec.goal == "maximize" else "viridis_r"]
-    positions = [_axis_position(spec, path, trials) for path in paths]
+    positions = [_axis_position(spec, path) for path in paths]
     xs = [*range(len(paths)), len(paths)]
     for trial in valued:
         assert trial.value is not None

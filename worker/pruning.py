@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Protocol
 
 import optuna
 import torch
@@ -28,12 +27,6 @@ from worker.training.alerts import AlertStop
 from worker.training.callbacks import Callback
 
 log = logging.getLogger(__name__)
-
-
-class Stopper(Protocol):
-    """A callback that may end training early, and says why."""
-
-    reason: str | None
 
 
 class SweepRungs(Callback):

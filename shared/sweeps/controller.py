@@ -126,19 +126,19 @@ def final_metric(session: Session, job_id: uuid.UUID | None, spec: SweepSpec) ->
         .where(
             Metric.job_id == job_id,
             Metric.split == spec.metric_split,
-            Metric.name.in_(_metric_names(spec)),
+            Metric.name == _stored_name(spec),
         )
         .order_by(Metric.step.desc())
         .limit(1)
     ).first()
 
 
-def _metric_names(spec: SweepSpec) -> list[str]:
+def _stored_name(spec: SweepSpec) -> str:
     # The epoch's value: train/loss is stored per step, its epoch mean as train/epoch_loss
     # (at the epoch's last step too), which is what ASHA is told.
     if spec.metric_split == "train":
-        return [f"epoch_{spec.metric_name.removeprefix('epoch_')}"]
-    return [spec.metric_name]
+        return f"epoch_{spec.metric_name.removeprefix('epoch_')}"
+    return spec.metric_name
 
 
 def propose(

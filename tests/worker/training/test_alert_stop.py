@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
+
 from shared.spec import AlertSpec, JobSpec
 from worker.training.alerts import AlertStop, AlertWatcher
 from worker.training.loop import fit
@@ -47,9 +50,6 @@ def test_stop_ends_training_at_the_first_alert_and_says_where() -> None:
 
 
 def test_dead_above_needs_forward_hooks() -> None:
-    import pytest
-    from pydantic import ValidationError
-
     with pytest.raises(ValidationError, match="dead_above needs 'forward'"):
         JobSpec.model_validate({
             "model": {"preset": "neural_network"}, "data": {"dataset": "digits"},
