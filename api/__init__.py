@@ -17,6 +17,7 @@ from api.routes import (
     docs,
     health,
     jobs,
+    logs,
     metrics,
     models,
     plots,
@@ -80,7 +81,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     api_v1 = auth.protected_blueprint()
     for bp in (
         jobs.bp, results.bp, checkpoints.bp, models.bp, reports.bp, plots.bp, tokens.bp,
-        sweeps.bp, stream.bp,
+        sweeps.bp, stream.bp, logs.bp,
     ):  # fmt: skip
         api_v1.register_blueprint(bp)
     app.register_blueprint(api_v1)

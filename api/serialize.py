@@ -62,6 +62,8 @@ def job_json(job: Job, *, with_spec: bool = True) -> dict[str, Any]:
             "traces": url_for("api_v1.results.traces", job_id=job_id),
             "checkpoints": url_for("api_v1.checkpoints.list_checkpoints", job_id=job_id),
             "events": url_for("api_v1.jobs.events", job_id=job_id),
+            "logs": url_for("api_v1.logs.logs", job_id=job_id),
+            "stream": url_for("api_v1.stream.stream", job_id=job_id),
         },
     }
     if with_spec:

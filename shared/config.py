@@ -168,6 +168,13 @@ class Settings(BaseSettings):
         description="A live stream closes after this long and its client reconnects with "
         "Last-Event-ID (no request thread is held for ever)",
     )
+    job_log_max_lines: int = Field(
+        default=5000,
+        ge=0,
+        le=1_000_000,
+        description="Log lines kept per job (worker.job_log); past it one line says how "
+        "many more were left in the worker's own log",
+    )
     sweep_pass_seconds: float = Field(
         default=15.0,
         gt=0,

@@ -4,8 +4,9 @@ thinned trace rows after a cursor, read from the database in short transactions.
 Every item carries the cursor that follows it, so a client that reconnects with the last
 cursor it saw (SSE's Last-Event-ID) gets no gap and no duplicate:
 
-- events go by their id; one younger than EVENT_SETTLE_SECONDS is held back while the
-  job runs, so one that commits late (another process's transaction) is not skipped;
+- events and log lines go by their id; one younger than EVENT_SETTLE_SECONDS is held
+  back while the job runs, so one that commits late (another process's transaction) is
+  not skipped;
 - metric and trace rows go by step, and only up to the row writer's horizon: the writer
   commits rows in step order, so once a row of step s is committed, every row of the
   steps before s is. A resumed job rewrites the steps after its checkpoint, identically;
@@ -14,6 +15,7 @@ cursor it saw (SSE's Last-Event-ID) gets no gap and no duplicate:
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared.jsonvalues import json_float
-from shared.models import FINAL_STATUSES, Job, JobEvent, LayerTrace, Metric, utcnow
+from shared.models import FINAL_STATUSES, Job, JobEvent, JobLog, LayerTrace, Metric, utcnow
 
 EVENT_SETTLE_SECONDS = 1.0
 MAX_STEPS_PER_READ = 500  # metric steps per read; the next read goes on from there
@@ -33,23 +35,33 @@ TRACE_KINDS = ("param_grad", "backward")  # what a live gradient view draws
 
 @dataclass(frozen=True)
 class Cursor:
-    """How far a client has been sent: the last event id, metric step and trace step."""
+    """How far a client has been sent: the last event id, metric step, trace step and
+    log line id."""
 
     event: int = 0
     metric: int = 0
     trace: int = 0
+    log: int = 0
 
     def __str__(self) -> str:
-        return f"{self.event}.{self.metric}.{self.trace}"
+        return f"{self.event}.{self.metric}.{self.trace}.{self.log}"
 
     @classmethod
     def parse(cls, raw: str | None) -> Cursor:
-        """A cursor from Last-Event-ID; a missing or malformed one starts from the start."""
+        """A cursor from Last-Event-ID; a missing or malformed one starts from the start.
+        Three parts (a cursor from before log lines were streamed) start the log over."""
+        parts = (raw or "").split(".")
+        if len(parts) == 3:
+            parts.append("0")
         try:
-            event, metric, trace = (int(part) for part in (raw or "").split("."))
+            event, metric, trace, log = (int(part) for part in parts)
         except ValueError:
             return cls()
-        return cls(max(event, 0), max(metric, 0), max(trace, 0))
+        return cls(max(event, 0), max(metric, 0), max(trace, 0), max(log, 0))
+
+    def but(self, **changes: int) -> Cursor:
+        """This cursor with some parts moved on."""
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,7 @@ def read_feed(
     items += metric_items
     trace_items, last = _traces(session, job_id, last, ended, trace_every)
     items += trace_items
+    items += _logs(session, job_id, last, ended)
     progress = {
         "step": job.progress_step, "total_steps": job.progress_total,
         "epoch": job.progress_epoch, "status": job.status,
@@ -102,7 +115,7 @@ def _events(session: Session, job_id: uuid.UUID, cursor: Cursor, ended: bool) ->
         query = query.where(JobEvent.at < utcnow() - timedelta(seconds=EVENT_SETTLE_SECONDS))
     items = []
     for event in session.scalars(query.order_by(JobEvent.id).limit(200)):
-        cursor = Cursor(event.id, cursor.metric, cursor.trace)
+        cursor = cursor.but(event=event.id)
         data = {"id": event.id, "at": event.at.isoformat(), "kind": event.kind,
                 "message": event.message, "data": event.data}  # fmt: skip
         items.append(Item("lifecycle", data, cursor))
@@ -135,10 +148,10 @@ def _metrics(
         point["values"][f"{split}/{name}"] = json_float(value)
     items = []
     for step, point in sorted(by_step.items()):
-        cursor = Cursor(cursor.event, step, cursor.trace)
+        cursor = cursor.but(metric=step)
         items.append(Item("metrics", point, cursor))
     # Steps without rows up to `upto` are passed too: the next read starts after them.
-    return items, Cursor(cursor.event, max(cursor.metric, upto), cursor.trace)
+    return items, cursor.but(metric=max(cursor.metric, upto))
 
 
 def _traces(
@@ -171,6 +184,19 @@ def _traces(
             norms[step][f"{kind}:{layer}"] = json_float(norm)
     items = []
     for step in chosen:
-        cursor = Cursor(cursor.event, cursor.metric, step)
+        cursor = cursor.but(trace=step)
         items.append(Item("traces", {"step": step, "norms": norms[step]}, cursor))
-    return items, Cursor(cursor.event, cursor.metric, max(cursor.trace, upto))
+    return items, cursor.but(trace=max(cursor.trace, upto))
+
+
+def _logs(session: Session, job_id: uuid.UUID, cursor: Cursor, ended: bool) -> list[Item]:
+    query = select(JobLog).where(JobLog.job_id == job_id, JobLog.id > cursor.log)
+    if not ended:
+        query = query.where(JobLog.at < utcnow() - timedelta(seconds=EVENT_SETTLE_SECONDS))
+    items = []
+    for row in session.scalars(query.order_by(JobLog.id).limit(200)):
+        cursor = cursor.but(log=row.id)
+        data = {"id": row.id, "at": row.at.isoformat(), "level": row.level,
+                "source": row.source, "line": row.line}  # fmt: skip
+        items.append(Item("logs", data, cursor))
+    return items

@@ -431,6 +431,22 @@ class JobEvent(Base):
     data: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
 
+class JobLog(Base):
+    """A line a worker logged while it ran the job (worker.job_log): training prints,
+    warnings, errors as their first line only (the traceback stays in the worker's log)."""
+
+    __tablename__ = "job_logs"
+    __table_args__ = (Index("ix_job_logs_job_id", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("jobs.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    level: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(100))
+    line: Mapped[str] = mapped_column(Text)
+
+
 class JobNode(Base):
     """A worker that joined a multi-node job's gang: node 0 is the claiming worker."""
 

@@ -39,6 +39,7 @@ from worker.celery_app import app
 from worker.gang import follow_gang, join_gang, lead_gang
 from worker.gpu_handoff import hand_to_gpu
 from worker.inference import LoadedModel, ModelCache, load_model, predict
+from worker.job_log import capture_job_log
 from worker.lease_keeper import LeaseKeeper
 from worker.messages import user_message
 from worker.pruning import prune_reason, stoppers_for
@@ -140,7 +141,11 @@ def execute_train(
     if job is None:
         return "skipped"
     # The lease is short: the heartbeat runs from the claim until the outcome is stored.
-    with _heartbeat(sessions, job, worker, settings) as lease:
+    with (
+        _heartbeat(sessions, job, worker, settings) as lease,
+        capture_job_log(sessions, job.id, attempt=job.attempt,
+                        max_lines=settings.job_log_max_lines),
+    ):  # fmt: skip
         return _train_claimed(job, worker, sessions, settings, lease)
 
 

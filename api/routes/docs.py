@@ -36,8 +36,11 @@ BINARY = {
 SSE_EVENT: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "event": {"type": "string", "enum": ["lifecycle", "progress", "metrics", "traces", "end"]},
-        "id": {"type": "string", "pattern": "^[0-9]+[.][0-9]+[.][0-9]+$"},
+        "event": {
+            "type": "string",
+            "enum": ["lifecycle", "progress", "metrics", "traces", "logs", "end"],
+        },
+        "id": {"type": "string", "pattern": "^[0-9]+[.][0-9]+[.][0-9]+[.][0-9]+$"},
         "data": {"type": "string", "contentMediaType": "application/json"},
     },
     "required": ["event", "data"],
@@ -45,7 +48,7 @@ SSE_EVENT: dict[str, Any] = {
 # From a submitted job (its `id`) to everything about it: schemathesis follows these.
 JOB_LINKS: dict[str, dict[str, str]] = {
     "getJob": {}, "getJobEvents": {}, "getJobMetrics": {}, "getJobTraces": {},
-    "getJobSummary": {}, "listCheckpoints": {}, "cancelJob": {}, "preemptJob": {},
+    "getJobSummary": {}, "getJobLogs": {}, "listCheckpoints": {}, "cancelJob": {}, "preemptJob": {},
     "deleteJob": {}, "getJobPlot": {"name": "loss"}, "downloadStateDict": {"ref": "latest"},
     "predict": {},
 }  # fmt: skip

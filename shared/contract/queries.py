@@ -75,6 +75,15 @@ class StreamQuery(Query):
     )
 
 
+class LogQuery(Query):
+    after: int | SkipJsonSchema[None] = Field(
+        default=None, ge=0, le=2**63 - 1, description="Lines after this line id (next_after)"
+    )
+    limit: int | SkipJsonSchema[None] = Field(
+        default=None, ge=1, le=1000, description="At most this many lines (500)"
+    )
+
+
 class SweepListQuery(Query):
     limit: int | SkipJsonSchema[None] = Field(
         default=None, ge=1, le=INT32_MAX, description="How many (TRAINYARD_PAGE_LIMIT at most)"

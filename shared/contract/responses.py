@@ -35,6 +35,8 @@ class JobLinks(Answer):
     traces: str
     checkpoints: str
     events: str
+    logs: str | None = None
+    stream: str | None = None
 
 
 class Job(Answer):
@@ -76,6 +78,20 @@ class Event(Answer):
 
 class Events(Answer):
     events: list[Event]
+
+
+class LogLine(Answer):
+    id: int
+    at: datetime
+    attempt: int
+    level: str
+    source: str
+    line: str
+
+
+class LogPage(Answer):
+    logs: list[LogLine]
+    next_after: int | None = Field(description="Pass as `after` for the next lines")
 
 
 class Point(Answer):

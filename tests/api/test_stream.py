@@ -40,7 +40,8 @@ def test_past_the_open_streams_a_stream_is_refused_with_retry_after(
 
 
 def test_a_cursor_round_trips_and_a_bad_one_starts_over() -> None:
-    assert Cursor.parse(str(Cursor(7, 120, 118))) == Cursor(7, 120, 118)
-    for bad in (None, "", "x", "1.2", "1.2.3.4", "a.b.c"):
+    assert Cursor.parse(str(Cursor(7, 120, 118, 9))) == Cursor(7, 120, 118, 9)
+    assert Cursor.parse("7.120.118") == Cursor(7, 120, 118, 0)  # a cursor from before logs
+    for bad in (None, "", "x", "1.2", "1.2.3.4.5", "a.b.c"):
         assert Cursor.parse(bad) == Cursor()
     assert Cursor.parse("-5.3.-1") == Cursor(0, 3, 0)

@@ -86,6 +86,13 @@ def test_a_dropped_stream_resumes_with_no_gap_and_no_duplicate(live: LiveService
     assert trace_steps == [1, *range(2, 70, 2)]  # every logged step (every_n_steps 2), once
     assert any(k.startswith("param_grad:") for k in traced[-1]["norms"])
     assert any(e["event"] == "progress" for e in seen)
+    # The worker's log lines for the job: one per epoch, each once, as GET /logs has them.
+    lines = [e["data"] for e in seen if e["event"] == "logs"]
+    stored_lines = live.get(f"/api/v1/jobs/{job['id']}/logs").json()["logs"]
+    assert [x["id"] for x in lines] == [x["id"] for x in stored_lines]
+    epoch_lines = [x["line"] for x in lines if x["line"].startswith("epoch ")]
+    assert [line.split()[1] for line in epoch_lines] == ["1", "2", "3"]
+    assert "val_accuracy" in epoch_lines[-1]
 
 
 def test_a_stream_of_an_unknown_job_is_404(live: LiveService) -> None:

@@ -11,6 +11,7 @@ that touches the outside world is a Callback (callbacks.py): plain PyTorch.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +28,8 @@ from worker.training.ranks import Asks, Ranks
 from worker.training.resume import Cadence, ResumePoint, restore, resume_state
 from worker.training.setup import Run, prepare
 from worker.training.step import micro_batches, train_step
+
+log = logging.getLogger(__name__)
 
 
 def fit(
@@ -178,6 +181,9 @@ def end_epoch(run: Run, cb: Callback, state: Progress) -> None:
     state.last = resumable(run, state, tag="epoch")
     if state.last is None:  # not rank 0
         return
+    # The job's log (worker.job_log) shows its owner one line per epoch.
+    said = ", ".join(f"{name} {value:.4g}" for name, value in state.metrics.items())
+    log.info("epoch %d (step %d): %s", state.epoch, state.step, said)
     blobs = [state.last]
     if best:
         blobs.append(dataclasses.replace(state.last, tag="best", resume_state=None))
