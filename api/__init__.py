@@ -10,6 +10,7 @@ from flask import Flask
 from api import auth, errors, headers, text_guard
 from api.body import ApiRequest
 from api.context import Services, close_session
+from api.feed_hub import FeedHub
 from api.metrics import ClusterCollector, install_timing
 from api.quotas import install_rate_limit
 from api.routes import (
@@ -26,6 +27,7 @@ from api.routes import (
     stream,
     sweeps,
     tokens,
+    ui,
 )
 from api.serving import ServingLine
 from api.token_cache import TokenCache
@@ -45,15 +47,17 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["TRAINYARD_CHECK_RESPONSES"] = settings.check_responses
     app.json.sort_keys = False  # type: ignore[attr-defined]
     engine = make_engine(settings.resolved_database_url())
+    sessions = make_session_factory(engine)
     revocations = Revocations(settings.resolved_broker_url())
     app.extensions["trainyard"] = Services(
         settings=settings,
         engine=engine,
-        sessions=make_session_factory(engine),
+        sessions=sessions,
         celery=make_celery(settings),
         job_ended=JobEndSignal(settings.resolved_broker_url()),
         predict_waiters=threading.BoundedSemaphore(max(0, settings.predict_max_waiting)),
-        streams=threading.BoundedSemaphore(max(1, settings.stream_max_open)),
+        streams=threading.BoundedSemaphore(settings.resolved_stream_max_open()),
+        feeds=FeedHub(sessions, settings.stream_poll_seconds),
         tokens=TokenCache(revocations, settings.token_cache_seconds),
         revocations=revocations,
         serving=ServingLine.for_broker(
@@ -74,10 +78,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     if limiter is not None:
         limiter.exempt(health.bp)  # load balancers and compose probe it all the time
         limiter.exempt(docs.bp)
+        limiter.exempt(ui.bp)  # the dashboard's static files; its data calls are limited
         limiter.exempt(metrics.bp)  # Prometheus scrapes it on a timer
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(docs.bp)
+    app.register_blueprint(ui.bp)
     api_v1 = auth.protected_blueprint()
     for bp in (
         jobs.bp, results.bp, checkpoints.bp, models.bp, reports.bp, plots.bp, tokens.bp,

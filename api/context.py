@@ -10,6 +10,7 @@ from flask import current_app, g
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.feed_hub import FeedHub
 from api.inference import PinnedModels
 from api.serving import ServingLine
 from api.token_cache import TokenCache
@@ -29,8 +30,9 @@ class Services:
     job_ended: JobEndSignal
     # Bounds the request threads a flood of predictions can hold while they wait.
     predict_waiters: threading.BoundedSemaphore
-    # Open live streams of this process (each holds a request thread while it is open).
+    # Open live streams of this process, and the readers they share (one per job).
     streams: threading.BoundedSemaphore
+    feeds: FeedHub
     # Checked tokens, trusted while no token has been revoked (shared.revocations).
     tokens: TokenCache
     revocations: Revocations

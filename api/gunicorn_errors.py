@@ -35,5 +35,9 @@ def install() -> None:
 
     def write_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
         util.write_nonblock(sock, json_error(status_int, reason, mesg))
+        # The gevent worker closes the socket at once after this; with the refused
+        # request's bytes still unread, the kernel would answer with a reset and the
+        # client would lose the answer. Half-close and drain first, as gthread does.
+        util.close_graceful(sock)
 
     util.write_error = write_error

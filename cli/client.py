@@ -76,7 +76,7 @@ class ApiClient:
                 ) from None
             resp = exc.response
         if resp.status_code >= 400:
-            raise click.ClickException(_error_line(resp))
+            raise click.ClickException(error_line(resp))
         return resp
 
     @retry(
@@ -100,6 +100,13 @@ class ApiClient:
         if resp.status_code in RETRY_STATUSES and not _lasting(resp):
             raise Transient(resp, f"HTTP {resp.status_code}")
         return resp
+
+    def open_stream(self, path: str, headers: dict[str, str]) -> requests.Response:
+        """A streamed GET sent once, whatever it answers (the caller decides what to do
+        with a 429 or a broken connection: a live stream reconnects from its cursor)."""
+        return self._session.get(
+            f"{self.base_url}{path}", headers=headers, stream=True, timeout=self._timeout
+        )
 
     def get_json(self, path: str, **params: Any) -> Any:
         """GET and decode JSON."""
@@ -136,7 +143,7 @@ def _lasting(resp: requests.Response) -> bool:
         return False
 
 
-def _error_line(resp: requests.Response) -> str:
+def error_line(resp: requests.Response) -> str:
     try:
         err = resp.json()["error"]
     except (ValueError, KeyError, TypeError):

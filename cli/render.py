@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 import click
 
 from cli.api import Trainyard
-from shared.contract.queries import MetricsQuery, TracesQuery
-from shared.contract.responses import Job, Trace
+from cli.stream import job_events
+from shared.contract.queries import TracesQuery
+from shared.contract.responses import Job, Progress, Trace
 from shared.models import FINAL_STATUSES
 
 FINAL = tuple(str(s) for s in FINAL_STATUSES)
@@ -51,32 +53,73 @@ class EtaClock:
         return max(0.0, left)
 
 
-def _last_loss(api: Trainyard, job: Job) -> float | None:
-    # Only the points since the last heartbeat: a long job has millions of them.
-    query = MetricsQuery(name="loss", split="train", from_step=job.progress.step)
-    for s in api.metrics(job.id, query).series:
-        if s.points:
-            return float(s.points[-1].value)
-    return None
+REDRAW_SECONDS = 0.5  # a progress line at most this often when not on a terminal
 
 
-def watch(api: Trainyard, job_id: str, *, interval: float = 0.5) -> Job:
-    """Poll until the job is final, redrawing one progress line; returns the final job."""
+def watch(api: Trainyard, job_id: str) -> Job:
+    """Follow the job's live stream until it ends: one progress line (redrawn on a
+    terminal), and the job's events and log lines as they come; returns the final job."""
     tty = sys.stdout.isatty()
-    last = ""
+    job = api.job(job_id)
+    out = Screen(tty)
     clock = EtaClock()
-    while True:
-        job = api.job(job_id)
-        loss = _last_loss(api, job) if job.status != "queued" else None
-        line = progress_line(job, loss, clock.eta(job, time.monotonic()))
-        if line != last:
-            click.echo(("\r" + line) if tty else line, nl=not tty)
-            last = line
-        if job.status in FINAL:
-            if tty:
-                click.echo()
-            return job
-        time.sleep(interval)
+    loss: float | None = None
+    for event in job_events(api.http, job_id):
+        if event.kind == "progress":
+            job = _progressed(job, event.data)
+        elif event.kind == "metrics":
+            value = event.data["values"].get("train/loss")
+            loss = value if isinstance(value, float | int) else loss
+        elif event.kind == "logs":
+            out.note(f"{event.data['level'].lower()}: {event.data['line']}")
+        elif event.kind == "lifecycle":
+            out.note(f"{event.data['kind']}: {event.data['message']}")
+        if event.kind in ("progress", "metrics"):
+            out.progress(progress_line(job, loss, clock.eta(job, time.monotonic())))
+        if event.kind == "end":
+            break
+    final = api.job(job_id)
+    out.progress(progress_line(final, loss), force=True)
+    out.done()
+    return final
+
+
+def _progressed(job: Job, data: dict[str, Any]) -> Job:
+    step, total = int(data.get("step") or 0), data.get("total_steps")
+    progress = Progress(step=step, total_steps=total, epoch=data.get("epoch"),
+                        fraction=step / total if total else 0.0)  # fmt: skip
+    return job.model_copy(update={"status": data.get("status", job.status), "progress": progress})
+
+
+class Screen:
+    """A progress line that notes print above: redrawn in place on a terminal, printed
+    when it changed (at most every REDRAW_SECONDS) elsewhere."""
+
+    def __init__(self, tty: bool) -> None:
+        self.tty, self.line, self.said = tty, "", 0.0
+
+    def progress(self, line: str, *, force: bool = False) -> None:
+        if line == self.line:
+            return
+        if self.tty:
+            click.echo("\r\x1b[K" + line, nl=False)
+        elif force or time.monotonic() - self.said >= REDRAW_SECONDS:
+            click.echo(line)
+            self.said = time.monotonic()
+        else:
+            return
+        self.line = line
+
+    def note(self, text: str) -> None:
+        if self.tty:
+            click.echo("\r\x1b[K" + text)
+            click.echo(self.line, nl=False)
+        else:
+            click.echo(text)
+
+    def done(self) -> None:
+        if self.tty:
+            click.echo()
 
 
 def summary_text(api: Trainyard, job: Job) -> str:

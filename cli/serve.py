@@ -111,11 +111,17 @@ def api_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def api_command(host: str, port: int, workers: int) -> list[str]:
-    """gunicorn serving api.wsgi:app (run it with api_environment)."""
+def api_command(host: str, port: int, workers: int, worker_class: str = "gevent") -> list[str]:
+    """gunicorn serving api.wsgi:app (run it with api_environment). gevent: every request
+    a greenlet, so open live streams cost no thread; gthread: 4 threads per process."""
+    served = (
+        ["-k", "gevent", "--worker-connections", "1000"]
+        if worker_class == "gevent"
+        else ["-k", "gthread", "--threads", "4"]
+    )
     return [
-        sys.executable, "-m", "gunicorn", "-b", f"{host}:{port}", "-w", str(workers),
-        "--threads", "4", "--timeout", "60", "--no-control-socket", "api.wsgi:app",
+        sys.executable, "-m", "gunicorn", "-b", f"{host}:{port}", "-w", str(workers), *served,
+        "--timeout", "60", "--no-control-socket", "api.wsgi:app",
     ]  # fmt: skip
 
 
@@ -191,7 +197,9 @@ def run_serve(settings: Settings, *, demo: bool, exit_after_demo: bool, api_work
         "worker-infer": worker_command([QUEUE_INFER]),
         # Hyperparameter sweeps' controller passes: short, never behind a training job.
         "sweep-controller": worker_command([QUEUE_SWEEPS]),
-        "api": api_command(settings.api_host, settings.api_port, api_workers),
+        "api": api_command(
+            settings.api_host, settings.api_port, api_workers, settings.resolved_api_worker_class()
+        ),
     }
     children = []
     for name, cmd in commands.items():
@@ -277,6 +285,7 @@ def _run_demo(settings: Settings, sessions: Any, base: str) -> int:
                    "/plots/grad_flow.png", "/events"):  # fmt: skip
         click.echo(f"  {job_url}{suffix}")
     click.echo(f'  curl -H "Authorization: Bearer $TRAINYARD_TOKEN" {job_url}')
+    click.echo(f"Dashboard (sign in with the token): {base}/ui/#/jobs/{job.id}")
     return 0 if final.status == "succeeded" else 1
 
 

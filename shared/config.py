@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -154,12 +155,19 @@ class Settings(BaseSettings):
     stream_poll_seconds: float = Field(
         default=0.5, gt=0, le=60, description="How often a job's live stream reads new rows"
     )
-    stream_max_open: int = Field(
-        default=2,
+    api_worker_class: Literal["gevent", "gthread"] | None = Field(
+        default=None,
+        description="gunicorn's worker class for the API: gevent serves each request on a "
+        "greenlet, so hundreds of live streams wait on a few processes; gthread serves it "
+        "on one of 4 threads per process. Default: gevent on PostgreSQL, gthread on the "
+        "embedded SQLite (whose waits for its file lock would stall a gevent process)",
+    )
+    stream_max_open: int | None = Field(
+        default=None,
         ge=1,
         le=10_000,
-        description="Live streams open at once per API process; each holds one of its "
-        "request threads, so leave some for other requests (429 past it)",
+        description="Live streams open at once per API process (429 past it); default 500 "
+        "with the gevent worker class, 2 with gthread (a stream holds a request thread)",
     )
     stream_max_seconds: float = Field(
         default=60.0,
@@ -232,6 +240,18 @@ class Settings(BaseSettings):
         default=10.0,
         description="With Redis: a job whose message is gone this long is re-sent (once)",
     )
+
+    def resolved_stream_max_open(self) -> int:
+        """Open live streams per API process, by the worker class's default."""
+        if self.stream_max_open is not None:
+            return self.stream_max_open
+        return 500 if self.resolved_api_worker_class() == "gevent" else 2
+
+    def resolved_api_worker_class(self) -> Literal["gevent", "gthread"]:
+        """The API's gunicorn worker class, by the database when not set."""
+        if self.api_worker_class is not None:
+            return self.api_worker_class
+        return "gthread" if self.resolved_database_url().startswith("sqlite") else "gevent"
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to a SQLite file in home."""

@@ -16,10 +16,12 @@ cursor it saw (SSE's Last-Event-ID) gets no gap and no duplicate:
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from datetime import timedelta
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy import func, select
@@ -29,6 +31,10 @@ from shared.jsonvalues import json_float
 from shared.models import FINAL_STATUSES, Job, JobEvent, JobLog, LayerTrace, Metric, utcnow
 
 EVENT_SETTLE_SECONDS = 1.0
+# The worker writes its last log lines after the outcome (worker.job_log flushes at the
+# end of the job): a stream ends only once the job has been over this long.
+ENDED_SETTLE_SECONDS = 2.0
+MAX_PART = 2**62  # a cursor part past any id or step (and within a BIGINT)
 MAX_STEPS_PER_READ = 500  # metric steps per read; the next read goes on from there
 TRACE_KINDS = ("param_grad", "backward")  # what a live gradient view draws
 
@@ -57,7 +63,12 @@ class Cursor:
             event, metric, trace, log = (int(part) for part in parts)
         except ValueError:
             return cls()
-        return cls(max(event, 0), max(metric, 0), max(trace, 0), max(log, 0))
+        return cls(*(min(max(part, 0), MAX_PART) for part in (event, metric, trace, log)))
+
+    def merged(self, other: Cursor) -> Cursor:
+        """Each part the further of the two: where a client is after it was sent an item
+        read from another cursor (a job's shared reader, api.feed_hub)."""
+        return Cursor(*(max(a, b) for a, b in zip(astuple(self), astuple(other), strict=True)))
 
     def but(self, **changes: int) -> Cursor:
         """This cursor with some parts moved on."""
@@ -71,6 +82,11 @@ class Item:
     kind: str
     data: dict[str, Any]
     cursor: Cursor
+
+    @cached_property
+    def text(self) -> str:
+        """The data as one line of JSON, encoded once however many streams send it."""
+        return json.dumps(self.data, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -92,20 +108,26 @@ def read_feed(
     if job is None:
         return None
     ended = job.status in FINAL_STATUSES
-    items = _events(session, job_id, cursor, ended)
+    # A worker's last log lines (and a late event) may commit just after the outcome:
+    # events and lines settle until the job has been over for ENDED_SETTLE_SECONDS.
+    settled = ended and (
+        job.finished_at is None
+        or job.finished_at < utcnow() - timedelta(seconds=ENDED_SETTLE_SECONDS)
+    )
+    items = _events(session, job_id, cursor, settled)
     last = items[-1].cursor if items else cursor
     metric_items, last = _metrics(session, job_id, last, ended)
     items += metric_items
     trace_items, last = _traces(session, job_id, last, ended, trace_every)
     items += trace_items
-    items += _logs(session, job_id, last, ended)
+    items += _logs(session, job_id, last, settled)
     progress = {
         "step": job.progress_step, "total_steps": job.progress_total,
         "epoch": job.progress_epoch, "status": job.status,
     }  # fmt: skip
-    # An ended job's read takes every event after the cursor (no settling), so a read
-    # that found nothing has sent everything.
-    done = ended and not items
+    # A settled job's read takes every event and line after the cursor, so a read that
+    # found nothing has sent everything.
+    done = settled and not items
     return Read(items=items, status=job.status, progress=progress, final=done)
 
 
@@ -200,3 +222,18 @@ def _logs(session: Session, job_id: uuid.UUID, cursor: Cursor, ended: bool) -> l
                 "source": row.source, "line": row.line}  # fmt: skip
         items.append(Item("logs", data, cursor))
     return items
+
+
+def within_tip(session: Session, job_id: uuid.UUID, cursor: Cursor) -> Cursor:
+    """`cursor` with no part past what the job has written: a client's cursor from another
+    database, or made up, would otherwise wait for ids and steps that never come."""
+    tip = session.execute(
+        select(
+            select(func.max(JobEvent.id)).where(JobEvent.job_id == job_id).scalar_subquery(),
+            select(func.max(Metric.step)).where(Metric.job_id == job_id).scalar_subquery(),
+            select(func.max(LayerTrace.step)).where(LayerTrace.job_id == job_id).scalar_subquery(),
+            select(func.max(JobLog.id)).where(JobLog.job_id == job_id).scalar_subquery(),
+        )
+    ).one()
+    top = Cursor(*(int(part or 0) for part in tip))
+    return Cursor(*(min(a, b) for a, b in zip(astuple(cursor), astuple(top), strict=True)))

@@ -116,7 +116,12 @@ def api(host: str | None, port: int | None, workers: int) -> None:
     from cli.serve import api_command, api_environment
 
     settings = get_settings()
-    cmd = api_command(host or settings.api_host, port or settings.api_port, workers)
+    cmd = api_command(
+        host or settings.api_host,
+        port or settings.api_port,
+        workers,
+        settings.resolved_api_worker_class(),
+    )
     os.execve(cmd[0], cmd, api_environment(os.environ))
 
 

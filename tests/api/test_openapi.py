@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from shared.spec import JobSpec
 from shared.spec.train import TrainSpec
 
-DOC_ENDPOINTS = ("docs.", "openapi_", "static")
+DOC_ENDPOINTS = ("docs.", "openapi_", "static", "ui.")  # pages and their files, not the API
 
 
 def _doc(client: FlaskClient) -> dict:  # type: ignore[type-arg]

@@ -5,7 +5,8 @@ from __future__ import annotations
 from flask import Flask
 from flask.testing import FlaskClient
 
-from shared.job_feed import Cursor
+from api.routes.stream import Taken, _send
+from shared.job_feed import MAX_PART, Cursor, Item
 from tests.support.fixture_types import NewJob
 
 
@@ -45,3 +46,21 @@ def test_a_cursor_round_trips_and_a_bad_one_starts_over() -> None:
     for bad in (None, "", "x", "1.2", "1.2.3.4.5", "a.b.c"):
         assert Cursor.parse(bad) == Cursor()
     assert Cursor.parse("-5.3.-1") == Cursor(0, 3, 0)
+
+
+def test_an_item_from_the_shared_reader_never_moves_a_client_cursor_back() -> None:
+    """The shared reader's trace item says metric 19; a client that caught up on its own
+    to metric 21 must keep 21 in its id, or a reconnect would send steps 20-21 again."""
+    shared = [
+        Item("metrics", {"step": 21}, Cursor(2, 21, 16, 0)),
+        Item("traces", {"step": 18}, Cursor(2, 19, 18, 0)),
+    ]
+    taken = Taken(items=shared, position=2, progress=None, status="running", final=False,
+                  gone=False, failed=False)  # fmt: skip
+    client = Cursor(2, 21, 16, 0)
+    frames = list(_send(taken, client, None, 1))
+    assert len(frames) == 1 and "event: traces\nid: 2.21.18.0\n" in frames[0]
+
+
+def test_a_huge_cursor_part_is_clamped() -> None:
+    assert Cursor.parse("1.99999999999999999999999.2.3") == Cursor(1, MAX_PART, 2, 3)

@@ -57,6 +57,8 @@ def test_submit_and_watch_against_live_api(live: LiveService, tmp_path: Path) ->
     assert watched.exit_code == 0, watched.output
     assert f"job {job_id}: succeeded" in watched.output
     assert "gradient norms at step" in watched.output and "fc1.weight" in watched.output
+    # Followed on the live stream: the job's events and its log lines come as they happen.
+    assert "queued: " in watched.output and "info: epoch 1 (step " in watched.output
 
     # A spec the contract's model refuses is named before anything is sent...
     bad = tmp_path / "bad.json"

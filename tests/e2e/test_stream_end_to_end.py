@@ -3,13 +3,13 @@ client may drop and resume with Last-Event-ID, seeing every step exactly once.""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import requests
 
+from cli.stream import parse
 from tests.live import LiveService
 
 # 3 epochs of 23 steps: a few seconds, so the stream is cut several times mid-job.
@@ -23,17 +23,8 @@ SPEC = {
 
 def events(resp: requests.Response) -> Iterator[dict[str, Any]]:
     """The SSE events of a streamed answer: {"event", "id", "data"} (comments skipped)."""
-    current: dict[str, Any] = {}
-    for raw in resp.iter_lines(decode_unicode=True):
-        if raw == "":
-            if "event" in current:
-                yield current
-            current = {}
-        elif raw.startswith(":") or raw.startswith("retry:"):
-            continue
-        else:
-            field, _, value = raw.partition(": ")
-            current[field] = json.loads(value) if field == "data" else value
+    for event in parse(resp.iter_content(chunk_size=None)):
+        yield {"event": event.kind, "id": event.id, "data": event.data}
 
 
 def test_a_dropped_stream_resumes_with_no_gap_and_no_duplicate(live: LiveService) -> None:
@@ -68,7 +59,7 @@ def test_a_dropped_stream_resumes_with_no_gap_and_no_duplicate(live: LiveService
     assert connections - refused >= 10  # cut mid-job many times (6 events a connection)
 
     steps = [e["data"]["step"] for e in seen if e["event"] == "metrics"]
-    assert steps == sorted(set(steps)), "a metric step came twice or out of order"
+    assert steps == sorted(set(steps)), f"a metric step came twice or out of order: {seen}"
     stored = live.get(f"/api/v1/jobs/{job['id']}/metrics", name="loss", split="train").json()
     all_steps = [p["step"] for p in stored["series"][0]["points"]]
     assert set(all_steps) <= set(steps) and len(all_steps) == 69  # every step, exactly once

@@ -349,6 +349,8 @@ class HookRecorder:
             norm, mean, var, low, high, *counts = raw
             raw = [norm / scale, mean / scale, var / scale**2, low / scale, high / scale, *counts]
         stats = self._stats(p.kind)
+        if histogram is not None:  # a histogram's bins mean nothing without its range
+            stats = stats | {"min", "max"}
         return TraceRow(
             step=self._step,
             layer=p.layer,

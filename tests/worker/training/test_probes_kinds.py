@@ -92,9 +92,11 @@ def test_layer_globs_stats_and_histograms(tiny_model: TinyModel) -> None:
         ("param_grad", "2.bias"),
     }
     for row in rows:
-        assert row.mean is None and row.std is None and row.min is None and row.zero_frac is None
+        assert row.mean is None and row.std is None and row.zero_frac is None
         assert row.max is not None and row.histogram is not None and len(row.histogram) == 8
         assert sum(row.histogram) == row.numel
+        # The range the bins span comes with them, selected or not.
+        assert row.min is not None and row.min <= row.max
 
 
 def test_frozen_parameters_have_weights_rows_but_no_gradient_rows(tiny_model: TinyModel) -> None:
