@@ -4,7 +4,7 @@ Celery round trip (`add.delay(1, 2).get()`) on the same Redis, measured in the s
     .venv/bin/python bench/predict_latency.py [--requests 300] [--rounds 3]
                                               [--clients 32] [--seconds 10]
 
-Starts what a deployment runs: gunicorn with the API (2 processes x 4 threads) and a
+Starts what a deployment runs: gunicorn with the API (2 gevent processes) and a
 Celery worker on the `infer` queue (whose serving thread answers predictions), on a
 scratch PostgreSQL database (TRAINYARD_BENCH_PG, default the local server) and Redis
 database TRAINYARD_BENCH_REDIS (default redis://127.0.0.1:6379/9, flushed); the request

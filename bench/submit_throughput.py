@@ -3,7 +3,7 @@ under the same gunicorn settings, measured in the same run.
 
     .venv/bin/python bench/submit_throughput.py [--submissions 400] [--clients 20] [--rounds 3]
 
-Starts what a deployment runs, as the README's "By hand" says: gunicorn -w 2 --threads 4
+Starts what a deployment runs, as the README's "By hand" says: gunicorn -w 2 -k gevent
 with api.wsgi:app (cli.serve.api_command), on a scratch PostgreSQL database
 (TRAINYARD_BENCH_PG, default the local server; migrated, dropped at the end) and Redis
 database TRAINYARD_BENCH_REDIS (default redis://127.0.0.1:6379/9, flushed before and
@@ -56,7 +56,7 @@ from benchkit import create_database, drop_database, free_port, percentile
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS = os.environ.get("TRAINYARD_BENCH_REDIS", "redis://127.0.0.1:6379/9")
-API_WORKERS = 2  # README "By hand": gunicorn -w 2 --threads 4 api.wsgi:app
+API_WORKERS = 2  # README "By hand": gunicorn -w 2 -k gevent api.wsgi:app
 
 # Written to a scratch folder and served by gunicorn as hello_app:app, so the baseline's
 # processes import Flask only (not torch, not this bench).
@@ -206,7 +206,7 @@ def measure(targets: list[Target], total: int, clients: int, rounds: int) -> Non
 def report(targets: list[Target], total: int, clients: int, rounds: int) -> None:
     print(
         f"{total} requests per round from {clients} clients, {rounds} interleaved rounds; "
-        f"gunicorn -w {API_WORKERS} --threads 4 each"
+        f"gunicorn -w {API_WORKERS} -k gevent each"
     )
     print(
         f"  {'':38} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU ms/req':>10}   req/s per round"

@@ -101,9 +101,12 @@ class Settings(BaseSettings):
     predict_wait_seconds: float = Field(
         default=10.0, description="How long POST .../predict waits before answering 202"
     )
-    predict_max_waiting: int = Field(
-        default=4,
-        description="Predictions one API process waits for at once; more answer 202 at once",
+    predict_max_waiting: int | None = Field(
+        default=None,
+        ge=0,
+        description="Predictions one API process waits for at once; more answer 202 at once. "
+        "Default 64 with the gevent worker class (a waiting request is a greenlet), 4 with "
+        "gthread (it holds one of the process's 4 threads)",
     )
     model_cache_mb: int = Field(
         default=1024, description="Memory an inference worker keeps loaded models in (LRU)"
@@ -246,6 +249,12 @@ class Settings(BaseSettings):
         if self.stream_max_open is not None:
             return self.stream_max_open
         return 500 if self.resolved_api_worker_class() == "gevent" else 2
+
+    def resolved_predict_max_waiting(self) -> int:
+        """Predictions one API process waits for at once, by the worker class's default."""
+        if self.predict_max_waiting is not None:
+            return self.predict_max_waiting
+        return 64 if self.resolved_api_worker_class() == "gevent" else 4
 
     def resolved_api_worker_class(self) -> Literal["gevent", "gthread"]:
         """The API's gunicorn worker class, by the database when not set."""
