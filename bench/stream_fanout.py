@@ -32,18 +32,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import redis
 import requests
 from sqlalchemy import func, select
 
 from cli.serve import api_command, api_environment, stop_children, wait_healthy, worker_command
-from shared.db import make_engine, make_session_factory, session_scope
 from shared.models import Metric
 from shared.queues import ALL_TRAIN_QUEUES
-from shared.tokens import create_token
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchkit import create_database, drop_database, free_port
+from benchkit import free_port, scratch
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS = os.environ.get("TRAINYARD_BENCH_REDIS", "redis://127.0.0.1:6379/9")
@@ -169,13 +166,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="gunicorn processes")
     args = parser.parse_args()
 
-    redis.Redis.from_url(REDIS).flushdb()
-    name, url = create_database("trainyard_bench_stream")
-    logs = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-stream-{os.getpid()}"
-    logs.mkdir(parents=True, exist_ok=True)
-    sessions = make_session_factory(make_engine(url))
-    with session_scope(sessions) as session:
-        token, _ = create_token(session=session, owner="bench", name="bench")
+    run = scratch("trainyard_bench_stream", REDIS)
+    url, logs, sessions, token = run.url, run.logs, run.sessions, run.token
     port = free_port()
     env = api_environment({
         **os.environ, "TRAINYARD_DATABASE_URL": url, "TRAINYARD_BROKER_URL": REDIS,
@@ -204,8 +196,7 @@ def main() -> None:
               f"job wall time {many['wall'] / one['wall']:.2f}x")  # fmt: skip
     finally:
         stop_children(procs, timeout=30)
-        sessions.kw["bind"].dispose()
-        drop_database(name)
+        run.close()
 
 
 if __name__ == "__main__":

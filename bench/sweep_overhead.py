@@ -28,16 +28,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import redis
 import requests
 
 from cli.serve import api_command, stop_children, wait_healthy, worker_command
-from shared.db import make_engine, make_session_factory, session_scope
 from shared.queues import ALL_TRAIN_QUEUES, QUEUE_INFER, QUEUE_SWEEPS
-from shared.tokens import create_token
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchkit import create_database, drop_database, free_port
+from benchkit import free_port, scratch
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS = os.environ.get("TRAINYARD_BENCH_REDIS", "redis://127.0.0.1:6379/9")
@@ -122,13 +119,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="of each trial")
     args = parser.parse_args()
 
-    redis.Redis.from_url(REDIS).flushdb()
-    name, url = create_database("trainyard_bench_sweep")
-    logs = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-sweep-{os.getpid()}"
-    logs.mkdir(parents=True, exist_ok=True)
-    sessions = make_session_factory(make_engine(url))
-    with session_scope(sessions) as session:
-        token, _ = create_token(session=session, owner="bench", name="bench")
+    run = scratch("trainyard_bench_sweep", REDIS)
+    url, logs, token = run.url, run.logs, run.token
     port = free_port()
     procs = start_services(url, port, logs)
     try:
@@ -156,8 +148,7 @@ def main() -> None:
         print(f"ratio sweep / by hand: {sweep_s / hand_s:.3f} (goal <= 1.05)")
     finally:
         stop_children(procs, timeout=30)
-        sessions.kw["bind"].dispose()
-        drop_database(name)
+        run.close()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import astuple, dataclass
 from datetime import timedelta
 from functools import cached_property
@@ -132,15 +133,39 @@ def read_feed(
 
 
 def _events(session: Session, job_id: uuid.UUID, cursor: Cursor, ended: bool) -> list[Item]:
-    query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > cursor.event)
-    if not ended:
-        query = query.where(JobEvent.at < utcnow() - timedelta(seconds=EVENT_SETTLE_SECONDS))
-    items = []
-    for event in session.scalars(query.order_by(JobEvent.id).limit(200)):
-        cursor = cursor.but(event=event.id)
-        data = {"id": event.id, "at": event.at.isoformat(), "kind": event.kind,
+    def data(event: JobEvent) -> dict[str, Any]:
+        return {"id": event.id, "at": event.at.isoformat(), "kind": event.kind,
                 "message": event.message, "data": event.data}  # fmt: skip
-        items.append(Item("lifecycle", data, cursor))
+
+    return _appended(session, JobEvent, job_id, cursor, ended, ("lifecycle", "event", data))
+
+
+def _logs(session: Session, job_id: uuid.UUID, cursor: Cursor, ended: bool) -> list[Item]:
+    def data(row: JobLog) -> dict[str, Any]:
+        return {"id": row.id, "at": row.at.isoformat(), "level": row.level,
+                "source": row.source, "line": row.line}  # fmt: skip
+
+    return _appended(session, JobLog, job_id, cursor, ended, ("logs", "log", data))
+
+
+def _appended(
+    session: Session,
+    model: Any,
+    job_id: uuid.UUID,
+    cursor: Cursor,
+    ended: bool,
+    as_item: tuple[str, str, Callable[[Any], dict[str, Any]]],
+) -> list[Item]:
+    """Rows of an append-only table (events, log lines) after the cursor's part for it,
+    by id; while the job runs, only rows EVENT_SETTLE_SECONDS old (see the module's doc)."""
+    kind, part, data = as_item
+    query = select(model).where(model.job_id == job_id, model.id > getattr(cursor, part))
+    if not ended:
+        query = query.where(model.at < utcnow() - timedelta(seconds=EVENT_SETTLE_SECONDS))
+    items = []
+    for row in session.scalars(query.order_by(model.id).limit(200)):
+        cursor = cursor.but(**{part: row.id})
+        items.append(Item(kind, data(row), cursor))
     return items
 
 
@@ -209,19 +234,6 @@ def _traces(
         cursor = cursor.but(trace=step)
         items.append(Item("traces", {"step": step, "norms": norms[step]}, cursor))
     return items, cursor.but(trace=max(cursor.trace, upto))
-
-
-def _logs(session: Session, job_id: uuid.UUID, cursor: Cursor, ended: bool) -> list[Item]:
-    query = select(JobLog).where(JobLog.job_id == job_id, JobLog.id > cursor.log)
-    if not ended:
-        query = query.where(JobLog.at < utcnow() - timedelta(seconds=EVENT_SETTLE_SECONDS))
-    items = []
-    for row in session.scalars(query.order_by(JobLog.id).limit(200)):
-        cursor = cursor.but(log=row.id)
-        data = {"id": row.id, "at": row.at.isoformat(), "level": row.level,
-                "source": row.source, "line": row.line}  # fmt: skip
-        items.append(Item("logs", data, cursor))
-    return items
 
 
 def within_tip(session: Session, job_id: uuid.UUID, cursor: Cursor) -> Cursor:
