@@ -101,7 +101,7 @@ class FeedHub:
                 channel.idle_since = time.monotonic()
 
     def open(self) -> int:
-        """Streams open on this process (for /metrics and tests)."""
+        """Streams of this process that are following a job now."""
         with self.lock:
             return sum(c.streams for c in self.channels.values())
 

@@ -2,7 +2,8 @@
 database and Redis see it at scrape time.
 
 - `trainyard_http_request_duration_seconds{method,route,status}`: a histogram per route
-  rule (not per URL: job ids would make a series each). Under gunicorn the worker
+  rule (not per URL: job ids would make a series each); `trainyard_api_open_streams`, the
+  live streams open now. Under gunicorn the worker
   processes share it through files in PROMETHEUS_MULTIPROC_DIR (`trainyard api` and
   `serve` make that folder); without it, each process counts its own.
 - Read at scrape time, so every API process reports the same values:
@@ -22,7 +23,13 @@ from typing import Any
 
 import redis
 from flask import Flask, Response, g, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -43,6 +50,12 @@ REQUEST_SECONDS = Histogram(
     ["method", "route", "status"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
     registry=None,  # exposed through exposition() only
+)
+OPEN_STREAMS = Gauge(
+    "trainyard_api_open_streams",
+    "Live streams (GET /jobs/<id>/stream) open on the API processes",
+    multiprocess_mode="livesum",  # the processes' counts added, a dead process's dropped
+    registry=None,
 )
 # The client names the method: anything else counts as "other", so no client can make
 # series without end.
@@ -174,5 +187,6 @@ def exposition(cluster: ClusterCollector) -> tuple[bytes, str]:
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # every worker process
     else:
         registry.register(REQUEST_SECONDS)
+        registry.register(OPEN_STREAMS)
     registry.register(cluster)
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -17,6 +17,7 @@ from flask import Blueprint, Response, request, stream_with_context
 from api.context import db, release_db, services
 from api.contract import answers, contract, query_model
 from api.feed_hub import Channel, after, covers
+from api.metrics import OPEN_STREAMS
 from api.ownership import owned_job
 from shared.contract.queries import StreamQuery
 from shared.errors import QuotaExceeded
@@ -82,12 +83,14 @@ class Slot:
 
     def __init__(self, slots: threading.BoundedSemaphore) -> None:
         self.slots, self.held, self.lock = slots, True, threading.Lock()
+        OPEN_STREAMS.inc()
 
     def release(self) -> None:
         with self.lock:
             held, self.held = self.held, False
         if held:
             self.slots.release()
+            OPEN_STREAMS.dec()
 
 
 def _released(frames: Iterator[str], slot: Slot) -> Iterator[str]:

@@ -144,3 +144,19 @@ def test_the_grafana_dashboard_asks_only_for_metrics_that_exist(
     }
     assert len(wanted) >= 7
     assert wanted <= exposed, wanted - exposed
+
+
+def test_open_live_streams_are_counted_until_they_close(
+    metrics_app: Flask, new_job: NewJob, alice: dict[str, str]
+) -> None:
+    client = metrics_app.test_client()
+    job = new_job(owner="alice")
+
+    def open_streams() -> float:
+        return sum(v for _, v in scrape(client)["trainyard_api_open_streams"])
+
+    before = open_streams()
+    stream = client.get(f"/api/v1/jobs/{job.id}/stream", headers=alice, buffered=False)
+    assert open_streams() == before + 1
+    stream.close()
+    assert open_streams() == before

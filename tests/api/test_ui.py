@@ -77,6 +77,11 @@ def test_the_vendored_chart_library_is_echarts(client: FlaskClient) -> None:
         "/ui/%2fetc%2fpasswd",
         "/ui/index.html.py",
         "/ui/no-such-module.js",
+        # Allowed suffixes, so only the folder check stands between them and the file:
+        "/ui/vendor/..%2fdocs.js",  # api/static/docs.js, outside both folders
+        "/ui/vendor/..%2f..%2fstatic%2fdocs.js",
+        "/ui/..%2fdocs.js",
+        "/ui/vendor/..%2fui%2fapp.js",  # a ui module, but not through the vendor folder
     ],
 )
 def test_nothing_outside_the_ui_folders_is_served(client: FlaskClient, path: str) -> None:
