@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
 
 import click
 
 from cli.api import Trainyard
 from cli.stream import job_events
 from shared.contract.queries import TracesQuery
-from shared.contract.responses import Job, Progress, Trace
+from shared.contract.responses import (
+    Job,
+    Progress,
+    StreamEnd,
+    StreamLifecycle,
+    StreamLog,
+    StreamMetrics,
+    StreamProgress,
+    Trace,
+)
 from shared.models import FINAL_STATUSES
 
 FINAL = tuple(str(s) for s in FINAL_STATUSES)
@@ -65,18 +73,19 @@ def watch(api: Trainyard, job_id: str) -> Job:
     clock = EtaClock()
     loss: float | None = None
     for event in job_events(api.http, job_id):
-        if event.kind == "progress":
-            job = _progressed(job, event.data)
-        elif event.kind == "metrics":
-            value = event.data["values"].get("train/loss")
+        data = event.payload()
+        if isinstance(data, StreamProgress):
+            job = _progressed(job, data)
+        elif isinstance(data, StreamMetrics):
+            value = data.values.get("train/loss")
             loss = value if isinstance(value, float | int) else loss
-        elif event.kind == "logs":
-            out.note(f"{event.data['level'].lower()}: {event.data['line']}")
-        elif event.kind == "lifecycle":
-            out.note(f"{event.data['kind']}: {event.data['message']}")
-        if event.kind in ("progress", "metrics"):
+        elif isinstance(data, StreamLog):
+            out.note(f"{data.level.lower()}: {data.line}")
+        elif isinstance(data, StreamLifecycle):
+            out.note(f"{data.kind}: {data.message}")
+        if isinstance(data, StreamProgress | StreamMetrics):
             out.progress(progress_line(job, loss, clock.eta(job, time.monotonic())))
-        if event.kind == "end":
+        if isinstance(data, StreamEnd):
             break
     final = api.job(job_id)
     out.progress(progress_line(final, loss), force=True)
@@ -84,11 +93,11 @@ def watch(api: Trainyard, job_id: str) -> Job:
     return final
 
 
-def _progressed(job: Job, data: dict[str, Any]) -> Job:
-    step, total = int(data.get("step") or 0), data.get("total_steps")
-    progress = Progress(step=step, total_steps=total, epoch=data.get("epoch"),
-                        fraction=step / total if total else 0.0)  # fmt: skip
-    return job.model_copy(update={"status": data.get("status", job.status), "progress": progress})
+def _progressed(job: Job, data: StreamProgress) -> Job:
+    total = data.total_steps
+    progress = Progress(step=data.step, total_steps=total, epoch=data.epoch,
+                        fraction=data.step / total if total else 0.0)  # fmt: skip
+    return job.model_copy(update={"status": data.status, "progress": progress})
 
 
 class Screen:

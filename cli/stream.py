@@ -16,6 +16,7 @@ import click
 import requests
 
 from cli.client import RETRY_STATUSES, ApiClient, error_line
+from shared.contract.responses import STREAM_EVENTS, Answer
 
 MAX_BROKEN = 10  # connections in a row that broke before sending anything
 MAX_WAIT = 30.0  # the longest wait between two connections
@@ -29,6 +30,12 @@ class StreamEvent:
     kind: str
     data: dict[str, Any]
     id: str | None
+
+    def payload(self) -> Answer | None:
+        """The data as the contract's model of this event (None for a kind this CLI does
+        not know: a newer API may send more)."""
+        model = STREAM_EVENTS.get(self.kind)
+        return model.model_validate(self.data) if model is not None else None
 
 
 def parse(chunks: Iterable[bytes | str]) -> Iterator[StreamEvent]:

@@ -15,6 +15,7 @@ from flask import Blueprint, Response, jsonify, send_from_directory, url_for
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.contract import contract
+from shared.contract.responses import STREAM_EVENTS
 
 bp = Blueprint("docs", __name__)
 
@@ -83,6 +84,16 @@ def _finished(doc: dict[str, Any]) -> dict[str, Any]:
     stream = operations["streamJob"]["responses"]["200"]
     stream["description"] = "Server-Sent Events until the job ends (or max_seconds)"
     stream["content"] = {"text/event-stream": {"schema": SSE_EVENT}}
+    # What each event's `data` line holds, by the event's name.
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for model in STREAM_EVENTS.values():
+        name = model.__name__
+        schemas[name] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schemas[name].pop("$defs", {}))
+    stream["x-event-data"] = {
+        kind: {"$ref": f"#/components/schemas/{model.__name__}"}
+        for kind, model in STREAM_EVENTS.items()
+    }
     links = {
         target: {
             "operationId": target,

@@ -309,3 +309,51 @@ class Sweep(Answer):
 
 class SweepPage(Answer):
     sweeps: list[Sweep]
+
+
+# The live stream's events (GET /jobs/<id>/stream): the JSON of each event's `data:` line,
+# by the event's name. The CLI and the dashboard read them as these models say.
+class StreamLifecycle(Answer):
+    id: int
+    at: datetime
+    kind: str
+    message: str
+    data: Any = None
+
+
+class StreamProgress(Answer):
+    step: int
+    total_steps: int | None
+    epoch: int | None
+    status: JobStatus
+
+
+class StreamMetrics(Answer):
+    step: int
+    epoch: int | None
+    values: dict[str, JsonFloat | None] = Field(description='e.g. {"train/loss": 0.41}')
+
+
+class StreamTraces(Answer):
+    step: int
+    norms: dict[str, JsonFloat | None] = Field(
+        description='Gradient norms by "<kind>:<layer>", kind param_grad or backward'
+    )
+
+
+class StreamLog(Answer):
+    id: int
+    at: datetime
+    level: str
+    source: str
+    line: str
+
+
+class StreamEnd(Answer):
+    status: JobStatus | Literal["deleted"]
+
+
+STREAM_EVENTS: dict[str, type[Answer]] = {
+    "lifecycle": StreamLifecycle, "progress": StreamProgress, "metrics": StreamMetrics,
+    "traces": StreamTraces, "logs": StreamLog, "end": StreamEnd,
+}  # fmt: skip

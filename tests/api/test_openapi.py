@@ -156,3 +156,15 @@ def test_a_non_admin_is_refused_before_its_parameters_are_read(
 ) -> None:
     resp = client.get("/api/v1/tokens?bogus=1&owner=" + "x" * 300, headers=alice)
     assert resp.status_code == 403
+
+
+def test_the_stream_s_event_data_is_in_the_document(client: FlaskClient) -> None:
+    doc = _doc(client)
+    ok = doc["paths"]["/api/v1/jobs/{job_id}/stream"]["get"]["responses"]["200"]
+    names = ok["content"]["text/event-stream"]["schema"]["properties"]["event"]["enum"]
+    assert set(ok["x-event-data"]) == set(names)
+    for ref in ok["x-event-data"].values():
+        schema = doc["components"]["schemas"][ref["$ref"].rsplit("/", 1)[1]]
+        assert schema["type"] == "object" and schema["required"]
+    metrics = doc["components"]["schemas"]["StreamMetrics"]
+    assert set(metrics["required"]) == {"step", "epoch", "values"}

@@ -10,6 +10,7 @@ from typing import Any
 import requests
 
 from cli.stream import parse
+from shared.contract.responses import STREAM_EVENTS
 from tests.live import LiveService
 
 # 3 epochs of 23 steps: a few seconds, so the stream is cut several times mid-job.
@@ -58,6 +59,8 @@ def test_a_dropped_stream_resumes_with_no_gap_and_no_duplicate(live: LiveService
     assert seen and seen[-1]["event"] == "end" and seen[-1]["data"]["status"] == "succeeded"
     assert connections - refused >= 10  # cut mid-job many times (6 events a connection)
 
+    for event in seen:  # every event's data is what the contract's model says
+        STREAM_EVENTS[event["event"]].model_validate(event["data"])
     steps = [e["data"]["step"] for e in seen if e["event"] == "metrics"]
     assert steps == sorted(set(steps)), f"a metric step came twice or out of order: {seen}"
     stored = live.get(f"/api/v1/jobs/{job['id']}/metrics", name="loss", split="train").json()
