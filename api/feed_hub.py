@@ -121,7 +121,7 @@ class FeedHub:
 
     def _read_once(self, channel: Channel) -> Read | None:
         with self.sessions() as session:
-            read = read_feed(session, channel.job_id, channel.head, trace_every=1)
+            read = read_feed(session, channel.job_id, channel.head)
         with channel.changed:
             if read is None:
                 channel.gone = True

@@ -100,11 +100,9 @@ class Read:
     final: bool  # the job has ended and every row it wrote was read
 
 
-def read_feed(
-    session: Session, job_id: uuid.UUID, cursor: Cursor, *, trace_every: int
-) -> Read | None:
-    """What follows `cursor` for this job; None when the job is gone. `trace_every` thins
-    trace rows to every n-th logged step the read finds (the last one always)."""
+def read_feed(session: Session, job_id: uuid.UUID, cursor: Cursor) -> Read | None:
+    """What follows `cursor` for this job; None when the job is gone. Every trace step is
+    read: a stream thins them for its client (api.routes.stream.thin)."""
     job = session.get(Job, job_id)
     if job is None:
         return None
@@ -119,7 +117,7 @@ def read_feed(
     last = items[-1].cursor if items else cursor
     metric_items, last = _metrics(session, job_id, last, ended)
     items += metric_items
-    trace_items, last = _traces(session, job_id, last, ended, trace_every)
+    trace_items, last = _traces(session, job_id, last, ended)
     items += trace_items
     items += _logs(session, job_id, last, settled)
     progress = {
@@ -202,35 +200,22 @@ def _metrics(
 
 
 def _traces(
-    session: Session, job_id: uuid.UUID, cursor: Cursor, ended: bool, every: int
+    session: Session, job_id: uuid.UUID, cursor: Cursor, ended: bool
 ) -> tuple[list[Item], Cursor]:
     horizon = _horizon(session, LayerTrace, job_id, ended)
     if horizon <= cursor.trace:
         return [], cursor
     upto = min(horizon, cursor.trace + MAX_STEPS_PER_READ)
-    steps = list(
-        session.scalars(
-            select(LayerTrace.step)
-            .where(LayerTrace.job_id == job_id, LayerTrace.step > cursor.trace,
-                   LayerTrace.step <= upto, LayerTrace.kind.in_(TRACE_KINDS))
-            .distinct()
-            .order_by(LayerTrace.step)
-        )
-    )  # fmt: skip
-    chosen = steps[::every]
-    if steps and chosen[-1] != steps[-1]:
-        chosen.append(steps[-1])
     norms: dict[int, dict[str, Any]] = defaultdict(dict)
-    if chosen:
-        for step, layer, kind, norm in session.execute(
-            select(LayerTrace.step, LayerTrace.layer, LayerTrace.kind, LayerTrace.norm).where(
-                LayerTrace.job_id == job_id, LayerTrace.step.in_(chosen),
-                LayerTrace.kind.in_(TRACE_KINDS),
-            )
-        ):  # fmt: skip
-            norms[step][f"{kind}:{layer}"] = json_float(norm)
+    for step, layer, kind, norm in session.execute(
+        select(LayerTrace.step, LayerTrace.layer, LayerTrace.kind, LayerTrace.norm).where(
+            LayerTrace.job_id == job_id, LayerTrace.step > cursor.trace,
+            LayerTrace.step <= upto, LayerTrace.kind.in_(TRACE_KINDS),
+        )
+    ):  # fmt: skip
+        norms[step][f"{kind}:{layer}"] = json_float(norm)
     items = []
-    for step in chosen:
+    for step in sorted(norms):
         cursor = cursor.but(trace=step)
         items.append(Item("traces", {"step": step, "norms": norms[step]}, cursor))
     return items, cursor.but(trace=max(cursor.trace, upto))

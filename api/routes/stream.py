@@ -66,15 +66,12 @@ def stream(job_id: str) -> Response:
             quota="stream_max_open",
             retry_after=max(1, int(settings.stream_max_seconds / 4)),
         )
-    slot = Slot(slots)
-    feed = _released(
-        _frames(job.id, cursor, seconds=seconds, trace_every=asked.trace_every or 1), slot
-    )
+    feed = _frames(job.id, cursor, seconds=seconds, trace_every=asked.trace_every or 1)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     response = Response(stream_with_context(feed), mimetype="text/event-stream", headers=headers)
-    # A response closed before its first chunk (a HEAD, a client gone at once) never runs
-    # the generator, so its `finally` would never give the slot back.
-    response.call_on_close(slot.release)
+    # The server closes every answer, streamed to its end, cut by the client, or never
+    # started (a HEAD, whose generator never runs): the slot goes back then.
+    response.call_on_close(Slot(slots).release)
     return response
 
 
@@ -91,15 +88,6 @@ class Slot:
         if held:
             self.slots.release()
             OPEN_STREAMS.dec()
-
-
-def _released(frames: Iterator[str], slot: Slot) -> Iterator[str]:
-    """The frames, giving the stream's slot back when the stream ends or the client goes
-    (the server closes the iterator then)."""
-    try:
-        yield from frames
-    finally:
-        slot.release()
 
 
 def _frames(
@@ -208,13 +196,13 @@ def _catch_up(
     """One read of the database after `cursor`, as frames; the cursor after them, or None
     once the stream has ended (the job ended and all was sent, or it was deleted)."""
     with services().sessions() as session:
-        read = read_feed(session, job_id, cursor, trace_every=trace_every)
+        read = read_feed(session, job_id, cursor)
     if read is None:
         yield frame("end", {"status": "deleted"})
         return None
-    if read.items:
+    if read.items:  # thinning keeps the last trace and every other item: the cursor holds
         cursor = read.items[-1].cursor
-        yield "".join(frame(item.kind, item.text, item.cursor) for item in read.items)
+        yield "".join(frame(i.kind, i.text, i.cursor) for i in thin(read.items, trace_every))
     if read.final:
         yield frame("end", {"status": read.status}, cursor)
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 from flask.testing import FlaskClient
 
-from api.routes.stream import Taken, _send
+from api.routes.stream import Taken, _send, thin
 from shared.job_feed import MAX_PART, Cursor, Item
 from tests.support.fixture_types import NewJob
 
@@ -64,3 +64,13 @@ def test_an_item_from_the_shared_reader_never_moves_a_client_cursor_back() -> No
 
 def test_a_huge_cursor_part_is_clamped() -> None:
     assert Cursor.parse("1.99999999999999999999999.2.3") == Cursor(1, MAX_PART, 2, 3)
+
+
+def test_thinning_keeps_every_nth_trace_the_last_and_everything_else() -> None:
+    items = [Item("traces", {"step": s}, Cursor(0, s, s, 0)) for s in range(1, 7)]
+    items.insert(3, Item("metrics", {"step": 3}, Cursor(0, 3, 3, 0)))
+    kept = thin(items, 4)
+    assert [(i.kind, i.data["step"]) for i in kept] == [
+        ("traces", 1), ("metrics", 3), ("traces", 5), ("traces", 6),
+    ]  # fmt: skip
+    assert thin(items, 1) == items

@@ -36,7 +36,7 @@ class Client(threading.Thread):
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             with self.sessions() as session:
-                read = read_feed(session, self.job_id, cursor, trace_every=1)
+                read = read_feed(session, self.job_id, cursor)
             assert read is not None
             self.items += read.items
             if read.items:

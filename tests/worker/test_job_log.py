@@ -92,16 +92,16 @@ def test_the_stream_sends_log_lines_once_each_after_their_cursor(
         train_log.info("first")
         train_log.info("second")
     with sessions() as session:
-        read = read_feed(session, job_id, Cursor(), trace_every=1)
+        read = read_feed(session, job_id, Cursor())
     assert read is not None
     assert [i for i in read.items if i.kind == "logs"] == []  # the job runs: lines settle
     time.sleep(EVENT_SETTLE_SECONDS + 0.1)
     with sessions() as session:
-        read = read_feed(session, job_id, Cursor(), trace_every=1)
+        read = read_feed(session, job_id, Cursor())
         assert read is not None
         assert [i.data["line"] for i in read.items if i.kind == "logs"] == ["first", "second"]
         logs = [i for i in read.items if i.kind == "logs"]
         cursor = logs[0].cursor  # a client that saw only the first line
-        again = read_feed(session, job_id, Cursor.parse(str(cursor)), trace_every=1)
+        again = read_feed(session, job_id, Cursor.parse(str(cursor)))
     assert again is not None
     assert [i.data["line"] for i in again.items if i.kind == "logs"] == ["second"]
